@@ -1,0 +1,105 @@
+"""The `carebus` command line. Run `carebus --help`."""
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from carebus.config import ConfigError, load_settings
+
+app = typer.Typer(help="carebus: event-streaming interoperability bus for a London shared record.",
+                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+console = Console()
+
+
+def _settings():
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def up() -> None:
+    """Start the embedded Kafka (KRaft) and Redis if not running, and create the topics."""
+    from carebus import kafka_server, local_bus, redis_server
+
+    settings = _settings()
+    try:
+        states = local_bus.up(settings)
+    except (kafka_server.KafkaSetupError, redis_server.RedisSetupError) as exc:
+        _fail(exc)
+        return
+    table = Table("topic", "partitions", "state")
+    bad = False
+    for s in states:
+        bad |= bool(s.problems)
+        table.add_row(s.name, str(s.partitions), "; ".join(s.problems) or ("created" if s.created else "ok"))
+    console.print(table)
+    console.print(f"Kafka: {settings.bootstrap}   Redis: {settings.redis}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def topics() -> None:
+    """Create and verify the catalogued topics on the configured cluster (no servers started)."""
+    from carebus import topic_admin
+
+    states = topic_admin.ensure_topics(_settings())
+    for s in states:
+        console.print(f"{s.name}: {'; '.join(s.problems) or 'ok'}")
+    if any(s.problems for s in states):
+        raise typer.Exit(1)
+
+
+@app.command()
+def down() -> None:
+    """Stop the Kafka and Redis processes `carebus up` started (data is kept)."""
+    from carebus import local_bus
+
+    local_bus.down(_settings())
+    console.print("stopped")
+
+
+@app.command()
+def status() -> None:
+    """Show which embedded servers are running."""
+    from carebus import local_bus
+
+    settings = _settings()
+    st = local_bus.status(settings)
+    for node, alive in st.kafka_nodes.items():
+        console.print(f"kafka node {node}: {'running' if alive else 'stopped'}")
+    console.print(f"redis: {'running' if st.redis else 'stopped'}")
+    if st.external_kafka:
+        console.print(f"(using external Kafka {settings.bootstrap})")
+
+
+@app.command("check-schemas")
+def check_schemas() -> None:
+    """Check every message schema against all earlier versions (FULL_TRANSITIVE)."""
+    from schemas import compatibility
+
+    problems = compatibility.check_all()
+    for p in problems:
+        console.print(f"[red]incompatible[/red] {p}")
+    if problems:
+        raise typer.Exit(1)
+    console.print("all schemas compatible with every earlier version")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,135 @@
+"""Every setting carebus reads, in one place.
+
+Each field names the environment variable that overrides it and its default. The defaults
+describe the embedded local bus that `carebus up` starts (its own ports, so it never collides
+with a Kafka or Redis a developer already runs); point KAFKA_BOOTSTRAP_SERVERS and REDIS_URL at
+your own cluster and the same code runs there.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable and what is wrong."""
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _env_int(name: str, default: int, minimum: int = 0, maximum: int = 65535 * 1000) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}={value} is outside {minimum}..{maximum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the bus is. Empty KAFKA_BOOTSTRAP_SERVERS means "the embedded broker on KAFKA_PORT".
+    kafka_bootstrap_servers: str = ""
+    redis_url: str = ""
+    # The embedded local servers `carebus up` starts.
+    data_dir: Path = REPO_ROOT / ".carebus"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_brokers: int = 1
+    kafka_heap: str = "512m"
+    redis_port: int = 16379
+    kafka_libs_dir: Path = REPO_ROOT / "deploy" / "kafka" / "target" / "libs"
+    # Topic defaults; replication follows the cluster size unless set.
+    topic_partitions: int = 6
+    topic_replication: int = 0  # 0 = min(3, brokers)
+    # Service ports.
+    mllp_port: int = 2575
+    http_port: int = 8080
+    # Where bulk extracts are dropped for the file connectors.
+    drop_dir: Path = REPO_ROOT / ".carebus" / "drop"
+    # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
+    log_pseudonym_key: str = "carebus-dev-log-key"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def replication(self) -> int:
+        return self.topic_replication or min(3, self.kafka_brokers)
+
+    @property
+    def uses_embedded_kafka(self) -> bool:
+        return not self.kafka_bootstrap_servers
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        return not self.redis_url
+
+
+# Variable name -> (field, parser). Documented in README "Configuration".
+ENVIRONMENT = {
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+    "REDIS_URL": "redis_url",
+    "CAREBUS_DATA_DIR": "data_dir",
+    "CAREBUS_KAFKA_PORT": "kafka_port",
+    "CAREBUS_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
+    "CAREBUS_KAFKA_BROKERS": "kafka_brokers",
+    "CAREBUS_KAFKA_HEAP": "kafka_heap",
+    "CAREBUS_REDIS_PORT": "redis_port",
+    "CAREBUS_KAFKA_LIBS": "kafka_libs_dir",
+    "CAREBUS_TOPIC_PARTITIONS": "topic_partitions",
+    "CAREBUS_TOPIC_REPLICATION": "topic_replication",
+    "CAREBUS_MLLP_PORT": "mllp_port",
+    "CAREBUS_HTTP_PORT": "http_port",
+    "CAREBUS_DROP_DIR": "drop_dir",
+    "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
+}
+
+_PORT_FIELDS = {"kafka_port", "kafka_controller_port", "redis_port", "mllp_port", "http_port"}
+
+
+def load_settings() -> Settings:
+    """Read the environment; raise ConfigError naming the variable on a bad value."""
+    defaults = Settings()
+    values: dict[str, object] = {}
+    for var, name in ENVIRONMENT.items():
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            continue
+        if isinstance(default, int):
+            if name in _PORT_FIELDS:
+                values[name] = _env_int(var, default, 1, 65535)
+            elif name == "kafka_brokers":
+                values[name] = _env_int(var, default, 1, 9)
+            else:
+                values[name] = _env_int(var, default, 0, 10_000)
+        elif isinstance(default, Path):
+            values[name] = Path(_env(var, str(default))).expanduser()
+        else:
+            values[name] = _env(var, default)
+    bootstrap = str(values["kafka_bootstrap_servers"])
+    for hostport in filter(None, bootstrap.split(",")):
+        host, _, port = hostport.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"KAFKA_BOOTSTRAP_SERVERS entry {hostport!r} is not host:port")
+    redis_url = str(values["redis_url"])
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://")
+    if values["kafka_port"] == values["kafka_controller_port"]:
+        raise ConfigError("CAREBUS_KAFKA_PORT and CAREBUS_KAFKA_CONTROLLER_PORT must differ")
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,87 @@
+"""The embedded Redis server: Debian's redis-server on its own port, append-only file on.
+
+The shared record is served from Redis; AOF with fsync every second means a restart keeps it
+(and it can always be rebuilt from the compacted snapshot topic in Kafka).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+from carebus import process_control
+from carebus.config import Settings
+
+
+class RedisSetupError(RuntimeError):
+    """redis-server is missing or its port is taken; the message says how to fix it."""
+
+
+def _paths(settings: Settings):
+    directory = settings.data_dir / "redis"
+    return directory, directory / "redis.pid", directory / "redis.log", directory / "redis.conf"
+
+
+def _marker(settings: Settings) -> tuple[str, ...]:
+    # redis-server rewrites its process title to "redis-server 127.0.0.1:PORT" moments after
+    # start, so either the config path or the port identifies our process.
+    return (f"127.0.0.1:{settings.redis_port}", str(_paths(settings)[3]))
+
+
+def require_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RedisSetupError(
+            "redis-server not found on PATH: install Debian's package (apt-get install redis-server) "
+            "or set REDIS_URL to use your own Redis"
+        )
+    return binary
+
+
+def up(settings: Settings, timeout: float = 20.0) -> bool:
+    directory, pid_file, log_file, conf = _paths(settings)
+    if process_control.running_pid(pid_file, _marker(settings)):
+        return False
+    binary = require_binary()
+    if process_control.port_open(settings.redis_port):
+        raise RedisSetupError(
+            f"port {settings.redis_port} (Redis) is already in use by a process carebus did not start; "
+            "stop it or choose another port with CAREBUS_REDIS_PORT"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        "\n".join([
+            f"port {settings.redis_port}",
+            "bind 127.0.0.1",
+            f"dir {directory}",
+            "appendonly yes",
+            "appendfsync everysec",
+            "daemonize no",
+            "save 60 1000",
+            "protected-mode yes",
+        ]) + "\n"
+    )
+    process_control.start([binary, str(conf)], pid_file, log_file)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = subprocess.run(
+            ["redis-cli", "-p", str(settings.redis_port), "ping"], capture_output=True, text=True
+        ) if shutil.which("redis-cli") else None
+        if (result is not None and result.stdout.strip() == "PONG") or (
+            result is None and process_control.port_open(settings.redis_port)
+        ):
+            return True
+        if not process_control.running_pid(pid_file, _marker(settings)):
+            raise RedisSetupError(f"redis-server exited during start-up:\n{log_file.read_text()[-2000:]}")
+        time.sleep(0.1)
+    raise RedisSetupError(f"Redis did not answer PING within {timeout:.0f}s")
+
+
+def down(settings: Settings, hard: bool = False) -> bool:
+    _, pid_file, _, conf = _paths(settings)
+    return process_control.stop(pid_file, _marker(settings), hard=hard)
+
+
+def status(settings: Settings) -> bool:
+    _, pid_file, _, conf = _paths(settings)
+    return process_control.running_pid(pid_file, _marker(settings)) is not None

@@ -1,0 +1,69 @@
+"""Creates the catalogued topics and verifies existing ones match the catalogue."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from carebus.config import Settings
+from schemas.topics import CATALOGUE, TopicSpec
+
+# Settings that must match exactly; others (segment sizes) may be tuned by operators.
+VERIFIED_CONFIGS = ("cleanup.policy", "retention.ms", "min.insync.replicas")
+
+
+@dataclass(frozen=True)
+class TopicState:
+    name: str
+    created: bool
+    partitions: int
+    problems: tuple[str, ...]
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap})
+
+
+def ensure_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOGUE) -> list[TopicState]:
+    admin = admin_client(settings)
+    existing = admin.list_topics(timeout=15).topics
+    replication = settings.replication
+    to_create = [
+        NewTopic(t.name, t.partitions or settings.topic_partitions, replication, config=t.config(replication))
+        for t in catalogue if t.name not in existing
+    ]
+    created = set()
+    if to_create:
+        for name, future in admin.create_topics(to_create, request_timeout=30).items():
+            try:
+                future.result()
+                created.add(name)
+            except KafkaException as exc:
+                # Another process created it first: fine, it is verified below.
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    return verify_topics(settings, catalogue, created, admin)
+
+
+def verify_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOGUE,
+                  created: set[str] | None = None, admin: AdminClient | None = None) -> list[TopicState]:
+    admin = admin or admin_client(settings)
+    metadata = admin.list_topics(timeout=15).topics
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t.name) for t in catalogue if t.name in metadata]
+    configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()} if resources else {}
+    states = []
+    for spec in catalogue:
+        problems = []
+        if spec.name not in metadata:
+            states.append(TopicState(spec.name, False, 0, ("missing",)))
+            continue
+        wanted = spec.config(settings.replication)
+        actual = configs.get(spec.name, {})
+        for key in VERIFIED_CONFIGS:
+            have = actual[key].value if key in actual else None
+            if have != wanted[key]:
+                problems.append(f"{key}={have} (catalogue says {wanted[key]})")
+        partitions = len(metadata[spec.name].partitions)
+        states.append(TopicState(spec.name, spec.name in (created or set()), partitions, tuple(problems)))
+    return states

@@ -1,0 +1,1 @@
+"""The contract between producers, streams and consumers: Avro schemas and the topic catalogue."""

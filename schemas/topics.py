@@ -1,0 +1,64 @@
+"""The topic catalogue: every topic carebus uses, declared once.
+
+Event logs keep history forever (they are the audit record and the source every view is
+rebuilt from); snapshot topics are compacted to the latest value per key; every processing
+stage has a dead-letter topic. min.insync.replicas follows the cluster size so a single-broker
+laptop and a 3-broker cluster use the same catalogue.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+FOREVER = -1
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    message_type: str          # Avro message type (schemas.registry.MESSAGE_TYPES)
+    key: str                   # what the key is; documents partitioning
+    purpose: str
+    cleanup_policy: str = "delete"
+    retention_ms: int = FOREVER
+    partitions: int | None = None  # None = settings.topic_partitions
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def config(self, replication: int) -> dict[str, str]:
+        cfg = {
+            "cleanup.policy": self.cleanup_policy,
+            "retention.ms": str(self.retention_ms),
+            "min.insync.replicas": str(min(2, replication)),
+            # Brokers timestamp nothing: event time is the producer's, so offsets-for-times
+            # on the audit log finds messages by when the source sent them.
+            "message.timestamp.type": "CreateTime",
+        }
+        cfg.update(self.extra)
+        return cfg
+
+
+RAW = TopicSpec("carebus.raw.v1", "RawMessage", "raw id (sha256 of system and bytes)",
+                "every inbound message exactly as received, for audit")
+SOURCE_EVENTS = TopicSpec("carebus.source-events.v1", "SourcePatientEvent", "source system | local patient id",
+                          "canonical events from the vendor connectors")
+IDENTITY_EVENTS = TopicSpec("carebus.identity-events.v1", "IdentityEvent", "person id",
+                            "EMPI decisions: link, unlink, merge, unmerge, review")
+LINK_REVIEW = TopicSpec("carebus.link-review.v1", "IdentityEvent", "review id",
+                        "uncertain matches waiting for a person to decide")
+PATIENT_CHANGES = TopicSpec("carebus.patient-changes.v1", "RecordChange", "person id",
+                            "every change to a shared record, the feed subscribers receive")
+SHARED_RECORDS = TopicSpec("carebus.shared-records.v1", "SharedRecord", "person id",
+                           "latest shared record per person", cleanup_policy="compact",
+                           extra={"min.cleanable.dirty.ratio": "0.1", "segment.ms": "3600000"})
+DLQ_CONNECTORS = TopicSpec("carebus.dlq.connectors.v1", "DeadLetter", "dead letter id",
+                           "inbound messages the connectors rejected, with reason and original bytes",
+                           partitions=1)
+DLQ_STREAMS = TopicSpec("carebus.dlq.streams.v1", "DeadLetter", "dead letter id",
+                        "events the stream processors could not process", partitions=1)
+DLQ_DELIVERY = TopicSpec("carebus.dlq.delivery.v1", "DeadLetter", "subscription id",
+                         "changes a subscriber could not take after every retry", partitions=1)
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    RAW, SOURCE_EVENTS, IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SHARED_RECORDS,
+    DLQ_CONNECTORS, DLQ_STREAMS, DLQ_DELIVERY,
+)
+BY_NAME = {t.name: t for t in CATALOGUE}

@@ -1,0 +1,52 @@
+"""docker-compose.yml must describe the same topology the embedded bus runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.main import get_command
+
+from carebus.cli import app
+from carebus.config import ENVIRONMENT, REPO_ROOT
+from carebus.kafka_server import LOG4J2_PROPERTIES  # noqa: F401 - the embedded twin of the kafka service
+
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+
+
+def test_kafka_is_a_single_kraft_node_with_the_embedded_settings():
+    env = SERVICES["kafka"]["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "CONTROLLER" in env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == 0
+    assert env["KAFKA_LOG_RETENTION_HOURS"] == -1
+    assert "zookeeper" not in str(COMPOSE).lower()
+
+
+def test_redis_keeps_an_append_only_file():
+    assert "--appendonly" in SERVICES["redis"]["command"]
+
+
+def test_schema_registry_enforces_full_transitive_like_the_tests():
+    env = SERVICES["schema-registry"]["environment"]
+    assert env["SCHEMA_REGISTRY_SCHEMA_COMPATIBILITY_LEVEL"] == "full_transitive"
+
+
+def test_carebus_services_use_only_documented_settings_and_real_commands():
+    commands = set(get_command(app).commands)
+    carebus_services = [s for s in SERVICES.values() if s.get("build")]
+    assert carebus_services
+    for service in carebus_services:
+        assert service["command"][0] == "carebus"
+        assert service["command"][1] in commands, service["command"]
+        for variable in service["environment"]:
+            assert variable in ENVIRONMENT, variable
+        assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+
+
+def test_dockerfile_copies_every_package():
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    for package in ("carebus", "schemas", "producers", "streams", "consumers"):
+        assert f"COPY {package} {package}" in dockerfile
+        assert Path(REPO_ROOT / package).is_dir()
