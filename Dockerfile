@@ -7,6 +7,7 @@ COPY schemas schemas
 COPY producers producers
 COPY streams streams
 COPY consumers consumers
+COPY simulator simulator
 COPY bench bench
 RUN pip install --no-cache-dir .
 EXPOSE 2575 8080

@@ -84,6 +84,46 @@ def status() -> None:
         console.print(f"(using external Kafka {settings.bootstrap})")
 
 
+@app.command()
+def connectors() -> None:
+    """Run the vendor connectors: MLLP (Cerner, RiO), FHIR REST (EMIS, Cerner), file drops (EMIS, Vision)."""
+    import asyncio
+
+    from producers.connector_service import serve
+
+    asyncio.run(serve(_settings()))
+
+
+@app.command()
+def simulate(
+    people: int = typer.Option(1000, help="population size (up to millions; memory ~1 KB per source record)"),
+    seed: int = typer.Option(7, help="random seed: the same seed gives the same population and faults"),
+    truth: str = typer.Option(".carebus/ground-truth.jsonl", help="where to write which source records are one person"),
+    host: str = typer.Option("127.0.0.1", help="where the connectors listen"),
+    connections: int = typer.Option(4, help="parallel MLLP connections / HTTP senders per system"),
+    missing_nhs: float = typer.Option(0.05), mistyped_nhs: float = typer.Option(0.02),
+    nickname: float = typer.Option(0.05), swapped_names: float = typer.Option(0.02),
+    double_barrelled: float = typer.Option(0.02), moved_address: float = typer.Option(0.08),
+    birth_date_typo: float = typer.Option(0.02),
+) -> None:
+    """Send synthetic London traffic through the running connectors (MLLP, FHIR REST, file drop)."""
+    import asyncio
+    from pathlib import Path
+
+    from simulator import population as pop
+    from simulator.run import Target, drive, write_truth
+
+    settings = _settings()
+    rates = pop.FaultRates(missing_nhs, mistyped_nhs, nickname, swapped_names, double_barrelled, moved_address,
+                           birth_date_typo)
+    population = pop.build(people, seed, rates)
+    write_truth(population, Path(truth))
+    console.print(f"{people} people, {len(population.records)} source records; ground truth in {truth}")
+    stats = asyncio.run(drive(population, Target(host, settings.mllp_port, settings.http_port, settings.drop_dir),
+                              seed, connections))
+    console.print(f"sent {stats.sent}, acknowledged {stats.acked}, rejected {stats.rejected}, retried {stats.retried}")
+
+
 @app.command("check-schemas")
 def check_schemas() -> None:
     """Check every message schema against all earlier versions (FULL_TRANSITIVE)."""

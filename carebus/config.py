@@ -58,6 +58,7 @@ class Settings:
     drop_dir: Path = REPO_ROOT / ".carebus" / "drop"
     # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
     log_pseudonym_key: str = "carebus-dev-log-key"
+    credentials_file: Path = REPO_ROOT / "deploy" / "dev-credentials.json"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -98,6 +99,7 @@ ENVIRONMENT = {
     "CAREBUS_HTTP_PORT": "http_port",
     "CAREBUS_DROP_DIR": "drop_dir",
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
+    "CAREBUS_CREDENTIALS_FILE": "credentials_file",
 }
 
 _PORT_FIELDS = {"kafka_port", "kafka_controller_port", "redis_port", "mllp_port", "http_port"}

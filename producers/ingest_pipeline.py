@@ -1,0 +1,132 @@
+"""The path every inbound message takes after mapping: raw copy, canonical events, dead letters.
+
+Order matters for "nothing lost": the raw original is durable on the raw topic first, then the
+canonical events (each pointing at the raw copy); only when Kafka has acknowledged all of them
+(acks=all) does the caller acknowledge the sender. Rejected input goes to the connectors'
+dead-letter topic with its reason and original bytes before the sender hears the rejection.
+Event ids are deterministic, and a Redis marker set after a successful publish lets a
+redelivered message be acknowledged again without publishing it twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Histogram
+
+from carebus.durable_producer import DurableProducer
+from carebus.log_privacy import pseudonym
+from producers.source_systems import SourceSystemProfile
+from schemas import codec
+from schemas.topics import DLQ_CONNECTORS, RAW, SOURCE_EVENTS
+
+log = logging.getLogger("carebus.ingest")
+
+MESSAGES = Counter("carebus_connector_messages_total", "Inbound messages by connector and outcome",
+                   ["connector", "channel", "outcome"])
+EVENTS = Counter("carebus_connector_events_total", "Canonical events published", ["connector"])
+LATENCY = Histogram("carebus_connector_ingest_seconds", "Receive to durable-in-Kafka time", ["connector", "channel"])
+SEEN_TTL_SECONDS = 30 * 24 * 3600
+
+
+class StoreUnavailable(RuntimeError):
+    """Kafka did not confirm; the sender must retry (HL7 AE, HTTP 503)."""
+
+
+@dataclass
+class IngestResult:
+    accepted: bool
+    event_ids: list[str] = field(default_factory=list)
+    duplicate: bool = False
+    reason: str = ""
+    error_code: str = ""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def source_key(event: dict[str, Any]) -> str:
+    ident = event["patient"]["local_identifier"]
+    return f"{event['envelope']['source_system']}|{ident['system']}|{ident['value']}"
+
+
+class IngestPipeline:
+    def __init__(self, producer: DurableProducer, redis_client: aioredis.Redis | None) -> None:
+        self.producer = producer
+        self.redis = redis_client
+
+    async def _seen(self, event_ids: list[str]) -> bool:
+        if self.redis is None or not event_ids:
+            return False
+        found = await self.redis.exists(*[f"carebus:ingested:{e}" for e in event_ids])
+        return found == len(event_ids)
+
+    async def _mark(self, event_ids: list[str]) -> None:
+        if self.redis is None:
+            return
+        pipe = self.redis.pipeline()
+        for e in event_ids:
+            pipe.set(f"carebus:ingested:{e}", 1, ex=SEEN_TTL_SECONDS)
+        await pipe.execute()
+
+    async def publish(self, raw: bytes, profile: SourceSystemProfile, ods: str, channel: str,
+                      content_type: str, events: list[dict[str, Any]], received_at_ms: int) -> IngestResult:
+        """Store raw + events durably. Raises StoreUnavailable if Kafka does not confirm."""
+        started = time.perf_counter()
+        ids = [e["envelope"]["event_id"] for e in events]
+        if await self._seen(ids):
+            MESSAGES.labels(profile.connector, channel, "duplicate").inc()
+            return IngestResult(True, ids, duplicate=True)
+        sha = hashlib.sha256(raw).hexdigest()
+        raw_id = hashlib.sha256(f"{profile.code}|{sha}".encode()).hexdigest()[:32]
+        try:
+            delivered = await self.producer.send(
+                RAW.name, codec.encode("RawMessage", {
+                    "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
+                    "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
+                key=raw_id, headers=codec.headers("RawMessage"), timestamp_ms=received_at_ms)
+            ref = {"raw_id": raw_id, "sha256": sha, "topic": delivered.topic, "partition": delivered.partition,
+                   "offset": delivered.offset}
+            futures = []
+            for event in events:
+                event["envelope"]["raw_message"] = ref
+                futures.append(self.producer.send(
+                    SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event), key=source_key(event),
+                    headers=codec.headers("SourcePatientEvent"), timestamp_ms=event["envelope"]["occurred_at"]))
+            for f in futures:
+                await f
+        except Exception as exc:  # noqa: BLE001 - any Kafka failure means "not stored"
+            MESSAGES.labels(profile.connector, channel, "unavailable").inc()
+            log.error("Kafka did not confirm a %s message: %s", profile.connector, type(exc).__name__)
+            raise StoreUnavailable("message not stored: the event store did not confirm, please retry") from exc
+        await self._mark(ids)
+        MESSAGES.labels(profile.connector, channel, "accepted").inc()
+        EVENTS.labels(profile.connector).inc(len(events))
+        LATENCY.labels(profile.connector, channel).observe(time.perf_counter() - started)
+        for event in events:
+            log.info("accepted %s %s for %s", profile.connector, event["envelope"]["event_type"],
+                     pseudonym(event["patient"]["local_identifier"]["value"]))
+        return IngestResult(True, ids)
+
+    async def reject(self, raw: bytes, profile: SourceSystemProfile, channel: str, content_type: str,
+                     reason: str, error_code: str) -> IngestResult:
+        """Park rejected input on the dead-letter topic, then let the caller tell the sender."""
+        dead_id = str(uuid.uuid4())
+        try:
+            await self.producer.send(DLQ_CONNECTORS.name, codec.encode("DeadLetter", {
+                "dead_letter_id": dead_id, "stage": f"connector:{profile.connector}:{channel}",
+                "source_system": profile.code, "reason": reason, "error_code": error_code, "failed_at": now_ms(),
+                "original_topic": None, "original_partition": None, "original_offset": None,
+                "content_type": content_type, "payload": raw, "attempts": 1}),
+                key=dead_id, headers=codec.headers("DeadLetter"))
+        except Exception as exc:  # noqa: BLE001
+            raise StoreUnavailable("rejection could not be recorded, please retry") from exc
+        MESSAGES.labels(profile.connector, channel, "rejected").inc()
+        log.warning("rejected %s message (%s): %s", profile.connector, error_code, reason)
+        return IngestResult(False, reason=reason, error_code=error_code)

@@ -1,0 +1,149 @@
+"""INPS Vision bulk extract (CSV) to canonical events. Pure: no I/O.
+
+The extract format is documented in docs/vision-extract.md: one row per fact, every row
+carrying the patient's Vision id and practice, `record_type` saying what the row is. Rows
+are grouped per patient into one event; a bad row is rejected on its own (with its line
+number) and never stops the rest of the file.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+
+from producers import nhs_number
+from producers.hl7v2_mapper import EVENT_NAMESPACE
+from producers.source_systems import NHS_NUMBER_SYSTEM, VISION
+
+COLUMNS = ("record_type", "patient_id", "practice_ods", "nhs_number", "nhs_verified", "family", "given",
+           "birth_date", "sex", "address_line", "city", "postcode", "phone", "item_id", "code_system",
+           "code", "display", "value", "unit", "status", "date")
+RECORD_TYPES = {"PATIENT", "PROBLEM", "MEDICATION", "ALLERGY", "OBSERVATION"}
+CODE_SYSTEMS = {"SNOMED": "http://snomed.info/sct", "DMD": "https://dmd.nhs.uk", "READ2": "http://read.info/readv2"}
+SEX = {"M": "MALE", "F": "FEMALE", "I": "OTHER", "U": "UNKNOWN"}
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    reason: str
+    row: bytes
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    events: list[dict[str, Any]]
+    errors: list[RowError]
+
+
+def _date(value: str, line: int) -> date | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise ValueError(f"line {line}: a date is not YYYY-MM-DD") from None
+
+
+def _ms(d: date | None) -> int | None:
+    return None if d is None else int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def parse_extract(raw: bytes, file_name: str, received_at_ms: int) -> ExtractResult:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252", errors="replace")
+    lines = text.splitlines()
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        return ExtractResult([], [RowError(1, f"header lacks columns: {', '.join(missing)}", raw[:2000])])
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    events: dict[tuple[str, str], dict[str, Any]] = {}
+    errors: list[RowError] = []
+    for index, row in enumerate(reader, start=2):
+        original = (lines[index - 1] if index - 1 < len(lines) else "").encode()
+        try:
+            _apply_row(row, index, events, file_name, digest, received_at_ms)
+        except ValueError as exc:
+            errors.append(RowError(index, str(exc), original))
+    return ExtractResult(list(events.values()), errors)
+
+
+def _apply_row(row: dict[str, str], line: int, events: dict, file_name: str, digest: str, now: int) -> None:
+    rtype = (row.get("record_type") or "").strip().upper()
+    if rtype not in RECORD_TYPES:
+        raise ValueError(f"line {line}: record_type {rtype!r} is not one of {sorted(RECORD_TYPES)}")
+    pid, ods = (row.get("patient_id") or "").strip(), (row.get("practice_ods") or "").strip().upper()
+    if not pid or not ods:
+        raise ValueError(f"line {line}: patient_id and practice_ods are required")
+    key = (ods, pid)
+    event = events.get(key)
+    if event is None:
+        event = events[key] = {
+            "envelope": {"event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"INPS_VISION|{ods}|{pid}|{digest}")),
+                         "source_system": VISION.code, "source_ods_code": ods, "source_record_id": f"{file_name}#{pid}",
+                         "event_type": "vision.extract", "occurred_at": now, "recorded_at": now,
+                         "correlation_id": file_name, "raw_message": None},
+            "patient": {"local_identifier": {"system": VISION.identifier_system(ods), "value": pid},
+                        "other_identifiers": [], "nhs_number": None, "nhs_number_status": "ABSENT", "names": [],
+                        "birth_date": None, "sex": "UNKNOWN", "addresses": [], "telecom": [],
+                        "registered_practice_ods": ods, "deceased_at": None, "sharing_objection": False},
+            "action": "UPSERT", "merged_from": [], "encounters": [], "problems": [], "medications": [],
+            "allergies": [], "observations": [], "referrals": [], "documents": [], "data_quality_flags": [],
+        }
+    if rtype == "PATIENT":
+        p = event["patient"]
+        number = nhs_number.normalise(row.get("nhs_number"))
+        birth = _date((row.get("birth_date") or "").strip(), line)
+        if number:
+            p["nhs_number"] = number
+            p["other_identifiers"] = [{"system": NHS_NUMBER_SYSTEM, "value": number}]
+            if not nhs_number.is_valid(number):
+                p["nhs_number_status"] = "INVALID_CHECKSUM"
+                event["data_quality_flags"].append("NHS_NUMBER_INVALID_CHECKSUM")
+            else:
+                p["nhs_number_status"] = "VERIFIED" if (row.get("nhs_verified") or "").upper() == "Y" else "PRESENT_UNVERIFIED"
+        family, given = (row.get("family") or "").strip(), (row.get("given") or "").strip()
+        if not family and not given:
+            raise ValueError(f"line {line}: a PATIENT row needs family or given name")
+        p["names"] = [{"use": "official", "family": family, "given": given.split(), "prefix": None}]
+        p["birth_date"] = None if birth is None else (birth - date(1970, 1, 1)).days
+        p["sex"] = SEX.get((row.get("sex") or "U").strip().upper()[:1], "UNKNOWN")
+        if row.get("address_line") or row.get("postcode"):
+            p["addresses"] = [{"use": "home", "lines": [row["address_line"]] if row.get("address_line") else [],
+                               "city": row.get("city") or None, "postcode": (row.get("postcode") or "").upper() or None}]
+        if row.get("phone"):
+            p["telecom"] = [{"system": "phone", "value": row["phone"], "use": "home"}]
+        return
+    code = (row.get("code") or "").strip()
+    if not code:
+        raise ValueError(f"line {line}: {rtype} row has no code")
+    coded = {"system": CODE_SYSTEMS.get((row.get("code_system") or "").upper(), row.get("code_system") or "urn:carebus:local"),
+             "code": code, "display": row.get("display") or None}
+    item_id = (row.get("item_id") or "").strip() or f"{pid}-{line}"
+    when = _ms(_date((row.get("date") or "").strip(), line))
+    status = (row.get("status") or "active").strip().lower()
+    if rtype == "PROBLEM":
+        event["problems"].append({"id": item_id, "code": coded, "status": status, "onset": when, "abatement": None, "provenance": []})
+    elif rtype == "MEDICATION":
+        event["medications"].append({"id": item_id, "code": coded, "dosage": row.get("value") or None, "status": status,
+                                     "start": when, "end": None, "provenance": []})
+    elif rtype == "ALLERGY":
+        event["allergies"].append({"id": item_id, "substance": coded, "reaction": row.get("value") or None, "severity": None,
+                                   "status": status, "recorded": when, "provenance": []})
+    else:
+        value = (row.get("value") or "").strip()
+        try:
+            quantity = float(value) if value else None
+            text = None
+        except ValueError:
+            quantity, text = None, value
+        event["observations"].append({"id": item_id, "code": coded, "value_quantity": quantity, "unit": row.get("unit") or None,
+                                      "value_text": text, "reference_range": None, "interpretation": None,
+                                      "status": "final", "effective": when, "provenance": []})
