@@ -58,3 +58,66 @@ def redis_client(bus_settings):
     client = redis.Redis.from_url(bus_settings.redis)
     yield client
     client.close()
+
+
+class ServiceProcess:
+    """A carebus service started as its own OS process, as an operator would run it."""
+
+    def __init__(self, args: list[str], env: dict[str, str], ready_url: str | None, log_path: Path) -> None:
+        self.args, self.env, self.ready_url, self.log_path = args, env, ready_url, log_path
+        self.proc = None
+
+    def start(self, timeout: float = 60.0) -> "ServiceProcess":
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "carebus.cli", *self.args], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.args} exited: {self.log_path.read_text()[-3000:]}")
+            if self.ready_url is None:
+                return self
+            try:
+                if httpx.get(self.ready_url, timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.args} not ready: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a clean shutdown."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except Exception:  # noqa: BLE001
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def service_env(bus_settings):
+    drop = bus_settings.data_dir / "drop"
+    env = {**os.environ, "CAREBUS_DROP_DIR": str(drop)}
+    return env
+
+
+@pytest.fixture(scope="session")
+def connectors(bus_settings, service_env):
+    """`carebus connectors` running against the test bus for the whole session."""
+    service = ServiceProcess(["connectors"], service_env, f"http://127.0.0.1:{bus_settings.http_port}/ready",
+                             bus_settings.data_dir / "connectors.log").start()
+    yield service
+    service.stop()

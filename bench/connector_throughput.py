@@ -1,0 +1,144 @@
+"""Connector throughput next to a raw confluent-kafka producer of the same events, in one run.
+
+    python -m bench.connector_throughput --messages 2000
+
+Starts the embedded bus (carebus up) and `carebus connectors`, sends Cerner HL7 over MLLP,
+EMIS FHIR Bundles over HTTP and a Vision extract file, then publishes the same canonical events
+with a bare confluent-kafka producer (acks=all, idempotent) as the baseline. Prints messages/s,
+per-message latency percentiles (send to ACK) and the connector process's peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from confluent_kafka import Producer
+from rich.console import Console
+from rich.table import Table
+
+from carebus import local_bus
+from carebus.config import load_settings
+from carebus.durable_producer import producer_config
+from producers import fhir_mapper, hl7v2_mapper
+from producers.source_systems import CERNER, EMIS
+from schemas import codec
+from schemas.topics import SOURCE_EVENTS
+from simulator import population as pop
+from simulator.traffic import MessageFactory, MllpClient, ack_code, vision_csv, write_drop_file
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run_mllp(port: int, messages: list[bytes], connections: int) -> list[float]:
+    latencies: list[float] = []
+
+    async def worker(chunk: list[bytes]) -> None:
+        client = MllpClient("127.0.0.1", port)
+        for m in chunk:
+            t = time.perf_counter()
+            assert ack_code(await client.send(m)) == "AA"
+            latencies.append(time.perf_counter() - t)
+        await client.close()
+
+    await asyncio.gather(*(worker(messages[i::connections]) for i in range(connections)))
+    return latencies
+
+
+async def run_http(port: int, bodies: list[tuple[str, bytes]], connections: int) -> list[float]:
+    latencies: list[float] = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        async def worker(chunk):
+            for ods, body in chunk:
+                t = time.perf_counter()
+                r = await http.post(f"http://127.0.0.1:{port}/fhir/emis", content=body,
+                                    headers={"Authorization": "Bearer dev-emis-token", "X-Ods-Code": ods})
+                assert r.status_code == 200, r.text
+                latencies.append(time.perf_counter() - t)
+        await asyncio.gather(*(worker(bodies[i::connections]) for i in range(connections)))
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=8)
+    args = parser.parse_args()
+    settings = load_settings()
+    local_bus.up(settings)
+    rng = random.Random(1)
+    people = pop.build(args.messages, seed=int(time.time()) % 100000, hospital_rate=1.0)
+    factory = MessageFactory(rng)
+    hl7 = [factory.hl7_adt(r, "A01") for r in people.records if r.system == "CERNER_MILLENNIUM"][: args.messages]
+    fhir = [(r.ods, factory.emis_bundle(r)) for r in people.records if r.system == "EMIS_WEB"][: args.messages // 2]
+    vision_recs = [r for r in people.records if r.system == "INPS_VISION"]
+    env = {**os.environ}
+    proc = subprocess.Popen([sys.executable, "-m", "carebus.cli", "connectors"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"http://127.0.0.1:{settings.http_port}/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        results = []
+        t = time.perf_counter()
+        lat = asyncio.run(run_mllp(settings.mllp_port, hl7, args.connections))
+        results.append(("cerner HL7 ADT over MLLP", len(hl7), time.perf_counter() - t, lat))
+        t = time.perf_counter()
+        lat = asyncio.run(run_http(settings.http_port, fhir, args.connections))
+        results.append(("emis FHIR Bundle over HTTP", len(fhir), time.perf_counter() - t, lat))
+        drop = settings.drop_dir / "vision"
+        name = f"bench-{time.time_ns()}.csv"
+        rows = [row for r in vision_recs for row in factory.vision_rows(r)]
+        t = time.perf_counter()
+        write_drop_file(drop / "incoming", name, vision_csv(rows))
+        while not (drop / "processed" / name).exists():
+            time.sleep(0.01)
+        results.append(("vision CSV extract (patients)", len(vision_recs), time.perf_counter() - t, []))
+        peak = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+    # Baseline: the same canonical events, encoded and produced by a bare client.
+    events = [hl7v2_mapper.map_message(m, CERNER, "RAL", 0).event for m in hl7]
+    events += [e for ods, b in fhir for e in fhir_mapper.map_payload(b, EMIS, ods, 0)]
+    producer = Producer(producer_config(settings))
+    t = time.perf_counter()
+    for e in events:
+        producer.produce(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", e), key=e["patient"]["local_identifier"]["value"])
+        producer.poll(0)
+    producer.flush()
+    baseline = time.perf_counter() - t
+
+    table = Table(title="connector throughput (same run)")
+    for col in ("path", "messages", "msg/s", "p50 ms", "p95 ms", "p99 ms"):
+        table.add_column(col)
+    for name, n, secs, lat in results:
+        table.add_row(name, str(n), f"{n / secs:,.0f}", f"{pct(lat, .5):.1f}", f"{pct(lat, .95):.1f}", f"{pct(lat, .99):.1f}")
+    table.add_row("baseline: raw confluent-kafka producer", str(len(events)), f"{len(events) / baseline:,.0f}", "-", "-", "-")
+    Console().print(table)
+    print(f"connector process peak RSS: {peak:.0f} MiB; mean MLLP latency {statistics.mean(results[0][3]) * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

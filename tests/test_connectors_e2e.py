@@ -1,0 +1,194 @@
+"""Each connector end to end through its real interface (MLLP socket, HTTP, files) against real Kafka."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import time
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from schemas import codec
+from schemas.topics import DLQ_CONNECTORS, RAW, SOURCE_EVENTS
+from simulator import population as pop
+from simulator.traffic import MessageFactory, MllpClient, ack_code, vision_csv, write_drop_file
+from tests.kafka_reading import read_all
+
+pytestmark = pytest.mark.integration
+
+
+def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A01", extra: str = "") -> bytes:
+    return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^{trigger}^ADT_A01|{control}|P|2.4\r"
+            f"EVN|{trigger}|20261124101000\r"
+            f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||SMITH^JOHN||19700102|M|||1 HIGH ST^^LONDON^^NW1 2AB\r"
+            f"PV1|1|I|WARD1^BED2||||||||||||||||V{control}\r{extra}").encode()
+
+
+def mllp_send(port: int, *messages: bytes) -> list[bytes]:
+    async def go():
+        client = MllpClient("127.0.0.1", port)
+        out = [await client.send(m) for m in messages]
+        await client.close()
+        return out
+    return asyncio.run(go())
+
+
+def events_for(settings, local_id: str, expect: int | None = None, timeout: float = 30):
+    msgs = read_all(settings, SOURCE_EVENTS.name, expect=expect, timeout=timeout,
+                    predicate=lambda m: (m.key() or b"").endswith(f"|{local_id}".encode()))
+    return [codec.decode(m.value(), "SourcePatientEvent") for m in msgs]
+
+
+def dead_letters(settings, marker: bytes, expect: int = 1):
+    msgs = read_all(settings, DLQ_CONNECTORS.name, expect=expect,
+                    predicate=lambda m: marker in codec.decode(m.value())["payload"])
+    return [codec.decode(m.value(), "DeadLetter") for m in msgs]
+
+
+def test_cerner_adt_over_mllp_is_acked_after_kafka_has_it(bus_settings, connectors, unique):
+    raw = adt(f"L{unique}", f"C{unique}")
+    [ack] = mllp_send(bus_settings.mllp_port, raw)
+    assert ack_code(ack) == "AA" and f"MSA|AA|C{unique}".encode() in ack
+    [event] = events_for(bus_settings, f"L{unique}", expect=1)
+    assert event["patient"]["nhs_number"] == "9434765919"
+    assert event["encounters"][0]["movement"] == "admit"
+    # The original is kept byte for byte on the raw topic, and the event points at it.
+    ref = event["envelope"]["raw_message"]
+    raw_msgs = read_all(bus_settings, RAW.name, expect=1, predicate=lambda m: m.key() == ref["raw_id"].encode())
+    assert codec.decode(raw_msgs[0].value(), "RawMessage")["payload"] == raw
+    assert (raw_msgs[0].partition(), raw_msgs[0].offset()) == (ref["partition"], ref["offset"])
+
+
+def test_redelivered_message_is_acked_but_published_once(bus_settings, connectors, unique):
+    raw = adt(f"L{unique}", f"C{unique}")
+    acks = mllp_send(bus_settings.mllp_port, raw, raw, raw)
+    assert [ack_code(a) for a in acks] == ["AA", "AA", "AA"]
+    mllp_send(bus_settings.mllp_port, adt(f"L{unique}", f"D{unique}"))  # a later, different message
+    events = events_for(bus_settings, f"L{unique}", expect=None, timeout=15)
+    assert sorted(e["envelope"]["source_record_id"] for e in events) == [f"C{unique}", f"D{unique}"]
+
+
+def test_invalid_hl7_gets_a_nak_with_reason_and_is_parked(bus_settings, connectors, unique):
+    bad = adt(f"L{unique}", f"C{unique}").replace(b"19700102", b"19701399")
+    [ack] = mllp_send(bus_settings.mllp_port, bad)
+    assert ack_code(ack) == "AE" and b"birth date" in ack
+    [dead] = dead_letters(bus_settings, f"C{unique}".encode())
+    assert dead["payload"] == bad and dead["error_code"] == "HL7_BAD_DATETIME"
+    assert dead["stage"] == "connector:cerner:mllp"
+    # The stream goes on: the next good message on the same connection is accepted.
+    assert [ack_code(a) for a in mllp_send(bus_settings.mllp_port, bad, adt(f"M{unique}", f"E{unique}"))] == ["AE", "AA"]
+
+
+def test_invalid_nhs_number_is_published_with_a_flag(bus_settings, connectors, unique):
+    [ack] = mllp_send(bus_settings.mllp_port, adt(f"L{unique}", f"C{unique}", nhs="9434765918"))
+    assert ack_code(ack) == "AA"
+    [event] = events_for(bus_settings, f"L{unique}", expect=1)
+    assert event["patient"]["nhs_number_status"] == "INVALID_CHECKSUM"
+    assert "NHS_NUMBER_INVALID_CHECKSUM" in event["data_quality_flags"]
+
+
+def test_rio_referral_over_mllp(bus_settings, connectors, unique):
+    rec = pop.build(1, seed=2, mental_health_rate=1.0).records[-1]
+    from dataclasses import replace
+    rec = replace(rec, local_id=f"RIO{unique}")
+    raw = MessageFactory(random.Random(1)).hl7_adt(rec, "A04")
+    [ack] = mllp_send(bus_settings.mllp_port + 1, raw)
+    assert ack_code(ack) == "AA"
+    [event] = events_for(bus_settings, f"RIO{unique}", expect=1)
+    assert event["envelope"]["source_system"] == "RIO"
+    assert event["patient"]["local_identifier"]["system"].startswith("urn:carebus:id:rio:")
+    assert event["referrals"] and event["referrals"][0]["service"]["code"] == "CMHT"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(st.binary(min_size=1, max_size=300).filter(lambda b: b"\x1c\x0d" not in b),
+                 st.binary(max_size=30).map(lambda b: adt("FUZZ", "FUZZ")[:80] + b)))
+def test_fuzzed_mllp_input_always_gets_an_answer(bus_settings, connectors, raw):
+    raw = raw.replace(b"\x0b", b"").replace(b"\x1c\r", b"")
+    with socket.create_connection(("127.0.0.1", bus_settings.mllp_port), timeout=30) as s:
+        s.sendall(b"\x0b" + raw + b"\x1c\x0d")
+        reply = b""
+        while not reply.endswith(b"\x1c\x0d"):
+            chunk = s.recv(4096)
+            assert chunk, "connection closed without an ACK"
+            reply += chunk
+    assert ack_code(reply.strip(b"\x0b\x1c\r")) in ("AA", "AE", "AR")
+
+
+def _fhir(settings, path: str, body: bytes, token: str | None = "dev-emis-token", ods: str = "F84001"):
+    headers = {"Content-Type": "application/fhir+json", "X-Ods-Code": ods}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.post(f"http://127.0.0.1:{settings.http_port}{path}", content=body, headers=headers, timeout=30)
+
+
+def test_emis_bundle_over_fhir_rest(bus_settings, connectors, unique):
+    from dataclasses import replace
+    rec = replace(pop.build(1, seed=4).records[0], local_id=f"EM{unique}", ods="F84001")
+    body = MessageFactory(random.Random(2)).emis_bundle(rec)
+    resp = _fhir(bus_settings, "/fhir/emis", body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["type"] == "transaction-response"
+    [event] = events_for(bus_settings, f"EM{unique}", expect=1)
+    assert event["envelope"]["source_system"] == "EMIS_WEB" and event["envelope"]["source_ods_code"] == "F84001"
+
+
+def test_fhir_rest_authentication_and_errors(bus_settings, connectors, unique):
+    body = json.dumps({"resourceType": "Patient", "id": f"X{unique}", "birthDate": "1980-13-01"}).encode()
+    assert _fhir(bus_settings, "/fhir/emis", body, token=None).status_code == 401
+    assert _fhir(bus_settings, "/fhir/emis", body, token="wrong").status_code == 401
+    assert _fhir(bus_settings, "/fhir/emis", body, token="dev-cerner-token").status_code == 403
+    assert _fhir(bus_settings, "/fhir/cerner", body, token="dev-cerner-token", ods="F84001").status_code == 403
+    resp = _fhir(bus_settings, "/fhir/emis", body)
+    assert resp.status_code == 422
+    outcome = resp.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["Patient.birthDate"]
+    [dead] = dead_letters(bus_settings, f"X{unique}".encode())
+    assert dead["payload"] == body and dead["error_code"] == "FHIR_VALIDATION"
+
+
+def _wait_for(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_file_drops_for_emis_and_vision(bus_settings, connectors, unique):
+    drop = bus_settings.data_dir / "drop"
+    from dataclasses import replace
+    base = pop.build(1, seed=9).records[0]
+    emis = replace(base, local_id=f"EM{unique}", ods="F84001")
+    vision = replace(base, local_id=f"VS{unique}", ods="E87001", system="INPS_VISION")
+    factory = MessageFactory(random.Random(3))
+    write_drop_file(drop / "emis" / "incoming", f"load-{unique}.json", factory.emis_bundle(emis))
+    rows = factory.vision_rows(vision) + [{"record_type": "PROBLEM", "patient_id": f"VS{unique}", "practice_ods": "E87001"}]
+    write_drop_file(drop / "vision" / "incoming", f"extract-{unique}.csv", vision_csv(rows))
+    assert _wait_for(lambda: (drop / "vision" / "processed" / f"extract-{unique}.csv").exists())
+    assert _wait_for(lambda: (drop / "emis" / "processed" / f"load-{unique}.json").exists())
+    [e1] = events_for(bus_settings, f"EM{unique}", expect=1)
+    [e2] = events_for(bus_settings, f"VS{unique}", expect=1)
+    assert e1["envelope"]["event_type"].startswith("fhir.Bundle") and e2["envelope"]["event_type"] == "vision.extract"
+    [dead] = dead_letters(bus_settings, f"VS{unique}".encode())
+    assert "has no code" in dead["reason"] and dead["error_code"] == "VISION_BAD_ROW"
+
+
+def test_metrics_and_health(bus_settings, connectors):
+    base = f"http://127.0.0.1:{bus_settings.http_port}"
+    assert httpx.get(f"{base}/health").json() == {"status": "up"}
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'carebus_connector_messages_total{channel="mllp",connector="cerner",outcome="accepted"}' in metrics
+
+
+def test_logs_never_hold_identifiers_in_clear(bus_settings, connectors, unique):
+    mllp_send(bus_settings.mllp_port, adt(f"SECRET{unique}", f"C{unique}", nhs="9434765919"))
+    time.sleep(1)
+    log = (bus_settings.data_dir / "connectors.log").read_text()
+    assert f"SECRET{unique}" not in log and "9434765919" not in log and "SMITH" not in log

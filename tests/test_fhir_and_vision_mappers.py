@@ -1,0 +1,106 @@
+"""FHIR and Vision extract mapping, pure."""
+from __future__ import annotations
+
+import json
+import random
+from datetime import date
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from producers import fhir_mapper, vision_extract
+from producers.source_systems import EMIS
+from schemas import codec
+from simulator import population as pop
+from simulator.traffic import MessageFactory, vision_csv
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 100_000))
+def test_emis_bundles_map_to_one_event_with_sections(seed):
+    rec = pop.build(1, seed=seed).records[0]
+    raw = MessageFactory(random.Random(seed)).emis_bundle(rec)
+    events = fhir_mapper.map_payload(raw, EMIS, rec.ods, 0)
+    assert len(events) == 1
+    e = events[0]
+    assert e["patient"]["local_identifier"]["value"] == rec.local_id
+    assert e["patient"]["nhs_number"] == rec.nhs_number
+    assert e["patient"]["birth_date"] == (rec.birth_date - date(1970, 1, 1)).days
+    assert e["patient"]["registered_practice_ods"] == rec.ods
+    body = json.loads(raw)
+    kinds = [x["resource"]["resourceType"] for x in body["entry"]]
+    assert len(e["problems"]) == kinds.count("Condition")
+    assert len(e["medications"]) == kinds.count("MedicationStatement")
+    assert all(m["code"]["system"] == "https://dmd.nhs.uk" for m in e["medications"])
+    codec.encode("SourcePatientEvent", e)
+    # Same bytes, same event ids: redelivery is recognisable.
+    assert [x["envelope"]["event_id"] for x in fhir_mapper.map_payload(raw, EMIS, rec.ods, 99)] == [e["envelope"]["event_id"]]
+
+
+def test_single_resource_attaches_by_subject_identifier():
+    obs = {"resourceType": "Observation", "status": "final",
+           "subject": {"identifier": {"system": "urn:carebus:id:emis:emis-guid:F84001", "value": "EM1"}},
+           "code": {"coding": [{"system": "http://snomed.info/sct", "code": "271649006", "display": "Systolic BP"}]},
+           "valueQuantity": {"value": 128, "unit": "mmHg"}}
+    events = fhir_mapper.map_payload(json.dumps(obs).encode(), EMIS, "F84001", 0)
+    assert events[0]["patient"]["local_identifier"]["value"] == "EM1"
+    assert events[0]["observations"][0]["value_quantity"] == 128.0
+
+
+@pytest.mark.parametrize("body,code", [
+    (b"not json", "FHIR_NOT_JSON"),
+    (b'{"a": 1}', "FHIR_NOT_RESOURCE"),
+    (b'{"resourceType": "Basic"}', "FHIR_UNSUPPORTED_RESOURCE"),
+    (b'{"resourceType": "Patient", "id": "x", "birthDate": "1980-13-01"}', "FHIR_VALIDATION"),
+    (b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"}}', "FHIR_NO_SUBJECT"),
+    (b'{"resourceType": "Bundle", "type": "transaction", "entry": []}', "FHIR_INVALID"),
+])
+def test_invalid_fhir_gives_an_operation_outcome(body, code):
+    with pytest.raises(fhir_mapper.FHIRMappingError) as err:
+        fhir_mapper.map_payload(body, EMIS, "F84001", 0)
+    assert err.value.error_code == code
+    outcome = fhir_mapper.operation_outcome(err.value.issues)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["diagnostics"]
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                           max_leaves=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"resourceType": st.sampled_from(["Patient", "Bundle", "Observation", "Condition"])},
+                          optional={"entry": json_values, "type": json_values, "id": json_values,
+                                    "birthDate": json_values, "subject": json_values, "name": json_values}
+                          ).map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=64)))
+def test_fuzzed_fhir_maps_or_fails_cleanly(body):
+    try:
+        for e in fhir_mapper.map_payload(body, EMIS, "F84001", 0):
+            codec.encode("SourcePatientEvent", e)
+    except fhir_mapper.FHIRMappingError as exc:
+        assert exc.issues
+
+
+def test_vision_extract_groups_rows_and_rejects_bad_rows_alone():
+    population = pop.build(30, seed=5)
+    recs = [r for r in population.records if r.system == "INPS_VISION"][:3] or population.records[:3]
+    factory = MessageFactory(random.Random(1))
+    rows = [row for r in recs for row in factory.vision_rows(r)]
+    rows.append({"record_type": "PATIENT", "patient_id": "BAD1", "practice_ods": "E87001", "family": "X",
+                 "birth_date": "31/12/1990"})
+    rows.append({"record_type": "SPACESHIP", "patient_id": "BAD2", "practice_ods": "E87001"})
+    result = vision_extract.parse_extract(vision_csv(rows), "x.csv", 0)
+    assert {e["patient"]["local_identifier"]["value"] for e in result.events} >= {r.local_id for r in recs}
+    assert len(result.errors) == 2
+    assert all("1990" not in e.reason for e in result.errors), "reasons must not echo patient data"
+    assert b"BAD1" in result.errors[0].row
+    for e in result.events:
+        codec.encode("SourcePatientEvent", e)
+
+
+def test_vision_header_without_required_columns_is_rejected():
+    result = vision_extract.parse_extract(b"a,b\n1,2\n", "x.csv", 0)
+    assert not result.events and "header lacks columns" in result.errors[0].reason
