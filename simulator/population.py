@@ -163,3 +163,29 @@ def build(people: int, seed: int = 7, rates: FaultRates = FaultRates(), practice
             rec = SourceRecord(system="RIO", ods=rng.choice(RIO_TRUSTS), local_id=f"RIO{rng.randrange(10**7):07d}", **base)
             records.append(apply_faults(rng, rec, rates))
     return Population(persons, records)
+
+
+_CONNECTOR = {"EMIS_WEB": ("emis", "emis-guid"), "INPS_VISION": ("vision", "vision-id"),
+              "CERNER_MILLENNIUM": ("cerner", "mrn"), "RIO": ("rio", "rio-id")}
+
+
+def source_key(rec: SourceRecord) -> str:
+    """The key the connectors give this record on carebus.source-events.v1."""
+    connector, label = _CONNECTOR[rec.system]
+    return f"{rec.system}|urn:carebus:id:{connector}:{label}:{rec.ods.upper()}|{rec.local_id}"
+
+
+def patient_dict(rec: SourceRecord) -> dict:
+    """The canonical PatientIdentity the connectors would produce for this record."""
+    from producers import nhs_number as nhs
+
+    status = "ABSENT"
+    if rec.nhs_number:
+        status = "PRESENT_UNVERIFIED" if nhs.is_valid(rec.nhs_number) else "INVALID_CHECKSUM"
+    connector, label = _CONNECTOR[rec.system]
+    return {"local_identifier": {"system": f"urn:carebus:id:{connector}:{label}:{rec.ods.upper()}", "value": rec.local_id},
+            "other_identifiers": [], "nhs_number": rec.nhs_number, "nhs_number_status": status,
+            "names": [{"use": "official", "family": rec.family, "given": [rec.given], "prefix": None}],
+            "birth_date": (rec.birth_date - date(1970, 1, 1)).days, "sex": "MALE" if rec.sex == "M" else "FEMALE",
+            "addresses": [{"use": "home", "lines": [f"{rec.house} {rec.street}"], "city": "London", "postcode": rec.postcode}],
+            "telecom": [], "registered_practice_ods": rec.practice_ods, "deceased_at": None, "sharing_objection": False}

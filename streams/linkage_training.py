@@ -1,0 +1,41 @@
+"""Estimating the linkage parameters from data (EM over blocked candidate pairs). Pure.
+
+`carebus estimate-linkage` runs this over the demographics on the source-events topic and
+writes streams/linkage_parameters.json (or CAREBUS_LINKAGE_PARAMETERS); the workers load that
+file at start, so every worker scores with the same parameters.
+"""
+from __future__ import annotations
+
+import random
+
+from streams import blocking
+from streams.fellegi_sunter import Parameters, estimate
+from streams.record_comparison import Demographics, compare
+
+
+def candidate_pairs(records: list[Demographics], max_block: int = 200) -> list[tuple[Demographics, Demographics]]:
+    blocks: dict[str, list[Demographics]] = {}
+    for d in records:
+        for k in blocking.keys(d):
+            blocks.setdefault(k, []).append(d)
+    seen: set[tuple[str, str]] = set()
+    pairs = []
+    for members in blocks.values():
+        if len(members) > max_block:
+            continue  # a key this common carries no information
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                pair = (a.key, b.key) if a.key < b.key else (b.key, a.key)
+                if a.key != b.key and pair not in seen:
+                    seen.add(pair)
+                    pairs.append((a, b))
+    return pairs
+
+
+def estimate_from(records: list[Demographics], sample: int = 200_000, seed: int = 1) -> Parameters:
+    pairs = candidate_pairs(records)
+    if len(pairs) > sample:
+        pairs = random.Random(seed).sample(pairs, sample)
+    # NHS number agreement is decided by rule, not scored; leave it out of the fitted evidence.
+    vectors = [{k: v for k, v in compare(a, b).items() if k != "nhs"} for a, b in pairs]
+    return estimate(vectors)
