@@ -124,6 +124,14 @@ def simulate(
     console.print(f"sent {stats.sent}, acknowledged {stats.acked}, rejected {stats.rejected}, retried {stats.retried}")
 
 
+@app.command("link-worker")
+def link_worker(worker_id: str = typer.Option("", help="name for this worker's local data folder")) -> None:
+    """Run one identity-linking / shared-record worker (faust-streaming). Start several to scale out."""
+    from streams.linking_app import run_worker
+
+    run_worker(_settings(), worker_id)
+
+
 @app.command("check-schemas")
 def check_schemas() -> None:
     """Check every message schema against all earlier versions (FULL_TRANSITIVE)."""

@@ -52,7 +52,7 @@ def decode(data: bytes, expected_type: str | None = None) -> dict[str, Any]:
     if expected_type is not None and short != expected_type:
         raise UnknownSchemaError(f"expected {expected_type}, got {short}")
     reader = registry.current()[short]
-    return schemaless_reader(io.BytesIO(data[10:]), writer.parsed, reader.parsed)
+    return schemaless_reader(io.BytesIO(data[10:]), writer.parsed_plain, reader.parsed_plain)
 
 
 def headers(message_type: str) -> list[tuple[str, bytes]]:

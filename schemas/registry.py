@@ -29,6 +29,7 @@ class SchemaVersion:
     expanded: dict         # self-contained JSON schema (named types inlined)
     parsed: Any            # fastavro's parsed form, for the hot path
     fingerprint: bytes     # CRC-64-AVRO of the parsing canonical form, 8 bytes little-endian
+    parsed_plain: Any      # the same without logical types: decode gives epoch millis / days as ints
 
 
 def _load_named_types() -> dict[str, dict]:
@@ -70,7 +71,18 @@ def _version(name: str, version: str, expanded: dict) -> SchemaVersion:
     parsed = fastavro.parse_schema(expanded, named_schemas={})
     canonical = to_parsing_canonical_form(parsed)
     fp = int(fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
-    return SchemaVersion(name, version, expanded, parsed, fp)
+    plain = fastavro.parse_schema(_strip_logical_types(expanded), named_schemas={})
+    return SchemaVersion(name, version, expanded, parsed, fp, plain)
+
+
+def _strip_logical_types(node: Any) -> Any:
+    # Canonical events carry times as epoch milliseconds and dates as days, the wire's own
+    # values, so JSON, Redis and comparisons never meet datetime objects.
+    if isinstance(node, list):
+        return [_strip_logical_types(n) for n in node]
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    return node
 
 
 @lru_cache(maxsize=1)

@@ -51,7 +51,7 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis_client(bus_settings):
     import redis
 
@@ -121,3 +121,13 @@ def connectors(bus_settings, service_env):
                              bus_settings.data_dir / "connectors.log").start()
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def link_workers(bus_settings, service_env):
+    """Two `carebus link-worker` processes sharing the source-events partitions."""
+    workers = [ServiceProcess(["link-worker", "--worker-id", f"w{i}"], service_env, None,
+                              bus_settings.data_dir / f"link-worker-{i}.log").start() for i in range(2)]
+    yield workers
+    for w in workers:
+        w.stop()

@@ -1,0 +1,180 @@
+"""Building the shared record: per-source state from events, then one record per person. Pure.
+
+Source state: what one source system currently says about one of its patients. Demographic
+fields take the newest non-empty value (by occurred time, then event id, so replays and
+out-of-order delivery give the same state); clinical items are kept by their source item id,
+newest version winning, each with its provenance.
+
+Survivorship (golden demographics) across the sources of a person, field by field:
+  NHS number    VERIFIED beats PRESENT_UNVERIFIED; then GP systems > acute > mental health;
+                never an INVALID_CHECKSUM number
+  names, birth date, sex
+                GP systems (EMIS Web, Vision) > Cerner Millennium > RiO, then most recent
+  address, telecom
+                most recent from any source (people tell the last service they used)
+  registered practice
+                from GP systems only, most recent
+  sharing objection
+                if any source records an objection, the person has objected
+Clinical items are merged across sources: the same coded problem, allergy or medication from
+two systems becomes one entry with both provenances; observations de-duplicate on code, time
+and value; encounters and referrals stay per source. Sections are sorted so the record is the
+same bytes whatever order its sources arrived in.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+SECTIONS = ("encounters", "problems", "medications", "allergies", "observations", "referrals", "documents")
+DEMOGRAPHIC_FIELDS = ("nhs_number", "names", "birth_date", "sex", "addresses", "telecom",
+                      "registered_practice_ods", "deceased_at")
+SOURCE_RANK = {"EMIS_WEB": 0, "INPS_VISION": 0, "OTHER": 1, "CERNER_MILLENNIUM": 2, "RIO": 3, "CAREBUS": 4}
+NHS_STATUS_RANK = {"VERIFIED": 0, "PRESENT_UNVERIFIED": 1}
+
+
+def _empty(value: Any) -> bool:
+    return value in (None, "", [], {}, "UNKNOWN")
+
+
+def provenance(event: dict[str, Any]) -> dict[str, Any]:
+    env = event["envelope"]
+    return {"source_system": env["source_system"], "ods_code": env["source_ods_code"], "event_id": env["event_id"],
+            "source_record_id": env["source_record_id"], "recorded_at": env["occurred_at"]}
+
+
+def _order(prov: dict[str, Any]) -> tuple[int, str]:
+    return prov["recorded_at"], prov["event_id"]
+
+
+def new_source_state(key: str, event: dict[str, Any]) -> dict[str, Any]:
+    patient = event["patient"]
+    return {"key": key, "source_system": event["envelope"]["source_system"],
+            "local_identifier": patient["local_identifier"], "fields": {}, "items": {s: {} for s in SECTIONS},
+            "event_ids": [], "nhs_number_status": "ABSENT", "sharing_objection": False}
+
+
+def patient_view(state: dict[str, Any]) -> dict[str, Any]:
+    """The source's current PatientIdentity, assembled from its newest field values (for matching)."""
+    fields = {name: f["value"] for name, f in state["fields"].items()}
+    return {"local_identifier": state["local_identifier"], "nhs_number": fields.get("nhs_number"),
+            "nhs_number_status": state["nhs_number_status"] if fields.get("nhs_number") else "ABSENT",
+            "names": fields.get("names", []), "birth_date": fields.get("birth_date"),
+            "sex": fields.get("sex", "UNKNOWN"), "addresses": fields.get("addresses", [])}
+
+
+def apply_event(state: dict[str, Any], event: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Fold one event into a source state. Returns (new state, changed?). Idempotent."""
+    if event["envelope"]["event_id"] in state["event_ids"]:
+        return state, False
+    state = copy.deepcopy(state)
+    prov = provenance(event)
+    patient = event["patient"]
+    for name in DEMOGRAPHIC_FIELDS:
+        value = patient.get(name)
+        if _empty(value):
+            continue
+        if name == "nhs_number" and patient.get("nhs_number_status") == "INVALID_CHECKSUM":
+            continue
+        current = state["fields"].get(name)
+        if current is None or _order(prov) >= _order(current["provenance"]):
+            state["fields"][name] = {"value": value, "provenance": prov}
+            if name == "nhs_number":
+                state["nhs_number_status"] = patient.get("nhs_number_status", "PRESENT_UNVERIFIED")
+    state["sharing_objection"] = state["sharing_objection"] or bool(patient.get("sharing_objection"))
+    for section in SECTIONS:
+        for item in event.get(section) or []:
+            current = state["items"][section].get(item["id"])
+            if current is None or _order(prov) >= _order(current["provenance"][0]):
+                state["items"][section][item["id"]] = {**item, "provenance": [prov]}
+    state["event_ids"] = (state["event_ids"] + [event["envelope"]["event_id"]])[-500:]
+    return state, True
+
+
+def _dedupe_key(section: str, item: dict[str, Any], source_key: str) -> str:
+    if section in ("problems", "medications"):
+        return f"{item['code']['system']}|{item['code']['code']}"
+    if section == "allergies":
+        return f"{item['substance']['system']}|{item['substance']['code']}"
+    if section == "observations":
+        return f"{item['code']['system']}|{item['code']['code']}|{item.get('effective')}|{item.get('value_quantity')}|{item.get('value_text')}"
+    return f"{source_key}|{item['id']}"
+
+
+def _survivor(states: list[dict[str, Any]], name: str, rank_by_source: bool) -> tuple[Any, dict | None]:
+    candidates = []
+    for s in states:
+        f = s["fields"].get(name)
+        if f is None:
+            continue
+        source_rank = SOURCE_RANK.get(s["source_system"], 5) if rank_by_source else 0
+        status_rank = NHS_STATUS_RANK.get(s["nhs_number_status"], 2) if name == "nhs_number" else 0
+        prov = f["provenance"]
+        candidates.append(((status_rank, source_rank, -prov["recorded_at"], prov["event_id"]), f))
+    if not candidates:
+        return None, None
+    best = min(candidates, key=lambda c: c[0])[1]
+    return best["value"], best["provenance"]
+
+
+def build_record(person_id: str, states: list[dict[str, Any]], version: int, updated_at: int) -> dict[str, Any]:
+    """The SharedRecord for one person from the states of all its source records."""
+    states = sorted(states, key=lambda s: s["key"])
+    demographics: dict[str, Any] = {
+        "local_identifier": {"system": "urn:carebus:person", "value": person_id},
+        "other_identifiers": [s["local_identifier"] for s in states],
+        "nhs_number": None, "nhs_number_status": "ABSENT", "names": [], "birth_date": None, "sex": "UNKNOWN",
+        "addresses": [], "telecom": [], "registered_practice_ods": None, "deceased_at": None,
+        "sharing_objection": any(s["sharing_objection"] for s in states),
+    }
+    field_provenance: dict[str, Any] = {}
+    rules = {"nhs_number": True, "names": True, "birth_date": True, "sex": True, "addresses": False,
+             "telecom": False, "deceased_at": False}
+    for name, by_source in rules.items():
+        value, prov = _survivor(states, name, by_source)
+        if prov is not None:
+            demographics[name] = value
+            field_provenance[name] = prov
+    gp_states = [s for s in states if s["source_system"] in ("EMIS_WEB", "INPS_VISION")]
+    value, prov = _survivor(gp_states, "registered_practice_ods", False)
+    if prov is not None:
+        demographics["registered_practice_ods"], field_provenance["registered_practice_ods"] = value, prov
+    if demographics["nhs_number"]:
+        best = min((s for s in states if s["fields"].get("nhs_number", {}).get("value") == demographics["nhs_number"]),
+                   key=lambda s: NHS_STATUS_RANK.get(s["nhs_number_status"], 2))
+        demographics["nhs_number_status"] = best["nhs_number_status"]
+    sections: dict[str, list[dict[str, Any]]] = {}
+    for section in SECTIONS:
+        merged: dict[str, dict[str, Any]] = {}
+        for s in states:
+            for item in s["items"][section].values():
+                key = _dedupe_key(section, item, s["key"])
+                if key in merged:
+                    existing = merged[key]
+                    provs = {p["event_id"]: p for p in existing["provenance"] + item["provenance"]}
+                    newest = max([existing, item], key=lambda i: _order(i["provenance"][0]))
+                    merged[key] = {**newest, "provenance": sorted(provs.values(), key=_order)}
+                else:
+                    merged[key] = copy.deepcopy(item)
+        sections[section] = [merged[k] for k in sorted(merged)]
+    return {"person_id": person_id, "version": version, "updated_at": updated_at,
+            "sources": [{"system": s["source_system"], "local_identifier": s["local_identifier"]} for s in states],
+            "demographics": demographics, "demographics_provenance": field_provenance, **sections}
+
+
+def content_hash(record: dict[str, Any]) -> str:
+    """Hash of what the record says, ignoring version and time: unchanged content, no new version."""
+    body = {k: v for k, v in record.items() if k not in ("version", "updated_at")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def changed_sections(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    if old is None:
+        return ["demographics", *[s for s in SECTIONS if new[s]]]
+    out = []
+    if old["demographics"] != new["demographics"] or old["sources"] != new["sources"]:
+        out.append("demographics")
+    out += [s for s in SECTIONS if old[s] != new[s]]
+    return out

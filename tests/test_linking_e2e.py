@@ -1,0 +1,127 @@
+"""Identity linking and the shared record end to end: connectors -> Kafka -> two faust workers -> Redis/Kafka."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from consumers.stream_lag import total_lag
+from schemas import codec
+from schemas.topics import IDENTITY_EVENTS, PATIENT_CHANGES, SOURCE_EVENTS
+from simulator import population as pop
+from simulator.run import Target, drive
+from streams.batch_linkage import link_events
+from streams.fellegi_sunter import Parameters
+from streams.linkage_quality import pairwise_quality
+from tests.kafka_reading import read_all
+
+pytestmark = pytest.mark.integration
+GROUP = "carebus-linker"
+
+
+def wait_until_caught_up(settings, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if total_lag(settings, GROUP, SOURCE_EVENTS.name) == 0:
+            return
+        time.sleep(1)
+    raise AssertionError(f"linker still lagging: {total_lag(settings, GROUP, SOURCE_EVENTS.name)}")
+
+
+def send(settings, population, seed):
+    target = Target("127.0.0.1", settings.mllp_port, settings.http_port, settings.data_dir / "drop")
+    stats = asyncio.run(drive(population, target, seed=seed, connections=2, vision_file_size=50, show_progress=False))
+    assert stats.rejected == 0
+
+
+def all_source_events(settings):
+    return [codec.decode(m.value(), "SourcePatientEvent") for m in read_all(settings, SOURCE_EVENTS.name, timeout=60)]
+
+
+def stream_persons(redis_client, keys):
+    values = redis_client.mget([f"carebus:person_of:{k}" for k in keys])
+    return {k: v.decode() for k, v in zip(keys, values) if v}
+
+
+@pytest.fixture(scope="module")
+def linked_population(bus_settings, connectors, link_workers, redis_client):
+    population = pop.build(120, seed=4242, hospital_rate=0.6, mental_health_rate=0.3)
+    send(bus_settings, population, seed=4242)
+    keys = [pop.source_key(r) for r in population.records]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(stream_persons(redis_client, keys)) < len(keys):
+        time.sleep(1)
+    wait_until_caught_up(bus_settings)
+    return population
+
+
+def test_two_workers_reach_the_same_links_as_a_batch(bus_settings, redis_client, linked_population):
+    events = all_source_events(bus_settings)
+    batch = link_events(events, Parameters.load()).persons()
+    streamed = stream_persons(redis_client, list(batch))
+    assert streamed == batch
+    truth = {pop.source_key(r): r.person_id for r in linked_population.records}
+    quality = pairwise_quality(streamed, truth)
+    assert quality.precision > 0.97 and quality.recall > 0.9, quality
+
+
+def test_shared_record_merges_sources_with_provenance(bus_settings, redis_client, linked_population):
+    by_person: dict[str, list] = {}
+    for r in linked_population.records:
+        by_person.setdefault(r.person_id, []).append(r)
+    multi = next(rs for rs in by_person.values() if {r.system for r in rs} >= {"CERNER_MILLENNIUM"} and len(rs) >= 2
+                 and all(r.nhs_number and not r.faults for r in rs))
+    person = redis_client.get(f"carebus:person_of:{pop.source_key(multi[0])}").decode()
+    record = json.loads(redis_client.get(f"carebus:record:{person}"))
+    assert {s["system"] for s in record["sources"]} == {r.system for r in multi}
+    gp = next(r for r in multi if r.system in ("EMIS_WEB", "INPS_VISION"))
+    # Survivorship: the GP system's name wins, and the provenance says so.
+    assert record["demographics"]["names"][0]["family"] == gp.family
+    assert record["demographics_provenance"]["names"]["source_system"] == gp.system
+    assert record["encounters"], "hospital encounters are in the record"
+    assert all(e["provenance"] for e in record["encounters"])
+    # The change feed carries each version, in order, ending with the current one.
+    changes = [codec.decode(m.value(), "RecordChange") for m in
+               read_all(bus_settings, PATIENT_CHANGES.name, predicate=lambda m: m.key() == person.encode(), timeout=30)]
+    versions = [c["version"] for c in changes]
+    assert sorted(set(versions)) == list(range(1, record["version"] + 1))
+    assert max(changes, key=lambda c: c["version"])["record"]["demographics"] == record["demographics"]
+
+
+def test_identity_events_explain_the_links(bus_settings, redis_client, linked_population):
+    person = redis_client.get(f"carebus:person_of:{pop.source_key(linked_population.records[0])}").decode()
+    events = [codec.decode(m.value(), "IdentityEvent") for m in
+              read_all(bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == person.encode())]
+    assert any(e["type"] == "LINKED" for e in events)
+    assert all(e["caused_by"] for e in events)
+
+
+def test_worker_killed_mid_stream_reaches_the_same_final_state(bus_settings, redis_client, link_workers,
+                                                               linked_population):
+    population = pop.build(150, seed=777, hospital_rate=0.6, mental_health_rate=0.3)
+    keys = [pop.source_key(r) for r in population.records]
+
+    async def scenario():
+        target = Target("127.0.0.1", bus_settings.mllp_port, bus_settings.http_port, bus_settings.data_dir / "drop")
+        sending = asyncio.create_task(drive(population, target, seed=777, connections=2, vision_file_size=50,
+                                            show_progress=False))
+        while len(stream_persons(redis_client, keys)) < len(keys) // 4:
+            await asyncio.sleep(0.05)
+        link_workers[0].kill()                         # SIGKILL mid-stream
+        await asyncio.sleep(1)
+        await asyncio.to_thread(link_workers[0].start)
+        await sending
+
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(stream_persons(redis_client, keys)) < len(keys):
+        time.sleep(1)
+    wait_until_caught_up(bus_settings)
+    batch = link_events(all_source_events(bus_settings), Parameters.load()).persons()
+    assert stream_persons(redis_client, list(batch)) == batch
+    # Every person's stored record was published: nothing is left marked unemitted.
+    persons = set(batch.values())
+    metas = [redis_client.hget(f"carebus:record_meta:{p}", "emitted") for p in persons]
+    assert all(m == b"1" for m in metas if m is not None)
