@@ -44,6 +44,9 @@ def create_app(settings: Settings, worker_id: str = "") -> tuple[faust.App, Even
         consumer_auto_offset_reset="earliest",
         broker_commit_every=50,
         broker_commit_interval=1.0,
+        # A crashed worker's partitions move to the others within seconds, not a minute.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         datadir=str(settings.data_dir / f"faust-{worker_id or os.getpid()}"),
     )
     source = app.topic(SOURCE_EVENTS.name, value_serializer="raw", key_serializer="raw")
