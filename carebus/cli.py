@@ -132,6 +132,16 @@ def link_worker(worker_id: str = typer.Option("", help="name for this worker's l
     run_worker(_settings(), worker_id)
 
 
+@app.command()
+def delivery() -> None:
+    """Run the subscriber API, push delivery, review queue, audit API, monitoring and dashboard."""
+    import asyncio
+
+    from consumers.delivery_service import serve
+
+    asyncio.run(serve(_settings()))
+
+
 @app.command("check-schemas")
 def check_schemas() -> None:
     """Check every message schema against all earlier versions (FULL_TRANSITIVE)."""

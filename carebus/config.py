@@ -54,6 +54,8 @@ class Settings:
     # Service ports.
     mllp_port: int = 2575
     http_port: int = 8080
+    delivery_port: int = 8090
+    delivery_backoff_base: str = "0.5"   # seconds; retry n waits up to base * 2**n (full jitter)
     # Where bulk extracts are dropped for the file connectors.
     drop_dir: Path = REPO_ROOT / ".carebus" / "drop"
     # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
@@ -97,12 +99,14 @@ ENVIRONMENT = {
     "CAREBUS_TOPIC_REPLICATION": "topic_replication",
     "CAREBUS_MLLP_PORT": "mllp_port",
     "CAREBUS_HTTP_PORT": "http_port",
+    "CAREBUS_DELIVERY_PORT": "delivery_port",
+    "CAREBUS_DELIVERY_BACKOFF_BASE": "delivery_backoff_base",
     "CAREBUS_DROP_DIR": "drop_dir",
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
     "CAREBUS_CREDENTIALS_FILE": "credentials_file",
 }
 
-_PORT_FIELDS = {"kafka_port", "kafka_controller_port", "redis_port", "mllp_port", "http_port"}
+_PORT_FIELDS = {"kafka_port", "kafka_controller_port", "redis_port", "mllp_port", "http_port", "delivery_port"}
 
 
 def load_settings() -> Settings:
@@ -132,6 +136,11 @@ def load_settings() -> Settings:
     redis_url = str(values["redis_url"])
     if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://")
+    try:
+        if float(str(values["delivery_backoff_base"])) <= 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError("CAREBUS_DELIVERY_BACKOFF_BASE must be a positive number of seconds") from None
     if values["kafka_port"] == values["kafka_controller_port"]:
         raise ConfigError("CAREBUS_KAFKA_PORT and CAREBUS_KAFKA_CONTROLLER_PORT must differ")
     return Settings(**values)  # type: ignore[arg-type]

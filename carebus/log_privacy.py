@@ -36,3 +36,6 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactNhsNumbers())
+    # Client libraries log every request URL at INFO; URLs may carry ids, and volume drowns signal.
+    for noisy in ("httpx", "httpcore", "aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""Consumers of the bus: subscriptions and push delivery, audit replay, monitoring and the dashboard."""

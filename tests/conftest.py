@@ -38,6 +38,12 @@ def bus_settings():
     local_bus.up(settings)
     yield settings
     local_bus.down(settings)
+    # Keep the service logs of the last run for whoever has to debug a failure.
+    logs = Path(tempfile.gettempdir()) / "carebus-last-test-logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    for log in data_dir.glob("*.log"):
+        shutil.copy(log, logs / log.name)
     shutil.rmtree(data_dir, ignore_errors=True)
     for k, v in saved.items():
         if v is None:
@@ -131,3 +137,22 @@ def link_workers(bus_settings, service_env):
     yield workers
     for w in workers:
         w.stop()
+
+
+@pytest.fixture(scope="session")
+def delivery(bus_settings, service_env):
+    """`carebus delivery` (subscriber API, push, audit, monitoring) against the test bus."""
+    env = {**service_env, "CAREBUS_DELIVERY_PORT": "28090", "CAREBUS_DELIVERY_BACKOFF_BASE": "0.05"}
+    service = ServiceProcess(["delivery"], env, "http://127.0.0.1:28090/ready", bus_settings.data_dir / "delivery.log").start()
+    service.base = "http://127.0.0.1:28090"
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def receiver():
+    from tests.webhook_receiver import Receiver
+
+    r = Receiver()
+    yield r
+    r.close()

@@ -1,0 +1,102 @@
+"""Figures about the bus for /monitor, /metrics and the dashboard: lag, throughput, dead
+letters, linkage quality and delivery."""
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import Gauge
+
+from carebus.config import Settings
+from consumers.stream_lag import consumer_lag
+from schemas import codec
+from schemas.topics import CATALOGUE, DLQ_CONNECTORS, DLQ_DELIVERY, DLQ_STREAMS, PATIENT_CHANGES, SOURCE_EVENTS
+
+LAG = Gauge("carebus_consumer_lag", "Messages behind the end of the topic", ["group", "topic", "partition"])
+END = Gauge("carebus_topic_end_offset", "Messages ever written per topic", ["topic"])
+RATE = Gauge("carebus_topic_messages_per_second", "Recent write rate per topic", ["topic"])
+DEAD = Gauge("carebus_dead_letters", "Dead letters per topic", ["topic"])
+LINKAGE = Gauge("carebus_linkage", "EMPI counters", ["what"])
+
+
+@dataclass
+class BusMonitor:
+    settings: Settings
+    _last: tuple[float, dict[str, int]] | None = None
+    _reasons: dict[str, Tally] = field(default_factory=dict)
+    _reasons_read: dict[str, int] = field(default_factory=dict)
+
+    def _ends(self, consumer: Consumer) -> dict[str, int]:
+        out = {}
+        md = consumer.list_topics(timeout=10).topics
+        for t in CATALOGUE:
+            if t.name in md:
+                out[t.name] = sum(consumer.get_watermark_offsets(TopicPartition(t.name, p), timeout=10)[1]
+                                  for p in md[t.name].partitions)
+        return out
+
+    def _dead_letter_reasons(self, consumer: Consumer, topic: str) -> dict[str, int]:
+        tally = self._reasons.setdefault(topic, Tally())
+        start = self._reasons_read.get(topic, 0)
+        end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+        if end > start:
+            consumer.assign([TopicPartition(topic, 0, start)])
+            read = start
+            while read < end:
+                msg = consumer.poll(2.0)
+                if msg is None:
+                    break
+                if msg.error():
+                    continue
+                read = msg.offset() + 1
+                try:
+                    tally[codec.decode(msg.value(), "DeadLetter")["error_code"]] += 1
+                except Exception:  # noqa: BLE001
+                    tally["UNDECODABLE"] += 1
+            self._reasons_read[topic] = read
+        return dict(tally)
+
+    def snapshot(self, redis_client: redis.Redis) -> dict[str, Any]:
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": "carebus-monitor",
+                             "enable.auto.commit": False})
+        try:
+            ends = self._ends(consumer)
+            now = time.monotonic()
+            rates = {}
+            if self._last is not None:
+                elapsed = max(now - self._last[0], 1e-6)
+                rates = {t: max(0.0, (n - self._last[1].get(t, 0)) / elapsed) for t, n in ends.items()}
+            self._last = (now, ends)
+            reasons = {t.name: self._dead_letter_reasons(consumer, t.name) for t in (DLQ_CONNECTORS, DLQ_STREAMS, DLQ_DELIVERY)}
+        finally:
+            consumer.close()
+        # carebus knows its own groups: the linker, and one per push subscription.
+        subscriptions = sorted(b.decode() for b in redis_client.smembers("carebus:subscriptions"))
+        groups = [("carebus-linker", SOURCE_EVENTS.name)] + [(f"carebus-delivery-{s}", PATIENT_CHANGES.name)
+                                                             for s in subscriptions]
+        lags = []
+        for g, topic in groups:
+            for p in consumer_lag(self.settings, g, topic):
+                lags.append({"group": g, "topic": topic, "partition": p.partition, "lag": p.lag})
+                LAG.labels(g, topic, str(p.partition)).set(p.lag)
+        linkage = {k.decode(): int(v) for k, v in redis_client.hgetall("carebus:stats").items()}
+        linkage["open_reviews"] = int(redis_client.scard("carebus:reviews:open"))
+        linkage["persons_with_records"] = sum(1 for _ in redis_client.scan_iter("carebus:record:*", count=1000))
+        for k, v in linkage.items():
+            LINKAGE.labels(k).set(v)
+        for t, n in ends.items():
+            END.labels(t).set(n)
+            RATE.labels(t).set(rates.get(t, 0.0))
+        for t in (DLQ_CONNECTORS.name, DLQ_STREAMS.name, DLQ_DELIVERY.name):
+            DEAD.labels(t).set(ends.get(t, 0))
+        delivery = {}
+        for sid in subscriptions:
+            delivery[sid] = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"carebus:delivery:{sid}").items()}
+        return {"at": int(time.time() * 1000), "topics": {t: {"messages": n, "per_second": round(rates.get(t, 0.0), 1)}
+                                                          for t, n in ends.items()},
+                "lag": lags, "dead_letters": {t: {"count": ends.get(t, 0), "reasons": r} for t, r in reasons.items()},
+                "linkage": linkage, "delivery": delivery}

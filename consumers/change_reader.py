@@ -1,0 +1,87 @@
+"""Reading the patient-changes log: from a subscription's own position, or a time range.
+
+Time ranges use Kafka's offsets-for-times index, so replaying last Tuesday does not scan the
+year before it.
+"""
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections.abc import Iterator
+
+from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
+
+from carebus.config import Settings
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """librdkafka's default partitioner (consistent_random): CRC-32 of the key."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def _consumer(settings: Settings, group: str | None = None) -> Consumer:
+    return Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group or f"carebus-reader-{uuid.uuid4().hex}",
+                     "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True})
+
+
+def offsets_at(consumer: Consumer, topic: str, partitions: list[int], at_ms: int) -> dict[int, int]:
+    """First offset at or after at_ms per partition (end of partition if none)."""
+    found = consumer.offsets_for_times([TopicPartition(topic, p, at_ms) for p in partitions], timeout=15)
+    out = {}
+    for tp in found:
+        if tp.offset < 0:
+            out[tp.partition] = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=15)[1]
+        else:
+            out[tp.partition] = tp.offset
+    return out
+
+
+def read_range(settings: Settings, topic: str, from_ms: int, to_ms: int, partitions: list[int] | None = None,
+               key: str | None = None) -> Iterator[Message]:
+    """Messages with timestamp in [from_ms, to_ms], optionally only those with `key`."""
+    consumer = _consumer(settings)
+    try:
+        all_partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
+        if key is not None and partitions is None:
+            partitions = [partition_for(key, len(all_partitions))]
+        partitions = partitions if partitions is not None else all_partitions
+        start = offsets_at(consumer, topic, partitions, from_ms)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1] for p in partitions}
+        live = {p for p in partitions if start[p] < ends[p]}
+        if not live:
+            return
+        consumer.assign([TopicPartition(topic, p, start[p]) for p in live])
+        while live:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == -191:  # _PARTITION_EOF
+                    live.discard(msg.partition())
+                continue
+            if msg.offset() >= ends[msg.partition()] - 1:
+                live.discard(msg.partition())
+            ts = msg.timestamp()[1]
+            if ts > to_ms:
+                live.discard(msg.partition())
+                continue
+            if key is None or msg.key() == key.encode():
+                yield msg
+    finally:
+        consumer.close()
+
+
+def read_one(settings: Settings, topic: str, partition: int, offset: int) -> Message | None:
+    consumer = _consumer(settings)
+    try:
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        for _ in range(30):
+            msg = consumer.poll(1.0)
+            if msg is not None and not msg.error():
+                return msg
+        return None
+    finally:
+        consumer.close()
+
+
+__all__ = ["partition_for", "read_range", "read_one", "offsets_at", "OFFSET_END"]

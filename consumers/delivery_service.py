@@ -1,0 +1,353 @@
+"""`carebus delivery`: the subscriber-facing HTTP API, push dispatchers, audit and monitoring.
+
+Run one instance (dispatchers are per subscription inside it; a second instance would deliver
+twice). Every route needs a bearer token; what it may do follows the client's roles and scope.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from carebus.api_auth import Client, authenticator, store_for
+from carebus.config import Settings
+from carebus.durable_producer import DurableProducer
+from carebus.log_privacy import configure_logging
+from consumers import audit_trail
+from consumers.bus_monitor import BusMonitor
+from consumers.change_reader import read_range
+from consumers.notification_format import webhook_body
+from consumers.push_delivery import Dispatcher, RetryPolicy
+from consumers.subscription_scope import CLINICAL_SECTIONS, ClientScope, Subscription, visible_change
+from consumers.subscription_store import SubscriptionStore
+from schemas import codec
+from schemas.topics import DLQ_DELIVERY, LINK_REVIEW, PATIENT_CHANGES
+
+log = logging.getLogger("carebus.delivery_service")
+DASHBOARD = Path(__file__).with_name("dashboard.html")
+CHANNELS = ("webhook", "fhir-rest-hook", "sse")
+CHANGE_TYPES = ("created", "updated", "merged", "unmerged")
+
+
+class SubscriptionRequest(BaseModel):
+    channel: str = Field(description="webhook | fhir-rest-hook | sse")
+    endpoint: str = ""
+    change_types: list[str] = []
+    ods_codes: list[str] = []
+    persons: list[str] = []
+    sections: list[str] = []
+    max_attempts: int = Field(6, ge=1, le=50)
+
+
+class TimeRange(BaseModel):
+    from_ms: int = Field(alias="from")
+    to_ms: int = Field(alias="to")
+
+
+def _ms(value: str) -> int:
+    return int(value) if value.isdigit() else int(datetime.fromisoformat(value).timestamp() * 1000)
+
+
+def scope_of(client: Client) -> ClientScope:
+    return ClientScope(client.client_id, client.ods_codes, client.withheld_sections)
+
+
+class DeliveryService:
+    def __init__(self, settings: Settings, retry: RetryPolicy | None = None) -> None:
+        self.settings = settings
+        self.credentials = store_for(str(settings.credentials_file))
+        self.redis = aioredis.Redis.from_url(settings.redis)
+        self.redis_sync = redis.Redis.from_url(settings.redis)
+        self.store = SubscriptionStore(self.redis)
+        self.producer = DurableProducer(settings)
+        self.http = httpx.AsyncClient(timeout=10)
+        self.retry = retry or RetryPolicy()
+        self.dispatchers: dict[str, tuple[Dispatcher, asyncio.Task]] = {}
+        self.monitor = BusMonitor(settings)
+        self.ready = False
+
+    def _client_scope(self, client_id: str) -> ClientScope:
+        for c in self.credentials._by_hash.values():  # noqa: SLF001 - same package, read-only
+            if c.client_id == client_id:
+                return scope_of(c)
+        return ClientScope(client_id, frozenset())
+
+    def start_dispatcher(self, sub: Subscription, secret: str, created: int) -> None:
+        if sub.channel == "sse" or sub.subscription_id in self.dispatchers:
+            return
+        d = Dispatcher(self.settings, self.store, self.producer, self.http, sub, secret, created,
+                       self._client_scope(sub.client_id), self.retry)
+        self.dispatchers[sub.subscription_id] = (d, asyncio.create_task(d.run()))
+
+    async def stop_dispatcher(self, subscription_id: str) -> None:
+        found = self.dispatchers.pop(subscription_id, None)
+        if found:
+            found[0].stop()
+            await found[1]
+
+    async def start(self) -> None:
+        for sub, secret, created in await self.store.all():
+            self.start_dispatcher(sub, secret, created)
+        self.ready = True
+
+    async def close(self) -> None:
+        for sid in list(self.dispatchers):
+            await self.stop_dispatcher(sid)
+        await self.http.aclose()
+        self.producer.close()
+        await self.redis.aclose()
+
+    async def owned(self, subscription_id: str, client: Client) -> tuple[Subscription, str, int]:
+        found = await self.store.get(subscription_id)
+        if found is None or found[0].client_id != client.client_id:
+            raise HTTPException(404, "no such subscription for this client")
+        return found
+
+
+def build_app(service: DeliveryService) -> FastAPI:
+    app = FastAPI(title="carebus delivery", docs_url=None, redoc_url=None)
+    caller = authenticator(service.credentials)
+
+    def require(client: Client, role: str) -> None:
+        if not client.has(role):
+            raise HTTPException(403, f"this client lacks the {role} role")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "up"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        await asyncio.to_thread(service.monitor.snapshot, service.redis_sync)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    # ---- subscriptions ---------------------------------------------------------------------
+    @app.post("/subscriptions", status_code=201)
+    async def create_subscription(req: SubscriptionRequest, client: Client = Depends(caller)) -> dict[str, Any]:
+        require(client, "subscriber")
+        if req.channel not in CHANNELS:
+            raise HTTPException(400, f"channel must be one of {', '.join(CHANNELS)}")
+        if req.channel != "sse" and not req.endpoint.startswith(("http://", "https://")):
+            raise HTTPException(400, "endpoint must be an http(s) URL for push channels")
+        bad_types = set(req.change_types) - set(CHANGE_TYPES)
+        bad_sections = set(req.sections) - set(CLINICAL_SECTIONS) - {"demographics"}
+        if bad_types or bad_sections:
+            raise HTTPException(400, f"unknown change types or sections: {sorted(bad_types | bad_sections)}")
+        outside = [o for o in req.ods_codes if not client.may_see_ods(o)]
+        if outside:
+            raise HTTPException(403, f"organisations outside this client's scope: {outside}")
+        sub, secret, created = await service.store.create(
+            client.client_id, req.channel, req.endpoint, set(req.change_types), set(req.ods_codes), set(req.persons),
+            set(req.sections), req.max_attempts)
+        service.start_dispatcher(sub, secret, created)
+        return {"id": sub.subscription_id, "secret": secret, "channel": sub.channel, "created_at": created}
+
+    @app.get("/subscriptions")
+    async def list_subscriptions(client: Client = Depends(caller)) -> list[dict[str, Any]]:
+        require(client, "subscriber")
+        out = []
+        for sub, _, created in await service.store.all():
+            if sub.client_id == client.client_id:
+                out.append({"id": sub.subscription_id, "channel": sub.channel, "endpoint": sub.endpoint,
+                            "created_at": created, "stats": await service.store.stats(sub.subscription_id)})
+        return out
+
+    @app.delete("/subscriptions/{subscription_id}", status_code=204)
+    async def delete_subscription(subscription_id: str, client: Client = Depends(caller)) -> Response:
+        await service.owned(subscription_id, client)
+        await service.stop_dispatcher(subscription_id)
+        await service.store.delete(subscription_id)
+        return Response(status_code=204)
+
+    @app.get("/subscriptions/{subscription_id}/stream")
+    async def stream(subscription_id: str, request: Request, client: Client = Depends(caller)) -> StreamingResponse:
+        sub, _, created = await service.owned(subscription_id, client)
+        if sub.channel != "sse":
+            raise HTTPException(400, "this subscription pushes; only sse subscriptions stream")
+        scope = scope_of(client)
+
+        async def events():
+            from confluent_kafka import Consumer
+
+            from consumers.change_reader import offsets_at
+            consumer = Consumer({"bootstrap.servers": service.settings.bootstrap, "group.id": f"carebus-sse-{subscription_id}",
+                                 "enable.auto.commit": False})
+            from confluent_kafka import TopicPartition
+            topic = PATIENT_CHANGES.name
+            parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+            committed = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
+            fresh = [tp.partition for tp in committed if tp.offset < 0]
+            starts = offsets_at(consumer, topic, fresh, created) if fresh else {}
+            consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else starts[tp.partition])
+                             for tp in committed])
+            try:
+                yield ": connected\n\n"
+                while not await request.is_disconnected():
+                    msg = await asyncio.to_thread(consumer.poll, 0.5)
+                    if msg is None or msg.error():
+                        continue
+                    change = visible_change(codec.decode(msg.value(), "RecordChange"), sub, scope)
+                    if change is not None:
+                        yield f"id: {change['event_id']}\nevent: record-change\ndata: {webhook_body(change, subscription_id).decode()}\n\n"
+                    consumer.commit(message=msg, asynchronous=False)
+            finally:
+                consumer.close()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/subscriptions/{subscription_id}/redeliver")
+    async def redeliver(subscription_id: str, body: TimeRange, client: Client = Depends(caller)) -> dict[str, Any]:
+        """Send again every change in [from, to] (ms); receivers de-duplicate by Idempotency-Key."""
+        sub, secret, created = await service.owned(subscription_id, client)
+        if sub.channel == "sse":
+            raise HTTPException(400, "sse subscriptions replay by reconnecting")
+        dispatcher = Dispatcher(service.settings, service.store, service.producer, service.http, sub, secret, created,
+                                scope_of(client), service.retry)
+        values = await asyncio.to_thread(lambda: [m.value() for m in read_range(service.settings, PATIENT_CHANGES.name,
+                                                                                 body.from_ms, body.to_ms)])
+        outcomes: dict[str, int] = {}
+        for v in values:
+            outcome = await dispatcher.handle(v)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return {"read": len(values), "outcomes": outcomes}
+
+    @app.post("/subscriptions/{subscription_id}/dead-letters/redeliver")
+    async def redeliver_parked(subscription_id: str, client: Client = Depends(caller)) -> dict[str, Any]:
+        sub, secret, created = await service.owned(subscription_id, client)
+        dispatcher = Dispatcher(service.settings, service.store, service.producer, service.http, sub, secret, created,
+                                scope_of(client), service.retry)
+        msgs = await asyncio.to_thread(lambda: list(read_range(service.settings, DLQ_DELIVERY.name, 0, 2**62,
+                                                               key=subscription_id)))
+        outcomes: dict[str, int] = {}
+        for m in msgs:
+            dead = codec.decode(m.value(), "DeadLetter")
+            if await service.redis.sismember(f"carebus:redelivered:{subscription_id}", dead["dead_letter_id"]):
+                continue
+            outcome = await dispatcher.handle(dead["payload"])
+            await service.redis.sadd(f"carebus:redelivered:{subscription_id}", dead["dead_letter_id"])
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return {"parked": len(msgs), "outcomes": outcomes}
+
+    # ---- records, reviews, audit --------------------------------------------------------------
+    @app.get("/records/{person_id}")
+    async def record(person_id: str, client: Client = Depends(caller)) -> dict[str, Any]:
+        raw = await service.redis.get(f"carebus:record:{person_id}")
+        if raw is None:
+            raise HTTPException(404, "no such person")
+        rec = json.loads(raw)
+        if client.has("auditor"):
+            return rec
+        require(client, "subscriber")
+        everything = Subscription("direct-read", client.client_id, "sse", "")
+        visible = visible_change({"event_id": "", "person_id": person_id, "version": rec["version"],
+                                  "change_type": "updated", "changed_sections": [], "changed_at": rec["updated_at"],
+                                  "record": rec}, everything, scope_of(client))
+        if visible is None:
+            raise HTTPException(403, "this person is outside the client's scope")
+        return visible["record"]
+
+    @app.get("/reviews")
+    async def reviews(client: Client = Depends(caller)) -> list[dict[str, Any]]:
+        require(client, "reviewer")
+        ids = sorted(b.decode() for b in await service.redis.smembers("carebus:reviews:open"))
+        out = []
+        for i in ids:
+            body = await service.redis.hget(f"carebus:review:{i}", "body")
+            if body:
+                out.append(json.loads(body))
+        return out
+
+    @app.post("/reviews/{review_id}/{decision}", status_code=202)
+    async def decide(review_id: str, decision: str, client: Client = Depends(caller)) -> dict[str, str]:
+        require(client, "reviewer")
+        if decision not in ("accept", "reject"):
+            raise HTTPException(400, "decision is accept or reject")
+        body = await service.redis.hget(f"carebus:review:{review_id}", "body")
+        if body is None:
+            raise HTTPException(404, "no such review")
+        review = json.loads(body)
+        event = {"event_id": str(uuid.uuid4()), "recorded_at": int(time.time() * 1000), "caused_by": review_id,
+                 "type": "REVIEW_ACCEPTED" if decision == "accept" else "REVIEW_REJECTED",
+                 "person_id": review.get("person_a") or "", "other_person_id": review.get("person_b"), "sources": [],
+                 "score": review.get("score"), "method": "review", "reasons": [f"decided by {client.client_id}"]}
+        await service.producer.send(LINK_REVIEW.name, codec.encode("IdentityEvent", event), key=review_id,
+                                    headers=codec.headers("IdentityEvent"))
+        return {"status": "queued", "event_id": event["event_id"]}
+
+    @app.get("/audit/persons/{person_id}/timeline")
+    async def audit_timeline(person_id: str, format: str = Query("json"), since: str = Query("0"),
+                             client: Client = Depends(caller)) -> Response:
+        require(client, "auditor")
+        members = {b.decode() for b in await service.redis.smembers(f"carebus:members:{person_id}")}
+        entries = await asyncio.to_thread(audit_trail.timeline, service.settings, person_id, members, _ms(since))
+        if format == "csv":
+            return PlainTextResponse(audit_trail.to_csv(entries), media_type="text/csv")
+        return Response(audit_trail.to_json(entries), media_type="application/json")
+
+    @app.get("/audit/persons/{person_id}/as-of")
+    async def audit_as_of(person_id: str, at: str, subscription_id: str | None = None,
+                          client: Client = Depends(caller)) -> dict[str, Any]:
+        require(client, "auditor")
+        change = await asyncio.to_thread(audit_trail.record_as_of, service.settings, person_id, _ms(at))
+        if change is None:
+            raise HTTPException(404, "no record for this person at that time")
+        if subscription_id:
+            found = await service.store.get(subscription_id)
+            if found is None:
+                raise HTTPException(404, "no such subscription")
+            sub = found[0]
+            visible = visible_change(change, sub, service._client_scope(sub.client_id))
+            if visible is None:
+                raise HTTPException(404, "that subscriber was not sent this person")
+            return json.loads(webhook_body(visible, subscription_id))
+        return change
+
+    # ---- monitoring -------------------------------------------------------------------------
+    @app.get("/monitor")
+    async def monitor(client: Client = Depends(caller)) -> dict[str, Any]:
+        require(client, "operator")
+        return await asyncio.to_thread(service.monitor.snapshot, service.redis_sync)
+
+    @app.get("/dashboard")
+    async def dashboard() -> HTMLResponse:
+        # The page itself holds no data; it calls /monitor with the operator's token.
+        return HTMLResponse(DASHBOARD.read_text())
+
+    return app
+
+
+async def serve(settings: Settings, port: int | None = None) -> None:
+    configure_logging()
+    service = DeliveryService(settings, RetryPolicy(float(settings.delivery_backoff_base)))
+    app = build_app(service)
+    server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=port or settings.delivery_port,
+                                           log_level="warning", access_log=False))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    http = asyncio.create_task(server.serve())
+    await service.start()
+    await stop.wait()
+    server.should_exit = True
+    await http
+    await service.close()

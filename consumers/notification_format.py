@@ -1,0 +1,89 @@
+"""The bytes a subscriber receives: signed JSON webhooks and FHIR R4 Subscription rest-hook bundles. Pure.
+
+Webhook signature (documented in the README for subscribers to verify):
+    X-Carebus-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>
+    Idempotency-Key: <change event id>   (the same change redelivered has the same key)
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+
+def webhook_body(change: dict[str, Any], subscription_id: str) -> bytes:
+    return json.dumps({"subscription_id": subscription_id, "event_id": change["event_id"],
+                       "person_id": change["person_id"], "version": change["version"],
+                       "change_type": change["change_type"], "changed_sections": change["changed_sections"],
+                       "changed_at": change["changed_at"], "record": change["record"]},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify(secret: str, body: bytes, header: str, now: int, tolerance: int = 300) -> bool:
+    """What a subscriber does: check the MAC and reject stale timestamps (replay protection)."""
+    try:
+        parts = dict(p.split("=", 1) for p in header.split(","))
+        timestamp = int(parts["t"])
+    except (ValueError, KeyError):
+        return False
+    if abs(now - timestamp) > tolerance:
+        return False
+    expected = sign(secret, body, timestamp).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, parts.get("v1", ""))
+
+
+def _iso_date(days: int | None) -> str | None:
+    return None if days is None else (date(1970, 1, 1) + timedelta(days=days)).isoformat()
+
+
+def _iso_ts(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
+
+
+def fhir_patient(record: dict[str, Any]) -> dict[str, Any]:
+    d = record["demographics"]
+    identifiers = [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": d["nhs_number"]}] if d.get("nhs_number") else []
+    identifiers += [{"system": i["system"], "value": i["value"]} for i in d.get("other_identifiers", [])]
+    patient = {"resourceType": "Patient", "id": record["person_id"], "meta": {"versionId": str(record["version"])},
+               "identifier": identifiers,
+               "name": [{"use": n["use"], "family": n["family"], "given": n["given"]} for n in d.get("names", [])],
+               "gender": {"MALE": "male", "FEMALE": "female", "OTHER": "other"}.get(d.get("sex"), "unknown"),
+               "address": [{"use": a["use"], "line": a["lines"], "city": a.get("city"), "postalCode": a.get("postcode")}
+                           for a in d.get("addresses", [])]}
+    if d.get("birth_date") is not None:
+        patient["birthDate"] = _iso_date(d["birth_date"])
+    if d.get("registered_practice_ods"):
+        patient["generalPractitioner"] = [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
+                                                          "value": d["registered_practice_ods"]}}]
+    return patient
+
+
+def fhir_rest_hook_bundle(change: dict[str, Any], subscription_id: str, events_since_start: int,
+                          base_url: str = "urn:carebus") -> dict[str, Any]:
+    """A subscription-notification per the FHIR R4 Subscriptions Backport IG (history Bundle)."""
+    status = {"resourceType": "Parameters", "id": change["event_id"], "parameter": [
+        {"name": "subscription", "valueReference": {"reference": f"{base_url}/Subscription/{subscription_id}"}},
+        {"name": "topic", "valueCanonical": "https://carebus.london.nhs.uk/SubscriptionTopic/patient-record-change"},
+        {"name": "status", "valueCode": "active"},
+        {"name": "type", "valueCode": "event-notification"},
+        {"name": "events-since-subscription-start", "valueString": str(events_since_start)},
+        {"name": "notification-event", "part": [
+            {"name": "event-number", "valueString": str(events_since_start)},
+            {"name": "timestamp", "valueInstant": _iso_ts(change["changed_at"])},
+            {"name": "focus", "valueReference": {"reference": f"Patient/{change['person_id']}"}}]}]}
+    entries = [{"fullUrl": f"urn:uuid:{change['event_id']}", "resource": status,
+                "request": {"method": "GET", "url": f"Subscription/{subscription_id}/$status"},
+                "response": {"status": "200"}}]
+    if change["change_type"] != "merged":
+        entries.append({"fullUrl": f"{base_url}/Patient/{change['person_id']}", "resource": fhir_patient(change["record"]),
+                        "request": {"method": "PUT", "url": f"Patient/{change['person_id']}"},
+                        "response": {"status": "200"}})
+    return {"resourceType": "Bundle", "id": change["event_id"], "type": "history",
+            "timestamp": _iso_ts(change["changed_at"]), "entry": entries}

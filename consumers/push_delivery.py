@@ -1,0 +1,154 @@
+"""Push delivery: one dispatcher per subscription, each with its own Kafka consumer group.
+
+Ordering: a dispatcher delivers one change at a time in log order, so each subscriber sees each
+patient's changes in order. Isolation: every subscription has its own consumer and task, so a
+slow or dead endpoint only holds up itself. Reliability: failures are retried with exponential
+backoff and full jitter; after `max_attempts` the change is parked on carebus.dlq.delivery.v1
+(key = subscription id) with the reason, the subscription is marked degraded, and delivery goes
+on. Nothing is dropped silently: parked changes can be redelivered, and any time range can be
+replayed. The offset is committed only after a change was delivered, filtered out or parked.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import Counter, Histogram
+
+from carebus.config import Settings
+from carebus.durable_producer import DurableProducer
+from consumers.change_reader import offsets_at
+from consumers.notification_format import fhir_rest_hook_bundle, sign, webhook_body
+from consumers.subscription_scope import ClientScope, Subscription, visible_change
+from consumers.subscription_store import SubscriptionStore
+from schemas import codec
+from schemas.topics import DLQ_DELIVERY, PATIENT_CHANGES
+
+log = logging.getLogger("carebus.delivery")
+DELIVERED = Counter("carebus_delivery_total", "Deliveries by subscription and outcome", ["subscription", "outcome"])
+LATENCY = Histogram("carebus_delivery_seconds", "Change recorded to subscriber acknowledged", ["subscription"],
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_seconds: float = 0.5
+    cap_seconds: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        # "Full jitter": spreads retries of many subscribers hitting one recovering endpoint.
+        return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2 ** attempt))
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, store: SubscriptionStore, producer: DurableProducer, http: httpx.AsyncClient,
+                 subscription: Subscription, secret: str, created_at: int, scope: ClientScope,
+                 retry: RetryPolicy) -> None:
+        self.settings, self.store, self.producer, self.http = settings, store, producer, http
+        self.sub, self.secret, self.created_at, self.scope, self.retry = subscription, secret, created_at, scope, retry
+        self.group = f"carebus-delivery-{subscription.subscription_id}"
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _open_consumer(self) -> Consumer:
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": self.group,
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        topic = PATIENT_CHANGES.name
+        partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
+        # A new subscription starts at its creation time; an old one where it left off.
+        fresh = [tp.partition for tp in committed if tp.offset < 0]
+        starts = offsets_at(consumer, topic, fresh, self.created_at) if fresh else {}
+        consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else starts[tp.partition])
+                         for tp in committed])
+        return consumer
+
+    async def run(self) -> None:
+        """Deliver until stopped; any failure (broker restarting, coordinator moving) restarts the loop."""
+        while not self._stop.is_set():
+            try:
+                await self._run_once()
+            except Exception as exc:  # noqa: BLE001 - supervised: log, back off, resume from committed offsets
+                log.warning("subscription %s: dispatcher restarting after %s", self.sub.subscription_id,
+                            type(exc).__name__)
+                await asyncio.sleep(1.0)
+
+    async def _run_once(self) -> None:
+        consumer = await asyncio.to_thread(self._open_consumer)
+        try:
+            while not self._stop.is_set():
+                msg = await asyncio.to_thread(consumer.poll, 0.5)
+                if msg is None or msg.error():
+                    continue
+                await self.handle(msg.value())
+                await asyncio.to_thread(consumer.commit, message=msg, asynchronous=False)
+        finally:
+            await asyncio.to_thread(consumer.close)
+
+    async def handle(self, value: bytes, redelivery: bool = False) -> str:
+        change = codec.decode(value, "RecordChange")
+        visible = visible_change(change, self.sub, self.scope)
+        if visible is None:
+            DELIVERED.labels(self.sub.subscription_id, "filtered").inc()
+            return "filtered"
+        return await self.deliver(visible, value)
+
+    async def deliver(self, change: dict[str, Any], original: bytes) -> str:
+        last_error = ""
+        for attempt in range(self.sub.max_attempts):
+            if attempt:
+                await asyncio.sleep(self.retry.delay(attempt))
+            try:
+                status = await self._post(change)
+                if 200 <= status < 300:
+                    DELIVERED.labels(self.sub.subscription_id, "delivered").inc()
+                    LATENCY.labels(self.sub.subscription_id).observe(max(0.0, time.time() - change["changed_at"] / 1000))
+                    await self.store.record(self.sub.subscription_id, delivered=1)
+                    await self.store.note(self.sub.subscription_id, last_delivered_at=int(time.time() * 1000),
+                                          status="active")
+                    return "delivered"
+                last_error = f"HTTP {status}"
+            except httpx.HTTPError as exc:
+                last_error = type(exc).__name__
+            DELIVERED.labels(self.sub.subscription_id, "failed_attempt").inc()
+            await self.store.record(self.sub.subscription_id, failed_attempts=1)
+        await self._park(original, f"{last_error} after {self.sub.max_attempts} attempts")
+        return "parked"
+
+    async def _post(self, change: dict[str, Any]) -> int:
+        if self.sub.channel == "fhir-rest-hook":
+            number = await self.store.next_event_number(self.sub.subscription_id)
+            import json
+
+            body = json.dumps(fhir_rest_hook_bundle(change, self.sub.subscription_id, number)).encode()
+            content_type = "application/fhir+json"
+        else:
+            body = webhook_body(change, self.sub.subscription_id)
+            content_type = "application/json"
+        timestamp = int(time.time())
+        resp = await self.http.post(self.sub.endpoint, content=body, headers={
+            "Content-Type": content_type, "Idempotency-Key": change["event_id"],
+            "X-Carebus-Signature": sign(self.secret, body, timestamp), "X-Carebus-Subscription": self.sub.subscription_id})
+        return resp.status_code
+
+    async def _park(self, original: bytes, reason: str) -> None:
+        dead_id = str(uuid.uuid4())
+        await self.producer.send(DLQ_DELIVERY.name, codec.encode("DeadLetter", {
+            "dead_letter_id": dead_id, "stage": f"delivery:{self.sub.subscription_id}", "source_system": "CAREBUS",
+            "reason": reason, "error_code": "DELIVERY_FAILED", "failed_at": int(time.time() * 1000),
+            "original_topic": PATIENT_CHANGES.name, "original_partition": None, "original_offset": None,
+            "content_type": "avro/binary", "payload": original, "attempts": self.sub.max_attempts}),
+            key=self.sub.subscription_id, headers=codec.headers("DeadLetter"))
+        DELIVERED.labels(self.sub.subscription_id, "parked").inc()
+        await self.store.record(self.sub.subscription_id, parked=1)
+        await self.store.note(self.sub.subscription_id, status="degraded", last_error=reason)
+        log.warning("subscription %s: change parked on the dead-letter topic (%s)", self.sub.subscription_id, reason)

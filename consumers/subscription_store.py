@@ -1,0 +1,79 @@
+"""Subscriptions and their delivery statistics, kept in Redis (AOF-persisted)."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from consumers.subscription_scope import Subscription
+
+P = "carebus:subscription:"
+
+
+def _to_json(sub: Subscription, secret: str, created_at: int) -> str:
+    raw = asdict(sub)
+    for k in ("change_types", "ods_codes", "persons", "sections"):
+        raw[k] = sorted(raw[k])
+    return json.dumps({**raw, "secret": secret, "created_at": created_at})
+
+
+def _from_json(text: bytes | str) -> tuple[Subscription, str, int]:
+    raw = json.loads(text)
+    secret, created = raw.pop("secret"), raw.pop("created_at")
+    for k in ("change_types", "ods_codes", "persons", "sections"):
+        raw[k] = frozenset(raw[k])
+    return Subscription(**raw), secret, created
+
+
+class SubscriptionStore:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.r = client
+
+    async def create(self, client_id: str, channel: str, endpoint: str, change_types: set[str], ods_codes: set[str],
+                     persons: set[str], sections: set[str], max_attempts: int) -> tuple[Subscription, str, int]:
+        sub = Subscription(str(uuid.uuid4()), client_id, channel, endpoint, frozenset(change_types),
+                           frozenset(o.upper() for o in ods_codes), frozenset(persons), frozenset(sections),
+                           "active", max_attempts)
+        secret = secrets.token_urlsafe(32)
+        created = int(time.time() * 1000)
+        await self.r.set(f"{P}{sub.subscription_id}", _to_json(sub, secret, created))
+        await self.r.sadd("carebus:subscriptions", sub.subscription_id)
+        return sub, secret, created
+
+    async def get(self, subscription_id: str) -> tuple[Subscription, str, int] | None:
+        raw = await self.r.get(f"{P}{subscription_id}")
+        return _from_json(raw) if raw else None
+
+    async def all(self) -> list[tuple[Subscription, str, int]]:
+        ids = sorted(b.decode() for b in await self.r.smembers("carebus:subscriptions"))
+        out = []
+        for i in ids:
+            found = await self.get(i)
+            if found:
+                out.append(found)
+        return out
+
+    async def delete(self, subscription_id: str) -> None:
+        await self.r.delete(f"{P}{subscription_id}")
+        await self.r.srem("carebus:subscriptions", subscription_id)
+
+    async def record(self, subscription_id: str, **counters: int) -> None:
+        pipe = self.r.pipeline()
+        for k, v in counters.items():
+            pipe.hincrby(f"carebus:delivery:{subscription_id}", k, v)
+        await pipe.execute()
+
+    async def note(self, subscription_id: str, **values: Any) -> None:
+        await self.r.hset(f"carebus:delivery:{subscription_id}", mapping={k: str(v) for k, v in values.items()})
+
+    async def stats(self, subscription_id: str) -> dict[str, str]:
+        raw = await self.r.hgetall(f"carebus:delivery:{subscription_id}")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def next_event_number(self, subscription_id: str) -> int:
+        return int(await self.r.hincrby(f"carebus:delivery:{subscription_id}", "events_since_start", 1))

@@ -1,0 +1,239 @@
+"""Subscribers, audit replay and monitoring end to end, with real HTTP subscribers."""
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from consumers.notification_format import verify
+from tests.test_connectors_e2e import adt, mllp_send
+
+pytestmark = pytest.mark.integration
+SUB2 = {"Authorization": "Bearer dev-subscriber2-token"}     # gp-federation, all organisations
+RFH = {"Authorization": "Bearer dev-subscriber-token"}       # royal-free-epr, RAL only, sensitive withheld
+AUDIT = {"Authorization": "Bearer dev-auditor-token"}
+
+
+def subscribe(delivery, headers, **body) -> dict:
+    resp = httpx.post(f"{delivery.base}/subscriptions", json=body, headers=headers, timeout=30)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def wait_for(predicate, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def person_of(redis_client, key: str) -> str:
+    return wait_for(lambda: (redis_client.get(f"carebus:person_of:{key}") or b"").decode(), what="linking")
+
+
+def cerner_key(local_id: str) -> str:
+    return f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|{local_id}"
+
+
+def unique_nhs(unique: str) -> str:
+    from producers import nhs_number
+    import random
+    return nhs_number.generate(random.Random(unique))
+
+
+def send_story(bus_settings, unique, n=3, extra=""):
+    """An admission, an update and a discharge for one new patient at the Royal Free (RAL)."""
+    nhs = unique_nhs(unique)
+    msgs = [adt(f"S{unique}", f"S{unique}{i}", nhs=nhs, trigger=t, extra=extra)
+            for i, t in enumerate(["A01", "A08", "A03"][:n])]
+    acks = mllp_send(bus_settings.mllp_port, *msgs)
+    assert all(b"MSA|AA" in a for a in acks)
+
+
+@pytest.fixture(scope="module")
+def stack(connectors, link_workers, delivery):
+    return delivery
+
+
+def test_signed_notifications_arrive_in_order(bus_settings, stack, receiver, redis_client, unique):
+    sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(f"/ordered/{unique}"))
+    send_story(bus_settings, unique)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+    got = wait_for(lambda: [r for r in receiver.for_path(f"/ordered/{unique}") if r["json"]["person_id"] == person]
+                   if len([r for r in receiver.for_path(f"/ordered/{unique}") if r["json"]["person_id"] == person]) >= 1
+                   and redis_client.hget(f"carebus:record_meta:{person}", "emitted") == b"1"
+                   and max(r["json"]["version"] for r in receiver.for_path(f"/ordered/{unique}") if r["json"]["person_id"] == person)
+                   == int(redis_client.hget(f"carebus:record_meta:{person}", "version")) else None,
+                   what="all versions delivered")
+    versions = [r["json"]["version"] for r in got]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+    for r in got:
+        h = {k.lower(): v for k, v in r["headers"].items()}
+        assert verify(sub["secret"], r["body"], h["x-carebus-signature"], int(time.time()))
+        assert not verify("wrong-secret", r["body"], h["x-carebus-signature"], int(time.time()))
+        assert h["idempotency-key"] == r["json"]["event_id"]
+
+
+def test_failing_subscriber_recovers_and_gets_every_change_once(bus_settings, stack, receiver, redis_client, unique):
+    path = f"/flaky/{unique}"
+    subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path), max_attempts=20)
+    receiver.fail_next = 4
+    send_story(bus_settings, unique)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+
+    def done():
+        version = int(redis_client.hget(f"carebus:record_meta:{person}", "version") or 0)
+        got = [r for r in receiver.for_path(path) if r["json"]["person_id"] == person]
+        return got if got and max(r["json"]["version"] for r in got) == version else None
+
+    got = wait_for(done, what="delivery after recovery")
+    keys = [r["headers"]["Idempotency-Key"] for r in got]
+    assert len(keys) == len(set(keys)), "each change arrives once per idempotency key"
+    assert [r["json"]["version"] for r in got] == sorted(r["json"]["version"] for r in got)
+
+
+def test_dead_subscriber_parks_changes_and_redelivery_recovers_them(bus_settings, stack, receiver, redis_client, unique):
+    path = f"/dead/{unique}"
+    sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path), max_attempts=2)
+    other_path = f"/healthy/{unique}"
+    subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(other_path))
+    receiver.failing = True
+    try:
+        send_story(bus_settings, unique, n=1)
+        person = person_of(redis_client, cerner_key(f"S{unique}"))
+        stats = wait_for(lambda: (lambda s: s if int(s.get("parked", 0)) >= 1 else None)(
+            {k.decode(): v.decode() for k, v in redis_client.hgetall(f"carebus:delivery:{sub['id']}").items()}),
+            what="parking")
+        assert stats["status"] == "degraded"
+    finally:
+        receiver.failing = False
+    # The healthy subscriber was not held up by the dead one (it had its own retries to make).
+    wait_for(lambda: [r for r in receiver.for_path(other_path) if r["json"]["person_id"] == person], what="healthy delivery")
+    assert not receiver.for_path(path)
+    resp = httpx.post(f"{stack.base}/subscriptions/{sub['id']}/dead-letters/redeliver", headers=SUB2, timeout=60)
+    assert resp.status_code == 200 and resp.json()["outcomes"].get("delivered", 0) >= 1
+    assert [r for r in receiver.for_path(path) if r["json"]["person_id"] == person]
+
+
+def test_scope_is_enforced_and_nothing_leaks(bus_settings, stack, receiver, redis_client, unique):
+    # Outside its organisations: refused.
+    resp = httpx.post(f"{stack.base}/subscriptions", headers=RFH, timeout=30,
+                      json={"channel": "webhook", "endpoint": receiver.url("/x"), "ods_codes": ["F84001"]})
+    assert resp.status_code == 403
+    assert httpx.post(f"{stack.base}/subscriptions", json={"channel": "webhook", "endpoint": "http://x"},
+                      timeout=30).status_code == 401
+    rfh_path, fed_path = f"/rfh/{unique}", f"/fed/{unique}"
+    subscribe(stack, RFH, channel="webhook", endpoint=receiver.url(rfh_path))
+    subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(fed_path))
+    # A GP-only patient (EMIS, practice F84001) with a sexual-health problem.
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "id": f"G{unique}", "name": [{"family": "Quiet", "given": ["Gp"]}],
+                                               "birthDate": "1985-05-05", "gender": "female",
+                                               "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": unique_nhs(unique + "g")}]}},
+        {"resource": {"resourceType": "Condition", "id": f"c{unique}", "subject": {"reference": "urn:uuid:p"},
+                      "code": {"coding": [{"system": "http://snomed.info/sct", "code": "8098009", "display": "Sexually transmitted infectious disease"}]}}}]}
+    r = httpx.post(f"http://127.0.0.1:{bus_settings.http_port}/fhir/emis", content=json.dumps(bundle),
+                   headers={"Authorization": "Bearer dev-emis-token", "X-Ods-Code": "F84001"}, timeout=30)
+    assert r.status_code == 200
+    person = person_of(redis_client, f"EMIS_WEB|urn:carebus:id:emis:emis-guid:F84001|G{unique}")
+    fed = wait_for(lambda: [x for x in receiver.for_path(fed_path) if x["json"]["person_id"] == person], what="federation delivery")
+    # gp-federation also withholds sexual-health items (its credentials say so); the auditor sees them.
+    assert all(not x["json"]["record"]["problems"] for x in fed)
+    assert httpx.get(f"{stack.base}/records/{person}", headers=AUDIT).json()["problems"][0]["code"]["code"] == "8098009"
+    # Royal Free (RAL only) got nothing about this GP-only patient and may not read the record.
+    time.sleep(2)
+    assert not [x for x in receiver.for_path(rfh_path) if x["json"]["person_id"] == person]
+    assert httpx.get(f"{stack.base}/records/{person}", headers=RFH).status_code == 403
+
+
+def test_patients_who_objected_are_never_sent(bus_settings, stack, receiver, redis_client, unique):
+    path = f"/objection/{unique}"
+    subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path))
+    # PD1-12 "Y": protection indicator / patient objected to sharing.
+    objecting = adt(f"O{unique}", f"O{unique}", nhs=unique_nhs(unique), extra="PD1" + "|" * 12 + "Y\r")
+    assert b"MSA|AA" in mllp_send(bus_settings.mllp_port, objecting)[0]
+    send_story(bus_settings, unique + "b", n=1)   # a normal patient after it, to know delivery moved on
+    later = person_of(redis_client, cerner_key(f"S{unique}b"))
+    wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == later], what="later delivery")
+    objector = person_of(redis_client, cerner_key(f"O{unique}"))
+    assert not [x for x in receiver.for_path(path) if x["json"]["person_id"] == objector]
+
+
+def test_record_rebuilt_at_time_t_equals_what_was_sent_at_t(bus_settings, stack, receiver, redis_client, unique):
+    path = f"/asof/{unique}"
+    sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path))
+    send_story(bus_settings, unique)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+    got = wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == person], what="delivery")
+    for sent in got:
+        at = sent["json"]["changed_at"]
+        rebuilt = httpx.get(f"{stack.base}/audit/persons/{person}/as-of", params={"at": at, "subscription_id": sub["id"]},
+                            headers=AUDIT, timeout=60)
+        assert rebuilt.status_code == 200
+        assert rebuilt.json() == sent["json"]
+
+
+def test_audit_timeline_shows_messages_links_and_changes(bus_settings, stack, redis_client, unique):
+    send_story(bus_settings, unique)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+    wait_for(lambda: redis_client.hget(f"carebus:record_meta:{person}", "emitted") == b"1", what="record")
+    resp = httpx.get(f"{stack.base}/audit/persons/{person}/timeline", headers=AUDIT, timeout=60)
+    kinds = {e["kind"] for e in resp.json()}
+    assert kinds == {"source-event", "identity", "record-change"}
+    originals = [e["original"] for e in resp.json() if e["kind"] == "source-event"]
+    assert any(f"S{unique}" in o and o.startswith("MSH|") for o in originals), "the original message is shown"
+    csv_text = httpx.get(f"{stack.base}/audit/persons/{person}/timeline", params={"format": "csv"}, headers=AUDIT,
+                         timeout=60).text
+    assert csv_text.startswith("at,kind,system") and "ADT^A01" in csv_text
+    assert httpx.get(f"{stack.base}/audit/persons/{person}/timeline", headers=SUB2).status_code == 403
+
+
+def test_monitoring_reports_lag_linkage_dead_letters_and_delivery(bus_settings, stack):
+    m = httpx.get(f"{stack.base}/monitor", headers=AUDIT, timeout=60).json()
+    assert m["linkage"]["links"] > 0 and "open_reviews" in m["linkage"]
+    assert any(l["group"] == "carebus-linker" for l in m["lag"]), m["lag"]
+    assert "carebus.dlq.connectors.v1" in m["dead_letters"]
+    assert m["delivery"], "per-subscriber delivery figures"
+    metrics = httpx.get(f"{stack.base}/metrics", timeout=60).text
+    assert "carebus_consumer_lag" in metrics and "carebus_delivery_total" in metrics
+    assert httpx.get(f"{stack.base}/monitor", headers=SUB2).status_code == 403
+
+
+def test_fhir_rest_hook_notifications_are_valid_fhir(bus_settings, stack, receiver, redis_client, unique):
+    from fhir.resources.R4B.bundle import Bundle
+
+    path = f"/fhir/{unique}"
+    subscribe(stack, SUB2, channel="fhir-rest-hook", endpoint=receiver.url(path))
+    send_story(bus_settings, unique, n=1)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+    got = wait_for(lambda: [x for x in receiver.for_path(path)
+                            if any(e["resource"].get("id") == person for e in x["json"]["entry"])], what="rest-hook")
+    bundle = Bundle.model_validate(got[0]["json"])
+    assert bundle.type == "history"
+    status = got[0]["json"]["entry"][0]["resource"]
+    assert status["resourceType"] == "Parameters"
+    assert {p["name"] for p in status["parameter"]} >= {"subscription", "type", "notification-event"}
+    assert got[0]["headers"]["Content-Type"] == "application/fhir+json"
+
+
+def test_server_sent_events_stream(bus_settings, stack, redis_client, unique):
+    sub = subscribe(stack, SUB2, channel="sse")
+    send_story(bus_settings, unique, n=1)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+    with httpx.stream("GET", f"{stack.base}/subscriptions/{sub['id']}/stream", headers=SUB2, timeout=60) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        data = None
+        deadline = time.monotonic() + 60
+        for line in resp.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["person_id"] == person:
+                data = json.loads(line[6:])
+                break
+            assert time.monotonic() < deadline
+    assert data["record"]["person_id"] == person
+    # Another client cannot open this subscriber's stream.
+    assert httpx.get(f"{stack.base}/subscriptions/{sub['id']}/stream", headers=RFH, timeout=30).status_code == 404
