@@ -68,8 +68,12 @@ class Dispatcher:
         # A new subscription starts at its creation time; an old one where it left off.
         fresh = [tp.partition for tp in committed if tp.offset < 0]
         starts = offsets_at(consumer, topic, fresh, self.created_at) if fresh else {}
-        consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else starts[tp.partition])
-                         for tp in committed])
+        positions = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else starts[tp.partition])
+                     for tp in committed]
+        consumer.assign(positions)
+        if fresh:
+            # Record the starting point at once, so lag reads true before the first delivery.
+            consumer.commit(offsets=[p for p in positions if p.partition in fresh], asynchronous=False)
         return consumer
 
     async def run(self) -> None:
