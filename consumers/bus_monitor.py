@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Gauge
 
 from carebus.config import Settings
@@ -80,7 +80,12 @@ class BusMonitor:
                                                              for s in subscriptions]
         lags = []
         for g, topic in groups:
-            for p in consumer_lag(self.settings, g, topic):
+            try:
+                partitions = consumer_lag(self.settings, g, topic)
+            except KafkaException as exc:
+                lags.append({"group": g, "topic": topic, "partition": -1, "lag": -1, "error": str(exc.args[0])})
+                continue
+            for p in partitions:
                 lags.append({"group": g, "topic": topic, "partition": p.partition, "lag": p.lag})
                 LAG.labels(g, topic, str(p.partition)).set(p.lag)
         linkage = {k.decode(): int(v) for k, v in redis_client.hgetall("carebus:stats").items()}

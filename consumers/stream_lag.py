@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+import time
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from carebus.config import Settings
 
@@ -26,7 +28,7 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> list[PartitionLa
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         tps = [TopicPartition(topic, p) for p in partitions]
-        committed = consumer.committed(tps, timeout=10)
+        committed = _committed_with_retry(consumer, tps)
         out = []
         for tp in committed:
             _, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
@@ -34,6 +36,19 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> list[PartitionLa
         return out
     finally:
         consumer.close()
+
+
+def _committed_with_retry(consumer: Consumer, tps: list[TopicPartition], attempts: int = 10):
+    # Right after a cluster or group is created its coordinator may still be moving
+    # (NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS); these settle within seconds.
+    for attempt in range(attempts):
+        try:
+            return consumer.committed(tps, timeout=10)
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    return []
 
 
 def total_lag(settings: Settings, group: str, topic: str) -> int:

@@ -40,9 +40,11 @@ def test_carebus_services_use_only_documented_settings_and_real_commands():
     for service in carebus_services:
         assert service["command"][0] == "carebus"
         assert service["command"][1] in commands, service["command"]
-        for variable in service["environment"]:
+        env = service["environment"]
+        for variable in env:
             assert variable in ENVIRONMENT, variable
-        assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert {"connectors", "link-worker", "delivery"} <= set(SERVICES)
 
 
 def test_dockerfile_copies_every_package():
