@@ -125,3 +125,54 @@ def test_worker_killed_mid_stream_reaches_the_same_final_state(bus_settings, red
     persons = set(batch.values())
     metas = [redis_client.hget(f"carebus:record_meta:{p}", "emitted") for p in persons]
     assert all(m == b"1" for m in metas if m is not None)
+
+
+def test_review_queue_accept_links_and_reject_unlinks(bus_settings, redis_client, connectors, link_workers, delivery,
+                                                      unique):
+    """Two records in the review band; a reviewer accepts (one person), then a second pair is rejected."""
+    import httpx
+
+    from tests.test_connectors_e2e import mllp_send
+
+    def adt_demo(local_id: str, given: str, family: str, dob: str, postcode: str) -> bytes:
+        return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|R{local_id}|P|2.4\r"
+                f"PID|1||{local_id}^^^RAL^MR||{family}^{given}||{dob}|F|||1 A ST^^LONDON^^{postcode}\r").encode()
+
+    auditor = {"Authorization": "Bearer dev-auditor-token"}
+    # Same name and birth date but living in another district: the review band, not a sure match.
+    a, b = f"RA{unique}", f"RB{unique}"
+    family = f"Zq{unique[:6]}"
+    mllp_send(bus_settings.mllp_port, adt_demo(a, "Maria", family, "19750312", "N7 8AA"),
+              adt_demo(b, "Maria", family, "19750312", "E15 1AA"))
+    key_a, key_b = (f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|{x}" for x in (a, b))
+
+    def review_for_pair():
+        for r in httpx.get(f"{delivery.base}/reviews", headers=auditor, timeout=30).json():
+            if {r["a"], r["b"]} == {key_a, key_b}:
+                return r
+        return None
+
+    review = None
+    deadline = time.monotonic() + 90
+    while review is None and time.monotonic() < deadline:
+        review = review_for_pair()
+        time.sleep(0.5)
+    assert review is not None, "the uncertain pair is queued for review"
+    assert redis_client.get(f"carebus:person_of:{key_a}") != redis_client.get(f"carebus:person_of:{key_b}")
+    assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/accept",
+                      headers={"Authorization": "Bearer dev-subscriber-token"}).status_code == 403
+    assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/accept", headers=auditor).status_code == 202
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and redis_client.get(f"carebus:person_of:{key_a}") != redis_client.get(f"carebus:person_of:{key_b}"):
+        time.sleep(0.3)
+    person = redis_client.get(f"carebus:person_of:{key_a}")
+    assert person == redis_client.get(f"carebus:person_of:{key_b}"), "accepting the review linked them"
+    events = [codec.decode(m.value(), "IdentityEvent") for m in
+              read_all(bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == person)]
+    assert any(e["type"] == "REVIEW_ACCEPTED" for e in events) or any(e["method"] == "review" for e in events)
+    # A reviewer who changes their mind rejects the pair: an unmerge, which splits them for good.
+    assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/reject", headers=auditor).status_code == 202
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and redis_client.get(f"carebus:person_of:{key_a}") == redis_client.get(f"carebus:person_of:{key_b}"):
+        time.sleep(0.3)
+    assert redis_client.get(f"carebus:person_of:{key_a}") != redis_client.get(f"carebus:person_of:{key_b}")
