@@ -136,7 +136,7 @@ def main() -> None:
     for name, n, secs, lat in results:
         table.add_row(name, str(n), f"{n / secs:,.0f}", f"{pct(lat, .5):.1f}", f"{pct(lat, .95):.1f}", f"{pct(lat, .99):.1f}")
     table.add_row("baseline: raw confluent-kafka producer", str(len(events)), f"{len(events) / baseline:,.0f}", "-", "-", "-")
-    Console().print(table)
+    Console(width=200).print(table)
     print(f"connector process peak RSS: {peak:.0f} MiB; mean MLLP latency {statistics.mean(results[0][3]) * 1000:.1f} ms")
 
 

@@ -159,6 +159,52 @@ def demo(
     raise typer.Exit(run(_settings(), people, batch, duration, live, seed or int(time.time()) % 1_000_000))
 
 
+@app.command("estimate-linkage")
+def estimate_linkage(
+    output: str = typer.Option("streams/linkage_parameters.json", help="where to write the fitted parameters"),
+    limit: int = typer.Option(500_000, help="most source events to read"),
+) -> None:
+    """Fit the Fellegi-Sunter m/u parameters by EM to the demographics on the source-events topic."""
+    from pathlib import Path
+
+    from confluent_kafka import Consumer
+    from rich.progress import Progress
+
+    from schemas import codec
+    from schemas.topics import SOURCE_EVENTS
+    from streams import record_builder
+    from streams.event_processor import source_key_of
+    from streams.linkage_training import estimate_from
+    from streams.record_comparison import from_patient
+
+    settings = _settings()
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"carebus-estimate-{__import__('uuid').uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([SOURCE_EVENTS.name])
+    states: dict = {}
+    idle = 0
+    with Progress(console=console) as progress:
+        task = progress.add_task("reading source events", total=None)
+        read = 0
+        while read < limit and idle < 10:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                idle += 1
+                continue
+            idle = 0
+            event = codec.decode(msg.value(), "SourcePatientEvent")
+            key = source_key_of(event)
+            states[key], _ = record_builder.apply_event(states.get(key) or record_builder.new_source_state(key, event), event)
+            read += 1
+            progress.advance(task)
+    consumer.close()
+    records = [from_patient(k, record_builder.patient_view(s)) for k, s in states.items()]
+    params = estimate_from(records)
+    Path(output).write_text(params.to_json())
+    console.print(f"fitted on {len(records):,} source records; match prevalence among candidate pairs "
+                  f"{params.prevalence:.4f}; written to {output}")
+
+
 @app.command("check-schemas")
 def check_schemas() -> None:
     """Check every message schema against all earlier versions (FULL_TRANSITIVE)."""

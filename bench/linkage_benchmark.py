@@ -1,0 +1,132 @@
+"""Identity linking: quality and speed of the streaming linker next to a batch linkage of the
+same records, in one run.
+
+    python -m bench.linkage_benchmark --people 3000
+
+Sends a synthetic population through the connectors (carebus up + connectors + N link
+workers are started here), waits until the linkers have caught up, then prints, for the stream
+and for a batch linkage of exactly the same events: precision, recall and F1 against the
+simulator's ground truth, pairs sent to review, events/s, per-event latency percentiles (event
+time on the source topic to its record change) and peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import httpx
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from carebus import local_bus
+from carebus.config import load_settings
+from consumers.stream_lag import total_lag
+from schemas import codec
+from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS
+from simulator import population as pop
+from simulator.run import Target, drive
+from streams.batch_linkage import link_events
+from streams.fellegi_sunter import Parameters
+from streams.identity_graph import MemoryGraphStore
+from streams.linkage_quality import pairwise_quality
+from tests.kafka_reading import read_all
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--people", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    settings = load_settings()
+    local_bus.up(settings)
+    r = redis.Redis.from_url(settings.redis)
+    seed = int(time.time()) % 1_000_000
+    population = pop.build(args.people, seed=seed)
+    truth = {pop.source_key(x): x.person_id for x in population.records}
+    env = {**os.environ}
+    procs = [subprocess.Popen([sys.executable, "-m", "carebus.cli", "connectors"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs += [subprocess.Popen([sys.executable, "-m", "carebus.cli", "link-worker", "--worker-id", f"bench{i}"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(args.workers)]
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"http://127.0.0.1:{settings.http_port}/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        reviews_before = int(r.hget("carebus:stats", "reviews") or 0)
+        started = time.time()
+        asyncio.run(drive(population, Target("127.0.0.1", settings.mllp_port, settings.http_port, settings.drop_dir),
+                          seed=seed, show_progress=True))
+        keys = list(truth)
+        while sum(1 for v in r.mget([f"carebus:person_of:{k}" for k in keys]) if v) < len(keys) or \
+                total_lag(settings, "carebus-linker", SOURCE_EVENTS.name) > 0:
+            time.sleep(0.5)
+        stream_seconds = time.time() - started
+        stream_peak = max(peak_rss_mb(p.pid) for p in procs[1:])
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+    streamed = {k: v.decode() for k, v in zip(keys, r.mget([f"carebus:person_of:{k}" for k in keys])) if v}
+    stream_reviews = int(r.hget("carebus:stats", "reviews") or 0) - reviews_before
+
+    ours = set(keys)
+    events = [codec.decode(m.value(), "SourcePatientEvent") for m in read_all(settings, SOURCE_EVENTS.name, timeout=120)]
+    events = [e for e in events if f"{e['envelope']['source_system']}|{e['patient']['local_identifier']['system']}|"
+              f"{e['patient']['local_identifier']['value']}" in ours]
+    # Latency: event time on the source topic (when the connector had it durably) to the change.
+    source_ts = {e["envelope"]["event_id"]: e["envelope"]["recorded_at"] for e in events}
+    latencies = []
+    for m in read_all(settings, PATIENT_CHANGES.name, timeout=120):
+        change = codec.decode(m.value(), "RecordChange")
+        for cause in change["caused_by"]:
+            if cause in source_ts:
+                latencies.append((change["changed_at"] - source_ts[cause]) / 1000)
+
+    tracemalloc.start()
+    t = time.perf_counter()
+    batch_store: MemoryGraphStore = link_events(events, Parameters.load())
+    batch_seconds = time.perf_counter() - t
+    batch_peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    batch = {k: p for k, p in batch_store.persons().items() if k in ours}
+
+    table = Table(title=f"identity linking: {len(population.people):,} people, {len(keys):,} source records, "
+                        f"{len(events):,} events")
+    for col in ("linker", "precision", "recall", "F1", "to review", "events/s", "p50 s", "p95 s", "p99 s", "peak MiB"):
+        table.add_column(col)
+    qs, qb = pairwise_quality(streamed, truth), pairwise_quality(batch, truth)
+    table.add_row(f"stream ({args.workers} faust workers, end to end)", f"{qs.precision:.4f}", f"{qs.recall:.4f}",
+                  f"{qs.f1:.4f}", str(stream_reviews), f"{len(events) / stream_seconds:,.0f}",
+                  f"{pct(latencies, .5):.2f}", f"{pct(latencies, .95):.2f}", f"{pct(latencies, .99):.2f}",
+                  f"{stream_peak:.0f} (RSS, per worker)")
+    table.add_row("batch (same events, in memory)", f"{qb.precision:.4f}", f"{qb.recall:.4f}", f"{qb.f1:.4f}", "-",
+                  f"{len(events) / batch_seconds:,.0f}", "-", "-", "-", f"{batch_peak:.0f} (Python heap)")
+    Console(width=200).print(table)
+    same = sum(1 for k in batch if streamed.get(k) == batch[k])
+    print(f"stream and batch agree on {same:,} of {len(batch):,} source records")
+
+
+if __name__ == "__main__":
+    main()
