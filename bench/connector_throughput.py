@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 from confluent_kafka import Producer
 from rich.console import Console
+
+from bench.measurement import peak_rss_mb, percentile
 from rich.table import Table
 
 from carebus import local_bus
@@ -36,15 +38,7 @@ from simulator.traffic import MessageFactory, MllpClient, ack_code, vision_csv, 
 
 
 def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return percentile(values, q) * 1000
 
 
 async def run_mllp(port: int, messages: list[bytes], connections: int) -> list[float]:

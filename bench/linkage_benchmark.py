@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import redis
 from rich.console import Console
+
+from bench.measurement import peak_rss_mb, percentile
 from rich.table import Table
 
 from carebus import local_bus
@@ -39,16 +41,7 @@ from streams.linkage_quality import pairwise_quality
 from tests.kafka_reading import read_all
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+pct = percentile
 
 
 def main() -> None:

@@ -36,6 +36,27 @@ def offsets_at(consumer: Consumer, topic: str, partitions: list[int], at_ms: int
     return out
 
 
+def open_subscription_consumer(settings: Settings, group: str, created_at: int) -> Consumer:
+    """A consumer on patient-changes at the group's committed position, or at `created_at` for a
+    subscription that has never committed (new subscribers start when they subscribed)."""
+    from schemas.topics import PATIENT_CHANGES
+
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    topic = PATIENT_CHANGES.name
+    partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
+    committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
+    fresh = [tp.partition for tp in committed if tp.offset < 0]
+    starts = offsets_at(consumer, topic, fresh, created_at) if fresh else {}
+    positions = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else starts[tp.partition])
+                 for tp in committed]
+    consumer.assign(positions)
+    if fresh:
+        # Record the starting point at once, so lag reads true before the first delivery.
+        consumer.commit(offsets=[p for p in positions if p.partition in fresh], asynchronous=False)
+    return consumer
+
+
 def read_range(settings: Settings, topic: str, from_ms: int, to_ms: int, partitions: list[int] | None = None,
                key: str | None = None) -> Iterator[Message]:
     """Messages with timestamp in [from_ms, to_ms], optionally only those with `key`."""

@@ -11,7 +11,9 @@ import logging
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
 from consumers import audit_trail
 from consumers.bus_monitor import BusMonitor
-from consumers.change_reader import read_range
+from consumers.change_reader import open_subscription_consumer, read_range
 from consumers.notification_format import webhook_body
 from consumers.push_delivery import Dispatcher, RetryPolicy
 from consumers.subscription_scope import CLINICAL_SECTIONS, ClientScope, Subscription, visible_change
@@ -186,31 +188,23 @@ def build_app(service: DeliveryService) -> FastAPI:
         scope = scope_of(client)
 
         async def events():
-            from confluent_kafka import Consumer
-
-            from consumers.change_reader import offsets_at
-            consumer = Consumer({"bootstrap.servers": service.settings.bootstrap, "group.id": f"carebus-sse-{subscription_id}",
-                                 "enable.auto.commit": False})
-            from confluent_kafka import TopicPartition
-            topic = PATIENT_CHANGES.name
-            parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-            committed = consumer.committed([TopicPartition(topic, p) for p in parts], timeout=10)
-            fresh = [tp.partition for tp in committed if tp.offset < 0]
-            starts = offsets_at(consumer, topic, fresh, created) if fresh else {}
-            consumer.assign([TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else starts[tp.partition])
-                             for tp in committed])
+            thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sse-{subscription_id[:8]}")
+            loop = asyncio.get_running_loop()
+            consumer = await loop.run_in_executor(thread, partial(
+                open_subscription_consumer, service.settings, f"carebus-sse-{subscription_id}", created))
             try:
                 yield ": connected\n\n"
                 while not await request.is_disconnected():
-                    msg = await asyncio.to_thread(consumer.poll, 0.5)
+                    msg = await loop.run_in_executor(thread, consumer.poll, 0.5)
                     if msg is None or msg.error():
                         continue
                     change = visible_change(codec.decode(msg.value(), "RecordChange"), sub, scope)
                     if change is not None:
                         yield f"id: {change['event_id']}\nevent: record-change\ndata: {webhook_body(change, subscription_id).decode()}\n\n"
-                    consumer.commit(message=msg, asynchronous=False)
+                    await loop.run_in_executor(thread, partial(consumer.commit, message=msg, asynchronous=False))
             finally:
-                consumer.close()
+                await loop.run_in_executor(thread, consumer.close)
+                thread.shutdown(wait=False)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -15,16 +15,18 @@ import logging
 import random
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from prometheus_client import Counter, Histogram
 
 from carebus.config import Settings
 from carebus.durable_producer import DurableProducer
-from consumers.change_reader import offsets_at
+from consumers.change_reader import open_subscription_consumer
 from consumers.notification_format import fhir_rest_hook_bundle, sign, webhook_body
 from consumers.subscription_scope import ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
@@ -55,26 +57,18 @@ class Dispatcher:
         self.sub, self.secret, self.created_at, self.scope, self.retry = subscription, secret, created_at, scope, retry
         self.group = f"carebus-delivery-{subscription.subscription_id}"
         self._stop = asyncio.Event()
+        # Its own thread for blocking Kafka calls: a shared pool would let many subscriptions
+        # (or one stuck broker call) starve the others and the API.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sub-{subscription.subscription_id[:8]}")
+
+    async def _blocking(self, fn, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, partial(fn, *args, **kwargs))
 
     def stop(self) -> None:
         self._stop.set()
 
     def _open_consumer(self) -> Consumer:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": self.group,
-                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-        topic = PATIENT_CHANGES.name
-        partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
-        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)
-        # A new subscription starts at its creation time; an old one where it left off.
-        fresh = [tp.partition for tp in committed if tp.offset < 0]
-        starts = offsets_at(consumer, topic, fresh, self.created_at) if fresh else {}
-        positions = [TopicPartition(topic, tp.partition, tp.offset if tp.offset >= 0 else starts[tp.partition])
-                     for tp in committed]
-        consumer.assign(positions)
-        if fresh:
-            # Record the starting point at once, so lag reads true before the first delivery.
-            consumer.commit(offsets=[p for p in positions if p.partition in fresh], asynchronous=False)
-        return consumer
+        return open_subscription_consumer(self.settings, self.group, self.created_at)
 
     async def run(self) -> None:
         """Deliver until stopped; any failure (broker restarting, coordinator moving) restarts the loop."""
@@ -84,25 +78,27 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - supervised: log, back off, resume from committed offsets
                 log.warning("subscription %s: dispatcher restarting after %s", self.sub.subscription_id,
                             type(exc).__name__)
+                await self.store.record(self.sub.subscription_id, restarts=1)
                 await asyncio.sleep(1.0)
 
     async def _run_once(self) -> None:
-        consumer = await asyncio.to_thread(self._open_consumer)
+        consumer = await self._blocking(self._open_consumer)
         try:
             while not self._stop.is_set():
-                msg = await asyncio.to_thread(consumer.poll, 0.5)
+                msg = await self._blocking(consumer.poll, 0.5)
                 if msg is None or msg.error():
                     continue
                 await self.handle(msg.value())
-                await asyncio.to_thread(consumer.commit, message=msg, asynchronous=False)
+                await self._blocking(consumer.commit, message=msg, asynchronous=False)
         finally:
-            await asyncio.to_thread(consumer.close)
+            await self._blocking(consumer.close)
 
     async def handle(self, value: bytes, redelivery: bool = False) -> str:
         change = codec.decode(value, "RecordChange")
         visible = visible_change(change, self.sub, self.scope)
         if visible is None:
             DELIVERED.labels(self.sub.subscription_id, "filtered").inc()
+            await self.store.record(self.sub.subscription_id, filtered=1)
             return "filtered"
         return await self.deliver(visible, value)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -21,10 +22,16 @@ from tests.kafka_reading import read_all
 pytestmark = pytest.mark.integration
 
 
-def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A01", extra: str = "") -> bytes:
+def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A01", extra: str = "",
+        dob: str | None = None) -> bytes:
+    # Each test patient gets its own given name and birth date (from its id), so patients of
+    # different tests never look alike to the probabilistic linker.
+    digest = hashlib.sha256(local_id.encode()).digest()
+    given = ["JOHN", "AMIR", "KOFI", "LENA", "MARTA", "OWEN", "PRIYA", "SEAN"][digest[0] % 8]
+    dob = dob or f"{1930 + digest[1] % 80}{1 + digest[2] % 12:02d}{1 + digest[3] % 28:02d}"
     return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^{trigger}^ADT_A01|{control}|P|2.4\r"
             f"EVN|{trigger}|20261124101000\r"
-            f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||SMITH^JOHN||19700102|M|||1 HIGH ST^^LONDON^^NW1 2AB\r"
+            f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||SMITH^{given}||{dob}|M|||1 HIGH ST^^LONDON^^NW1 2AB\r"
             f"PV1|1|I|WARD1^BED2||||||||||||||||V{control}\r{extra}").encode()
 
 
@@ -73,7 +80,7 @@ def test_redelivered_message_is_acked_but_published_once(bus_settings, connector
 
 
 def test_invalid_hl7_gets_a_nak_with_reason_and_is_parked(bus_settings, connectors, unique):
-    bad = adt(f"L{unique}", f"C{unique}").replace(b"19700102", b"19701399")
+    bad = adt(f"L{unique}", f"C{unique}", dob="19701399")
     [ack] = mllp_send(bus_settings.mllp_port, bad)
     assert ack_code(ack) == "AE" and b"birth date" in ack
     [dead] = dead_letters(bus_settings, f"C{unique}".encode())

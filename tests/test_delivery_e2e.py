@@ -29,7 +29,7 @@ def wait_for(predicate, timeout=90.0, what="condition"):
         if value:
             return value
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def person_of(redis_client, key: str) -> str:
@@ -100,8 +100,11 @@ def test_failing_subscriber_recovers_and_gets_every_change_once(bus_settings, st
 def test_dead_subscriber_parks_changes_and_redelivery_recovers_them(bus_settings, stack, receiver, redis_client, unique):
     path = f"/dead/{unique}"
     sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path), max_attempts=2)
+    from tests.webhook_receiver import Receiver
+
+    healthy = Receiver()   # a different system, whose endpoint stays up
     other_path = f"/healthy/{unique}"
-    subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(other_path))
+    healthy_sub = subscribe(stack, SUB2, channel="webhook", endpoint=healthy.url(other_path))
     receiver.failing = True
     try:
         send_story(bus_settings, unique, n=1)
@@ -113,7 +116,10 @@ def test_dead_subscriber_parks_changes_and_redelivery_recovers_them(bus_settings
     finally:
         receiver.failing = False
     # The healthy subscriber was not held up by the dead one (it had its own retries to make).
-    wait_for(lambda: [r for r in receiver.for_path(other_path) if r["json"]["person_id"] == person], what="healthy delivery")
+    wait_for(lambda: [r for r in healthy.for_path(other_path) if r["json"]["person_id"] == person],
+             what=lambda: f"healthy delivery {redis_client.hgetall('carebus:delivery:' + healthy_sub['id'])} "
+                  f"{[r['json']['person_id'] for r in healthy.received]} {person}")
+    healthy.close()
     assert not receiver.for_path(path)
     resp = httpx.post(f"{stack.base}/subscriptions/{sub['id']}/dead-letters/redeliver", headers=SUB2, timeout=60)
     assert resp.status_code == 200 and resp.json()["outcomes"].get("delivered", 0) >= 1
