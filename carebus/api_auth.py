@@ -47,6 +47,9 @@ class CredentialStore:
                 e.get("default_ods", ""), frozenset(e.get("withheld_sections", [])))
         return cls(clients)
 
+    def client(self, client_id: str) -> Client | None:
+        return next((c for c in self._by_hash.values() if c.client_id == client_id), None)
+
     def authenticate(self, authorization: str | None) -> Client:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})

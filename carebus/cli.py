@@ -161,10 +161,11 @@ def demo(
 
 @app.command("estimate-linkage")
 def estimate_linkage(
-    output: str = typer.Option("streams/linkage_parameters.json", help="where to write the fitted parameters"),
+    output: str = typer.Option("", help="where to write the fitted parameters (default CAREBUS_LINKAGE_PARAMETERS)"),
     limit: int = typer.Option(500_000, help="most source events to read"),
 ) -> None:
     """Fit the Fellegi-Sunter m/u parameters by EM to the demographics on the source-events topic."""
+    import uuid
     from pathlib import Path
 
     from confluent_kafka import Consumer
@@ -178,7 +179,7 @@ def estimate_linkage(
     from streams.record_comparison import from_patient
 
     settings = _settings()
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"carebus-estimate-{__import__('uuid').uuid4().hex}",
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"carebus-estimate-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([SOURCE_EVENTS.name])
     states: dict = {}
@@ -200,6 +201,7 @@ def estimate_linkage(
     consumer.close()
     records = [from_patient(k, record_builder.patient_view(s)) for k, s in states.items()]
     params = estimate_from(records)
+    output = output or str(settings.linkage_parameters)
     Path(output).write_text(params.to_json())
     console.print(f"fitted on {len(records):,} source records; match prevalence among candidate pairs "
                   f"{params.prevalence:.4f}; written to {output}")

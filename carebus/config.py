@@ -61,6 +61,7 @@ class Settings:
     # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
     log_pseudonym_key: str = "carebus-dev-log-key"
     credentials_file: Path = REPO_ROOT / "deploy" / "dev-credentials.json"
+    linkage_parameters: Path = REPO_ROOT / "streams" / "linkage_parameters.json"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -104,6 +105,7 @@ ENVIRONMENT = {
     "CAREBUS_DROP_DIR": "drop_dir",
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
     "CAREBUS_CREDENTIALS_FILE": "credentials_file",
+    "CAREBUS_LINKAGE_PARAMETERS": "linkage_parameters",
 }
 
 _PORT_FIELDS = {"kafka_port", "kafka_controller_port", "redis_port", "mllp_port", "http_port", "delivery_port"}

@@ -84,10 +84,9 @@ class DeliveryService:
         self.ready = False
 
     def _client_scope(self, client_id: str) -> ClientScope:
-        for c in self.credentials._by_hash.values():  # noqa: SLF001 - same package, read-only
-            if c.client_id == client_id:
-                return scope_of(c)
-        return ClientScope(client_id, frozenset())
+        client = self.credentials.client(client_id)
+        # A client removed from the credentials keeps its subscription but sees nothing.
+        return scope_of(client) if client else ClientScope(client_id, frozenset())
 
     def start_dispatcher(self, sub: Subscription, secret: str, created: int) -> None:
         if sub.channel == "sse" or sub.subscription_id in self.dispatchers:

@@ -20,7 +20,7 @@ import redis
 from carebus.config import Settings
 from carebus.durable_producer import DurableProducer
 from streams.event_processor import EventProcessor
-from streams.fellegi_sunter import DEFAULT_PARAMETERS, Parameters
+from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
 from schemas.topics import LINK_REVIEW, SOURCE_EVENTS
 
@@ -28,8 +28,7 @@ log = logging.getLogger("carebus.linking_app")
 
 
 def create_app(settings: Settings, worker_id: str = "") -> tuple[faust.App, EventProcessor]:
-    params = Parameters.load(DEFAULT_PARAMETERS if not os.environ.get("CAREBUS_LINKAGE_PARAMETERS")
-                             else __import__("pathlib").Path(os.environ["CAREBUS_LINKAGE_PARAMETERS"]))
+    params = Parameters.load(settings.linkage_parameters)
     store = RedisGraphStore(redis.Redis.from_url(settings.redis))
     processor = EventProcessor(store, DurableProducer(settings, **{"linger.ms": 2}), params)
     app = faust.App(

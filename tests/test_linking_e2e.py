@@ -176,3 +176,19 @@ def test_review_queue_accept_links_and_reject_unlinks(bus_settings, redis_client
     while time.monotonic() < deadline and redis_client.get(f"carebus:person_of:{key_a}") == redis_client.get(f"carebus:person_of:{key_b}"):
         time.sleep(0.3)
     assert redis_client.get(f"carebus:person_of:{key_a}") != redis_client.get(f"carebus:person_of:{key_b}")
+
+
+def test_estimate_linkage_fits_parameters_from_the_topic(bus_settings, linked_population, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "params.json"
+    result = subprocess.run([sys.executable, "-m", "carebus.cli", "estimate-linkage", "--output", str(out)],
+                            capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert result.returncode == 0, result.stdout + result.stderr
+    fitted = Parameters.load(out)
+    assert 0 < fitted.prevalence < 1
+    # Exact agreement is far likelier among true matches than among non-matches, learnt from data.
+    for field in ("given", "family", "birth_date"):
+        assert fitted.m[field][-1] > fitted.u[field][-1] and fitted.m[field][-1] > 0.5
