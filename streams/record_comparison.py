@@ -115,7 +115,10 @@ def compare(a: Demographics, b: Demographics) -> dict[str, int | None]:
         cross_g = _name_level(a.given, b.family, given=False)
         cross_f = _name_level(a.family, b.given, given=False)
         if (cross_g or 0) + (cross_f or 0) > (given or 0) + (family or 0):
-            given, family = min(cross_g or 0, 2), min(cross_f or 0, 2)
+            # Capped below "exact" (a swap is itself a discrepancy) and ordered, so that
+            # compare(a, b) == compare(b, a): swapping a and b swaps cross_g and cross_f.
+            high, low = max(cross_g or 0, cross_f or 0), min(cross_g or 0, cross_f or 0)
+            given, family = min(high, 2), min(low, 2)
     if a.nhs and b.nhs:
         nhs = 1 if a.nhs == b.nhs else 0
     else:
