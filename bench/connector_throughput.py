@@ -27,6 +27,7 @@ from bench.measurement import peak_rss_mb, percentile
 from rich.table import Table
 
 from carebus import local_bus
+from carebus.process_control import wait_http_ready
 from carebus.config import load_settings
 from carebus.durable_producer import producer_config
 from producers import fhir_mapper, hl7v2_mapper
@@ -87,12 +88,7 @@ def main() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "carebus.cli", "connectors"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{settings.http_port}/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_http_ready(f"http://127.0.0.1:{settings.http_port}/ready")
         results = []
         t = time.perf_counter()
         lat = asyncio.run(run_mllp(settings.mllp_port, hl7, args.connections))

@@ -20,7 +20,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import httpx
 import redis
 from rich.console import Console
 
@@ -28,6 +27,7 @@ from bench.measurement import peak_rss_mb, percentile
 from rich.table import Table
 
 from carebus import local_bus
+from carebus.process_control import wait_http_ready
 from carebus.config import load_settings
 from consumers.stream_lag import total_lag
 from schemas import codec
@@ -61,12 +61,7 @@ def main() -> None:
     procs += [subprocess.Popen([sys.executable, "-m", "carebus.cli", "link-worker", "--worker-id", f"bench{i}"], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(args.workers)]
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"http://127.0.0.1:{settings.http_port}/ready").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_http_ready(f"http://127.0.0.1:{settings.http_port}/ready")
         reviews_before = int(r.hget("carebus:stats", "reviews") or 0)
         started = time.time()
         asyncio.run(drive(population, Target("127.0.0.1", settings.mllp_port, settings.http_port, settings.drop_dir),

@@ -24,6 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from carebus import local_bus
+from carebus.process_control import wait_http_ready
 from carebus.config import Settings
 from consumers.notification_format import verify
 from simulator import population as pop
@@ -72,18 +73,6 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
-def _wait_ready(url: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not become ready; see .carebus/logs")
-
-
 def _view(m: dict, sub: SampleSubscriber, sent: int, phase: str, dashboard: str) -> Group:
     flow = Table("stage", "messages", "per second", title="the bus, live")
     names = {"carebus.raw.v1": "1 received (raw)", "carebus.source-events.v1": "2 canonical events",
@@ -123,8 +112,8 @@ def run(settings: Settings, people: int, batch: int, duration: float, live: bool
     created: dict = {}
     api = f"http://127.0.0.1:{settings.delivery_port}"
     try:
-        _wait_ready(f"http://127.0.0.1:{settings.http_port}/ready")
-        _wait_ready(f"http://127.0.0.1:{settings.delivery_port}/ready")
+        wait_http_ready(f"http://127.0.0.1:{settings.http_port}/ready")
+        wait_http_ready(f"http://127.0.0.1:{settings.delivery_port}/ready")
         sub = SampleSubscriber()
         sub.start()
         created = httpx.post(f"{api}/subscriptions", headers={"Authorization": f"Bearer {SUBSCRIBER}"},

@@ -89,3 +89,18 @@ def _reap(pid: int) -> None:
         pass
     except OSError:
         pass
+
+
+def wait_http_ready(url: str, timeout: float = 90.0) -> None:
+    """Poll a service's readiness endpoint until it answers 200."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not become ready within {timeout:.0f}s")
