@@ -99,6 +99,15 @@ def ensure_libs(settings: Settings) -> Path:
     return libs
 
 
+def new_cluster_id() -> str:
+    """A base64 UUID as Kafka wants, never starting with '-': the storage tool's argument parser
+    would read such an id as an option (about 1 start in 64 otherwise)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def _properties(node: KafkaNode, all_nodes: list[KafkaNode], settings: Settings) -> str:
     replication = min(3, len(all_nodes))
     lines = {
@@ -158,9 +167,8 @@ def up(settings: Settings, timeout: float = 90.0) -> list[KafkaNode]:
     all_nodes = nodes(settings)
     cluster_id_file = settings.data_dir / "kafka-cluster-id"
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not cluster_id_file.exists():
-        # Kafka wants a base64 UUID; uuid4's bytes give one of the right shape.
-        cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    if not cluster_id_file.exists() or cluster_id_file.read_text().startswith("-"):
+        cluster_id_file.write_text(new_cluster_id())
     cluster_id = cluster_id_file.read_text().strip()
     started = []
     for node in all_nodes:

@@ -170,3 +170,9 @@ def test_bad_settings_give_a_clear_error(monkeypatch, variable, value, message):
                             env={**os.environ, variable: value})
     assert result.returncode == 2
     assert variable in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_cluster_ids_never_look_like_an_option():
+    ids = [kafka_server.new_cluster_id() for _ in range(3000)]
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
