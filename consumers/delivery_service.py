@@ -100,6 +100,7 @@ class DeliveryService:
         if found:
             found[0].stop()
             await found[1]
+            await found[0].close()
 
     async def start(self) -> None:
         for sub, secret, created in await self.store.all():
@@ -221,6 +222,7 @@ def build_app(service: DeliveryService) -> FastAPI:
         for v in values:
             outcome = await dispatcher.handle(v)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        await dispatcher.close()
         return {"read": len(values), "outcomes": outcomes}
 
     @app.post("/subscriptions/{subscription_id}/dead-letters/redeliver")
@@ -238,6 +240,7 @@ def build_app(service: DeliveryService) -> FastAPI:
             outcome = await dispatcher.handle(dead["payload"])
             await service.redis.sadd(f"carebus:redelivered:{subscription_id}", dead["dead_letter_id"])
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        await dispatcher.close()
         return {"parked": len(msgs), "outcomes": outcomes}
 
     # ---- records, reviews, audit --------------------------------------------------------------

@@ -53,7 +53,10 @@ class Dispatcher:
     def __init__(self, settings: Settings, store: SubscriptionStore, producer: DurableProducer, http: httpx.AsyncClient,
                  subscription: Subscription, secret: str, created_at: int, scope: ClientScope,
                  retry: RetryPolicy) -> None:
-        self.settings, self.store, self.producer, self.http = settings, store, producer, http
+        self.settings, self.store, self.producer = settings, store, producer
+        # Its own connection pool too: one subscriber's stuck or broken connections must not
+        # reach another's (`http` is kept for callers that pass a client for one-off work).
+        self.http = httpx.AsyncClient(timeout=http.timeout)
         self.sub, self.secret, self.created_at, self.scope, self.retry = subscription, secret, created_at, scope, retry
         self.group = f"carebus-delivery-{subscription.subscription_id}"
         self._stop = asyncio.Event()
@@ -92,6 +95,10 @@ class Dispatcher:
                 await self._blocking(consumer.commit, message=msg, asynchronous=False)
         finally:
             await self._blocking(consumer.close)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self._thread.shutdown(wait=False)
 
     async def handle(self, value: bytes, redelivery: bool = False) -> str:
         change = codec.decode(value, "RecordChange")
