@@ -124,8 +124,12 @@ class Dispatcher:
                                           status="active")
                     return "delivered"
                 last_error = f"HTTP {status}"
+            except httpx.HTTPError as exc:
+                last_error = type(exc).__name__
             except Exception as exc:  # noqa: BLE001 - any failure to hand over counts as a failed attempt,
                 last_error = type(exc).__name__  # never as a reason to stall the whole subscription
+                log.warning("subscription %s: unexpected %s while posting", self.sub.subscription_id,
+                            type(exc).__name__, exc_info=True)
             DELIVERED.labels(self.sub.subscription_id, "failed_attempt").inc()
             await self.store.record(self.sub.subscription_id, failed_attempts=1)
         await self._park(original, f"{last_error} after {self.sub.max_attempts} attempts")

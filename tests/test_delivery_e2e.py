@@ -22,7 +22,7 @@ def subscribe(delivery, headers, **body) -> dict:
     return resp.json()
 
 
-def wait_for(predicate, timeout=90.0, what="condition"):
+def wait_for(predicate, timeout=180.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
