@@ -11,6 +11,7 @@ replayed. The offset is committed only after a change was delivered, filtered ou
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -18,6 +19,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from urllib.parse import quote
 from typing import Any
 
 import httpx
@@ -138,17 +140,18 @@ class Dispatcher:
     async def _post(self, change: dict[str, Any]) -> int:
         if self.sub.channel == "fhir-rest-hook":
             number = await self.store.next_event_number(self.sub.subscription_id)
-            import json
-
             body = json.dumps(fhir_rest_hook_bundle(change, self.sub.subscription_id, number)).encode()
             content_type = "application/fhir+json"
         else:
             body = webhook_body(change, self.sub.subscription_id)
             content_type = "application/json"
         timestamp = int(time.time())
-        resp = await self.http.post(self.sub.endpoint, content=body, headers={
-            "Content-Type": content_type, "Idempotency-Key": change["event_id"],
-            "X-Carebus-Signature": sign(self.secret, body, timestamp), "X-Carebus-Subscription": self.sub.subscription_id})
+        headers = {"Content-Type": content_type, "Idempotency-Key": change["event_id"],
+                   "X-Carebus-Signature": sign(self.secret, body, timestamp),
+                   "X-Carebus-Subscription": self.sub.subscription_id}
+        # HTTP header values are ASCII; percent-encode anything else rather than fail the delivery.
+        headers = {k: v if v.isascii() else quote(v, safe="") for k, v in headers.items()}
+        resp = await self.http.post(self.sub.endpoint, content=body, headers=headers)
         return resp.status_code
 
     async def _park(self, original: bytes, reason: str) -> None:
