@@ -96,16 +96,13 @@ class EventProcessor:
         with self.store.linker_lock():
             state = self.store.source_state(key) or record_builder.new_source_state(key, event)
             state, changed = record_builder.apply_event(state, event)
-            if not changed:
-                # A replay: nothing new, but finish any publication a crash interrupted.
-                person = self.store.person_of(key)
-                if person and self.store.record_meta(person).get("emitted") == "0":
-                    outputs.persons.add(person)
-                return outputs
-            self.store.put_source_state(key, state)
+            if changed:
+                self.store.put_source_state(key, state)
             demo = from_patient(key, record_builder.patient_view(state))
             decisions = []
-            if self.store.demographics(key) != demo or self.store.person_of(key) is None:
+            # A replay (not changed) re-decides the links too: the worker that first handled this
+            # event may have died half-way through writing them. Deciding again is idempotent.
+            if not changed or self.store.demographics(key) != demo or self.store.person_of(key) is None:
                 decisions.append(identity_graph.upsert(self.store, demo, self.params))
             for old in event.get("merged_from") or []:
                 old_key = f"{event['envelope']['source_system']}|{old['system']}|{old['value']}"
