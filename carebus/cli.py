@@ -174,7 +174,7 @@ def estimate_linkage(
     from schemas import codec
     from schemas.topics import SOURCE_EVENTS
     from streams import record_builder
-    from streams.event_processor import source_key_of
+    from schemas.topics import source_event_key
     from streams.linkage_training import estimate_from
     from streams.record_comparison import from_patient
 
@@ -194,7 +194,7 @@ def estimate_linkage(
                 continue
             idle = 0
             event = codec.decode(msg.value(), "SourcePatientEvent")
-            key = source_key_of(event)
+            key = source_event_key(event)
             states[key], _ = record_builder.apply_event(states.get(key) or record_builder.new_source_state(key, event), event)
             read += 1
             progress.advance(task)

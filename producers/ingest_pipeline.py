@@ -23,7 +23,7 @@ from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import pseudonym
 from producers.source_systems import SourceSystemProfile
 from schemas import codec
-from schemas.topics import DLQ_CONNECTORS, RAW, SOURCE_EVENTS
+from schemas.topics import DLQ_CONNECTORS, RAW, SOURCE_EVENTS, source_event_key
 
 log = logging.getLogger("carebus.ingest")
 
@@ -49,11 +49,6 @@ class IngestResult:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def source_key(event: dict[str, Any]) -> str:
-    ident = event["patient"]["local_identifier"]
-    return f"{event['envelope']['source_system']}|{ident['system']}|{ident['value']}"
 
 
 class IngestPipeline:
@@ -97,7 +92,7 @@ class IngestPipeline:
             for event in events:
                 event["envelope"]["raw_message"] = ref
                 futures.append(self.producer.send(
-                    SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event), key=source_key(event),
+                    SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event), key=source_event_key(event),
                     headers=codec.headers("SourcePatientEvent"), timestamp_ms=event["envelope"]["occurred_at"]))
             for f in futures:
                 await f

@@ -38,6 +38,15 @@ class TopicSpec:
 
 RAW = TopicSpec("carebus.raw.v1", "RawMessage", "raw id (sha256 of system and bytes)",
                 "every inbound message exactly as received, for audit")
+def source_event_key(event: dict) -> str:
+    """The key of a SourcePatientEvent: "<system>|<identifier system>|<local id>".
+
+    Part of the contract: connectors partition by it, the linker identifies source records by it.
+    """
+    ident = event["patient"]["local_identifier"]
+    return f"{event['envelope']['source_system']}|{ident['system']}|{ident['value']}"
+
+
 SOURCE_EVENTS = TopicSpec("carebus.source-events.v1", "SourcePatientEvent", "source system | local patient id",
                           "canonical events from the vendor connectors")
 IDENTITY_EVENTS = TopicSpec("carebus.identity-events.v1", "IdentityEvent", "person id",

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from streams import identity_graph, record_builder
-from streams.event_processor import source_key_of
+from schemas.topics import source_event_key
 from streams.fellegi_sunter import Parameters
 from streams.record_comparison import from_patient
 
@@ -18,7 +18,7 @@ def link_events(events: Iterable[dict[str, Any]], params: Parameters) -> identit
     states: dict[str, dict[str, Any]] = {}
     merges: list[tuple[str, str]] = []
     for event in events:
-        key = source_key_of(event)
+        key = source_event_key(event)
         state = states.get(key) or record_builder.new_source_state(key, event)
         states[key], _ = record_builder.apply_event(state, event)
         for old in event.get("merged_from") or []:

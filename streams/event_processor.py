@@ -21,7 +21,8 @@ from typing import Any
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import pseudonym
 from schemas import codec
-from schemas.topics import DLQ_STREAMS, IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SHARED_RECORDS
+from schemas.topics import (DLQ_STREAMS, IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SHARED_RECORDS,
+                           source_event_key)
 from streams import identity_graph, record_builder
 from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
@@ -33,11 +34,6 @@ NS = uuid.UUID("0b9d1c9e-5a43-4b8e-9f55-4c1d7e2e8a01")
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def source_key_of(event: dict[str, Any]) -> str:
-    ident = event["patient"]["local_identifier"]
-    return f"{event['envelope']['source_system']}|{ident['system']}|{ident['value']}"
 
 
 @dataclass
@@ -63,7 +59,7 @@ class EventProcessor:
         try:
             outputs = self._link_and_build(event)
         except Exception as exc:  # noqa: BLE001
-            log.exception("linking failed for %s", pseudonym(source_key_of(event)))
+            log.exception("linking failed for %s", pseudonym(source_event_key(event)))
             self._dead_letter(value, f"processing failed: {type(exc).__name__}", "PROCESSING_FAILED", topic, partition, offset)
             return
         self._publish(outputs)
@@ -90,7 +86,7 @@ class EventProcessor:
 
     # ---- the work ------------------------------------------------------------------------------
     def _link_and_build(self, event: dict[str, Any]) -> Outputs:
-        key = source_key_of(event)
+        key = source_event_key(event)
         eid = event["envelope"]["event_id"]
         outputs = Outputs()
         with self.store.linker_lock():
