@@ -125,9 +125,9 @@ def simulate(
 
 
 @app.command("link-worker")
-def link_worker(worker_id: str = typer.Option("", help="name for this worker's local data folder")) -> None:
-    """Run one identity-linking / shared-record worker (faust-streaming). Start several to scale out."""
-    from streams.linking_app import run_worker
+def link_worker(worker_id: str = typer.Option("", help="a name for this worker in Kafka's client id")) -> None:
+    """Run one identity-linking / shared-record worker (batched, lock-free). Start several to scale out."""
+    from streams.link_worker import run_worker
 
     run_worker(_settings(), worker_id)
 

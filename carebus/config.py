@@ -62,6 +62,10 @@ class Settings:
     log_pseudonym_key: str = "carebus-dev-log-key"
     credentials_file: Path = REPO_ROOT / "deploy" / "dev-credentials.json"
     linkage_parameters: Path = REPO_ROOT / "streams" / "linkage_parameters.json"
+    # Link workers take up to this many events per batch, waiting at most this long for them:
+    # larger batches amortise round trips, the wait bounds the latency added at low traffic.
+    link_batch_size: int = 500
+    link_batch_wait_ms: int = 20
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -106,6 +110,8 @@ ENVIRONMENT = {
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
     "CAREBUS_CREDENTIALS_FILE": "credentials_file",
     "CAREBUS_LINKAGE_PARAMETERS": "linkage_parameters",
+    "CAREBUS_LINK_BATCH_SIZE": "link_batch_size",
+    "CAREBUS_LINK_BATCH_WAIT_MS": "link_batch_wait_ms",
 }
 
 _PORT_FIELDS = {"kafka_port", "kafka_controller_port", "redis_port", "mllp_port", "http_port", "delivery_port"}
@@ -143,6 +149,8 @@ def load_settings() -> Settings:
             raise ValueError
     except ValueError:
         raise ConfigError("CAREBUS_DELIVERY_BACKOFF_BASE must be a positive number of seconds") from None
+    if not values["link_batch_size"]:
+        raise ConfigError("CAREBUS_LINK_BATCH_SIZE must be at least 1")
     if values["kafka_port"] == values["kafka_controller_port"]:
         raise ConfigError("CAREBUS_KAFKA_PORT and CAREBUS_KAFKA_CONTROLLER_PORT must differ")
     return Settings(**values)  # type: ignore[arg-type]

@@ -24,10 +24,6 @@ def link_events(events: Iterable[dict[str, Any]], params: Parameters) -> identit
         for old in event.get("merged_from") or []:
             merges.append((key, f"{event['envelope']['source_system']}|{old['system']}|{old['value']}"))
     store = identity_graph.MemoryGraphStore()
-    for key in sorted(states):
-        identity_graph.upsert(store, from_patient(key, record_builder.patient_view(states[key])), params)
-    for a, b in merges:
-        if store.person_of(b) is None:
-            store.set_person({b}, identity_graph.person_id_for({b}))
-        identity_graph.force_link(store, a, b)
+    demos = [from_patient(key, record_builder.patient_view(states[key])) for key in sorted(states)]
+    identity_graph.link_batch(store, demos, params, forced=merges)
     return store

@@ -1,8 +1,18 @@
 """Blocking keys: a record is compared only with records sharing at least one key. Pure.
 
-Several independent keys, so that any single fault (typo in the birth date, a nickname, a
-swapped name, a move) still leaves one key in common with the true match, while each key
-stays selective enough that a record meets tens of candidates, not the population.
+Every key combines two or three fields, so a block holds a handful of records whatever the size
+of the index (a key on one common value, such as surname sound + birth year, grows with the
+population: 20 members at 50k people, hundreds in London). The set is chosen so that any single
+fault still leaves the true match a key in common:
+
+  fd   family sound + birth date        given name wrong, nickname, moved, no NHS number
+  gd   given sound + birth date         surname changed (marriage), double-barrelled
+  fgy  family + given + birth year      day or month mistyped
+  fgm  family + given + day and month   year mistyped
+  fgp  family + given + postcode        any birth-date fault, or no birth date at all
+  dp   birth date + postcode            both names changed or swapped
+  ns   both name sounds, sorted + date  given and family swapped
+  nhs  a valid NHS number
 """
 from __future__ import annotations
 
@@ -12,25 +22,30 @@ from streams.nicknames import canonical_given
 from streams.record_comparison import Demographics
 
 
+def _sound(name: str) -> str:
+    return jellyfish.soundex(name) if name else ""
+
+
 def keys(d: Demographics) -> set[str]:
     out: set[str] = set()
     if d.nhs:
         out.add(f"nhs:{d.nhs}")
-    fam = jellyfish.soundex(d.family_parts[0]) if d.family_parts else ""
-    giv = jellyfish.soundex(canonical_given(d.given)) if d.given else ""
-    if d.birth_date is not None:
-        dob = d.birth_date.isoformat()
+    fam = _sound(d.family_parts[0]) if d.family_parts else ""
+    giv = _sound(canonical_given(d.given)) if d.given else ""
+    dob = d.birth_date.strftime("%Y%m%d") if d.birth_date is not None else ""
+    if dob:
         if fam:
-            out.add(f"fam-year:{fam}:{d.birth_date.year}")
-            out.add(f"fam-mmdd:{fam}:{d.birth_date:%m%d}")       # survives a year typo
+            out.add(f"fd:{fam}:{dob}")
         if giv:
-            out.add(f"giv-dob:{giv}:{dob}")                       # survives a surname change
-            out.add(f"giv-year:{giv}:{d.birth_date.year}")        # for given/family swapped
+            out.add(f"gd:{giv}:{dob}")
+        if fam and giv:
+            out.add(f"fgy:{fam}:{giv}:{dob[:4]}")
+            out.add(f"fgm:{fam}:{giv}:{dob[4:]}")
         if d.postcode:
-            out.add(f"dob-district:{dob}:{d.postcode[:-3]}")
-    if fam and d.postcode:
-        out.add(f"fam-postcode:{fam}:{d.postcode}")              # survives a birth-date typo
-    # Given/family swapped: index the family name as if it were a given name too.
-    if d.family_parts and d.birth_date is not None:
-        out.add(f"giv-year:{jellyfish.soundex(canonical_given(d.family_parts[0]))}:{d.birth_date.year}")
+            out.add(f"dp:{dob}:{d.postcode}")
+        if d.given and d.family_parts:
+            low, high = sorted((_sound(d.given), fam))
+            out.add(f"ns:{low}:{high}:{dob}")
+    if fam and giv and d.postcode:
+        out.add(f"fgp:{fam}:{giv}:{d.postcode}")
     return out

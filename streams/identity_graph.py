@@ -6,13 +6,25 @@ NHS number (deterministic), a Fellegi-Sunter posterior at or above the match thr
 connected component; its id is derived from its members, so the same records always make the
 same person whatever order they arrived in. A rejected review or an unmerge forbids an edge.
 
-Every time a record arrives or changes, all its pairs with current block-mates are decided
-again from current demographics, so the final graph depends only on the final data. Callers
-serialise updates (see identity_store.RedisGraphStore) so that holds with many workers too.
+Linking works on batches and needs no lock, so many workers can link at once:
+
+1. `ingest` writes a batch's demographics and block memberships and returns, atomically, each
+   record's version and its current block-mates (the candidates). Of any two records that
+   share a block, whichever was ingested later sees the other.
+2. The pairs are scored here, in memory, without I/O (`decide`).
+3. `apply` writes the decisions atomically, but only those made on current data: a pair is
+   written only if neither record's version has moved since it was read, and an edge scored
+   against an older version of a record is dropped when that record is re-decided. A decision
+   skipped because the other record changed is made again by whoever changed it, who saw ours.
+   The same call relabels every component it touched.
+So the final edges depend only on the final demographics (and forced or forbidden pairs), not
+on arrival order or the number of workers. `MemoryGraphStore` is the reference implementation
+of the two calls; `identity_store.RedisGraphStore` does the same in Redis scripts.
 """
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,43 +35,75 @@ from streams.record_comparison import Demographics, compare, contradicts
 FORCED = "forced"          # merge or accepted review: never removed by re-scoring
 NHS = "nhs-number"
 PROBABILISTIC = "probabilistic"
+# A block with more members than this carries no information (a placeholder name or date);
+# it is skipped, so a record meets tens of candidates, never the population.
+BLOCK_CAP = 200
 
 
-class GraphStore(Protocol):
-    def demographics(self, key: str) -> Demographics | None: ...
-    def put_demographics(self, d: Demographics, block_keys: set[str]) -> set[str]: ...  # returns old block keys
-    def block_members(self, block_key: str) -> set[str]: ...
-    def edges(self, key: str) -> dict[str, str]: ...           # neighbour -> kind
-    def set_edge(self, a: str, b: str, kind: str) -> None: ...
-    def remove_edge(self, a: str, b: str) -> None: ...
-    def forbidden(self, a: str, b: str) -> bool: ...
-    def forbid(self, a: str, b: str) -> None: ...
-    def person_of(self, key: str) -> str | None: ...
-    def set_person(self, keys: set[str], person_id: str) -> None: ...
+def node_hash(key: str) -> str:
+    # A person id is built from these, so it never reveals a local identifier.
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def person_id_for(keys: Iterable[str]) -> str:
+    return "PER-" + min(node_hash(k) for k in keys)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: str
+    demo: Demographics
+    version: int
+
+
+@dataclass(frozen=True)
+class Ingested:
+    version: int
+    candidates: tuple[Candidate, ...]
+    skipped_blocks: int = 0      # blocks over BLOCK_CAP
+
+
+@dataclass(frozen=True)
+class PairDecision:
+    a: str
+    b: str
+    version_b: int
+    outcome: str           # match / review / conflict / non-match
+    kind: str | None       # edge kind when outcome is match
+    posterior: float
+
+
+@dataclass(frozen=True)
+class Relabel:
+    """One component whose members' person changed."""
+    person: str
+    members: frozenset[str]
+    moved: dict[str, str | None]      # member -> its person before (None: new record)
 
 
 @dataclass
-class Decision:
-    """What one update did, as facts for identity events."""
-    key: str
-    person_before: str | None
-    person_after: str
-    joined: dict[str, str] = field(default_factory=dict)          # neighbour -> method
-    merged_persons: set[str] = field(default_factory=set)         # persons absorbed into person_after
-    split_persons: dict[str, set[str]] = field(default_factory=dict)  # person -> keys now apart
-    reviews: list[tuple[str, str, float]] = field(default_factory=list)   # (a, b, posterior)
-    conflicts: list[tuple[str, str]] = field(default_factory=list)        # same NHS, contradicting demographics
-    scores: dict[str, float] = field(default_factory=dict)
+class BatchOutcome:
+    decisions: list[PairDecision] = field(default_factory=list)
+    relabels: list[Relabel] = field(default_factory=list)
+    emptied: set[str] = field(default_factory=set)    # persons left without members
+    skipped_blocks: int = 0
 
-    @property
-    def affected_persons(self) -> set[str]:
-        return {self.person_after} | self.merged_persons | set(self.split_persons) | (
-            {self.person_before} if self.person_before else set())
+    def persons_touched(self) -> set[str]:
+        out = set(self.emptied)
+        for r in self.relabels:
+            out.add(r.person)
+            out |= {p for p in r.moved.values() if p}
+        return out
 
 
-def person_id_for(keys: set[str]) -> str:
-    # Hash, so a person id never reveals a local identifier.
-    return "PER-" + min(hashlib.sha256(k.encode()).hexdigest()[:20] for k in keys)
+class GraphStore(Protocol):
+    def ingest(self, demos: Sequence[Demographics]) -> dict[str, Ingested]: ...
+
+    def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
+              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
+              ) -> tuple[list[Relabel], set[str]]: ...
+
+    def person_of(self, key: str) -> str | None: ...
 
 
 def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple[str, str | None, float]:
@@ -76,144 +120,176 @@ def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple
     return outcome, (PROBABILISTIC if outcome == "match" else None), posterior
 
 
-def component(store: GraphStore, start: str) -> set[str]:
-    seen, todo = {start}, [start]
-    while todo:
-        for n in store.edges(todo.pop()):
-            if n not in seen:
-                seen.add(n)
-                todo.append(n)
-    return seen
+def decide(demo: Demographics, ingested: Ingested, params: Parameters) -> list[PairDecision]:
+    out = []
+    for c in ingested.candidates:
+        outcome, kind, posterior = pair_decision(demo, c.demo, params)
+        out.append(PairDecision(demo.key, c.key, c.version, outcome, kind, posterior))
+    return out
 
 
-def _relabel(store: GraphStore, keys: set[str]) -> str:
-    person = person_id_for(keys)
-    store.set_person(keys, person)
-    return person
+def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Parameters,
+               forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()) -> BatchOutcome:
+    """Ingest, decide and apply one batch (at most one Demographics per key: the newest)."""
+    ingested = store.ingest(demos) if demos else {}
+    outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()))
+    for d in demos:
+        outcome.decisions += decide(d, ingested[d.key], params)
+    outcome.relabels, outcome.emptied = store.apply({k: i.version for k, i in ingested.items()},
+                                                    outcome.decisions, forced, forbidden)
+    return outcome
 
 
-def upsert(store: GraphStore, d: Demographics, params: Parameters) -> Decision:
-    """Add or update one source record and re-decide all its pairs."""
-    before_component = component(store, d.key) if store.demographics(d.key) else {d.key}
-    person_before = store.person_of(d.key)
-    old_persons = {k: store.person_of(k) for k in before_component}
-    store.put_demographics(d, blocking.keys(d))
-    candidates: set[str] = set()
-    for bk in blocking.keys(d):
-        candidates |= store.block_members(bk)
-    candidates.discard(d.key)
-    decision = Decision(d.key, person_before, "")
-    # Re-decide every scored edge from scratch (forced edges stay).
-    for n, kind in list(store.edges(d.key).items()):
-        if kind != FORCED:
-            store.remove_edge(d.key, n)
-    for c in sorted(candidates):
-        other = store.demographics(c)
-        if other is None or store.forbidden(d.key, c):
-            continue
-        outcome, kind, posterior = pair_decision(d, other, params)
-        decision.scores[c] = posterior
-        if outcome == "match" and kind:
-            store.set_edge(d.key, c, kind)
-        elif outcome == "review":
-            decision.reviews.append((d.key, c, posterior))
-        elif outcome == "conflict":
-            decision.conflicts.append((d.key, c))
-    return _settle(store, decision, before_component, old_persons)
+def upsert(store: GraphStore, d: Demographics, params: Parameters) -> BatchOutcome:
+    return link_batch(store, [d], params)
 
 
-def _settle(store: GraphStore, decision: Decision, before: set[str], old_persons: dict[str, str | None]) -> Decision:
-    after = component(store, decision.key)
-    for k in after - before:
-        old_persons.setdefault(k, store.person_of(k))
-    decision.person_after = _relabel(store, after)
-    for k in after:
-        old = old_persons.get(k)
-        if old and old != decision.person_after:
-            decision.merged_persons.add(old)
-        if k != decision.key and k in (store.edges(decision.key)) and old != decision.person_after:
-            decision.joined[k] = store.edges(decision.key)[k]
-    # Records that were with us before and no longer are: their own component gets its own id.
-    left = before - after
-    while left:
-        start = left.pop()
-        comp = component(store, start)
-        left -= comp
-        new_person = _relabel(store, comp)
-        decision.split_persons.setdefault(new_person, set()).update(comp)
-    return decision
-
-
-def force_link(store: GraphStore, a: str, b: str) -> Decision:
+def force_link(store: GraphStore, a: str, b: str) -> BatchOutcome:
     """A40 merge or accepted review: a and b are the same person."""
-    before = component(store, a) | component(store, b)
-    old = {k: store.person_of(k) for k in before}
-    store.set_edge(a, b, FORCED)
-    decision = Decision(a, store.person_of(a), "")
-    decision.joined[b] = FORCED
-    return _settle(store, decision, before, old)
+    out = BatchOutcome()
+    out.relabels, out.emptied = store.apply({}, [], forced=[(a, b)])
+    return out
 
 
-def forbid_link(store: GraphStore, a: str, b: str) -> Decision:
+def forbid_link(store: GraphStore, a: str, b: str) -> BatchOutcome:
     """Rejected review or unmerge: a and b are different people, whatever the scores say."""
-    before = component(store, a)
-    old = {k: store.person_of(k) for k in before}
-    store.forbid(a, b)
-    store.remove_edge(a, b)
-    decision = Decision(a, store.person_of(a), "")
-    return _settle(store, decision, before, old)
+    out = BatchOutcome()
+    out.relabels, out.emptied = store.apply({}, [], forbidden=[(a, b)])
+    return out
+
+
+@dataclass
+class _Node:
+    version: int = 0
+    demo: Demographics | None = None
+    blocks: frozenset[str] = frozenset()
+    edges: dict[str, tuple[str, int]] = field(default_factory=dict)   # neighbour -> (kind, own version then)
+    forbidden: set[str] = field(default_factory=set)
 
 
 class MemoryGraphStore:
-    """Dict-backed store: for pure tests and for the batch linkage baseline."""
+    """The reference GraphStore, in dicts: for pure tests and the batch linkage baseline.
+
+    identity_store.RedisGraphStore implements exactly these rules in Lua; change both together.
+    """
 
     def __init__(self) -> None:
-        self._demo: dict[str, Demographics] = {}
-        self._blocks_of: dict[str, set[str]] = {}
+        self._nodes: dict[str, _Node] = {}
         self._blocks: dict[str, set[str]] = {}
-        self._edges: dict[str, dict[str, str]] = {}
-        self._forbidden: set[frozenset[str]] = set()
         self._person: dict[str, str] = {}
+        self._members: dict[str, set[str]] = {}
 
-    def demographics(self, key: str) -> Demographics | None:
-        return self._demo.get(key)
+    def _node(self, key: str) -> _Node:
+        return self._nodes.setdefault(key, _Node())
 
-    def put_demographics(self, d: Demographics, block_keys: set[str]) -> set[str]:
-        old = self._blocks_of.get(d.key, set())
-        for bk in old - block_keys:
-            self._blocks[bk].discard(d.key)
-        for bk in block_keys:
-            self._blocks.setdefault(bk, set()).add(d.key)
-        self._blocks_of[d.key] = set(block_keys)
-        self._demo[d.key] = d
-        return old
+    def ingest(self, demos: Sequence[Demographics]) -> dict[str, Ingested]:
+        out = {}
+        for d in demos:
+            node = self._node(d.key)
+            new_blocks = frozenset(blocking.keys(d))
+            if node.demo != d or node.version == 0:
+                node.version += 1
+                node.demo = d
+            for bk in node.blocks - new_blocks:
+                self._blocks[bk].discard(d.key)
+            for bk in new_blocks:
+                self._blocks.setdefault(bk, set()).add(d.key)
+            node.blocks = new_blocks
+            seen: set[str] = set()
+            skipped = 0
+            for bk in sorted(new_blocks):
+                members = self._blocks[bk]
+                if len(members) > BLOCK_CAP:
+                    skipped += 1
+                    continue
+                seen |= members
+            seen.discard(d.key)
+            cands = tuple(Candidate(c, self._nodes[c].demo, self._nodes[c].version)  # type: ignore[arg-type]
+                          for c in sorted(seen - node.forbidden))
+            out[d.key] = Ingested(node.version, cands, skipped)
+        return out
 
-    def block_members(self, block_key: str) -> set[str]:
-        return set(self._blocks.get(block_key, ()))
+    def _set_edge(self, a: str, b: str, kind: str, va: int, vb: int) -> None:
+        self._node(a).edges[b] = (kind, va)
+        self._node(b).edges[a] = (kind, vb)
 
-    def edges(self, key: str) -> dict[str, str]:
-        return dict(self._edges.get(key, {}))
+    def _drop_edge(self, a: str, b: str) -> None:
+        self._node(a).edges.pop(b, None)
+        self._node(b).edges.pop(a, None)
 
-    def set_edge(self, a: str, b: str, kind: str) -> None:
-        self._edges.setdefault(a, {})[b] = kind
-        self._edges.setdefault(b, {})[a] = kind
+    def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
+              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
+              ) -> tuple[list[Relabel], set[str]]:
+        seeds: set[str] = set()
+        for a, b in forbidden:
+            self._node(a).forbidden.add(b)
+            self._node(b).forbidden.add(a)
+            self._drop_edge(a, b)
+            seeds |= {a, b}
+        for a, b in forced:
+            if b not in self._node(a).forbidden:
+                self._set_edge(a, b, FORCED, 0, 0)
+            seeds |= {a, b}
+        by_key: dict[str, list[PairDecision]] = {}
+        for d in decisions:
+            by_key.setdefault(d.a, []).append(d)
+        for key in sorted(versions):
+            node = self._node(key)
+            if node.version != versions[key]:
+                continue    # stale: whoever changed it re-decides
+            seeds.add(key)
+            for n, (kind, own_version) in list(node.edges.items()):
+                if kind != FORCED and own_version < node.version:
+                    self._drop_edge(key, n)
+                    seeds.add(n)
+            for d in by_key.get(key, []):
+                other = self._nodes.get(d.b)
+                if other is None or other.version != d.version_b or d.b in node.forbidden:
+                    continue
+                current = node.edges.get(d.b)
+                if current and current[0] == FORCED:
+                    continue
+                if d.kind:
+                    self._set_edge(key, d.b, d.kind, node.version, other.version)
+                    seeds.add(d.b)
+                elif current:
+                    self._drop_edge(key, d.b)
+                    seeds.add(d.b)
+        return self._relabel(seeds)
 
-    def remove_edge(self, a: str, b: str) -> None:
-        self._edges.get(a, {}).pop(b, None)
-        self._edges.get(b, {}).pop(a, None)
+    def _component(self, start: str) -> set[str]:
+        seen, todo = {start}, [start]
+        while todo:
+            for n in self._node(todo.pop()).edges:
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        return seen
 
-    def forbidden(self, a: str, b: str) -> bool:
-        return frozenset((a, b)) in self._forbidden
-
-    def forbid(self, a: str, b: str) -> None:
-        self._forbidden.add(frozenset((a, b)))
+    def _relabel(self, seeds: set[str]) -> tuple[list[Relabel], set[str]]:
+        relabels, done, olds = [], set(), set()
+        for seed in sorted(seeds):
+            if seed in done:
+                continue
+            comp = self._component(seed)
+            done |= comp
+            person = person_id_for(comp)
+            moved = {}
+            for k in comp:
+                old = self._person.get(k)
+                if old != person:
+                    moved[k] = old
+                    if old:
+                        self._members[old].discard(k)
+                        olds.add(old)
+                    self._person[k] = person
+                    self._members.setdefault(person, set()).add(k)
+            if moved:
+                relabels.append(Relabel(person, frozenset(comp), moved))
+        return relabels, {p for p in olds if not self._members.get(p)}
 
     def person_of(self, key: str) -> str | None:
         return self._person.get(key)
-
-    def set_person(self, keys: set[str], person_id: str) -> None:
-        for k in keys:
-            self._person[k] = person_id
 
     def persons(self) -> dict[str, str]:
         return dict(self._person)

@@ -1,151 +1,305 @@
-"""Redis storage for the EMPI graph, source states and shared records (the thin I/O edge).
+"""Redis storage for the EMPI graph and the review queue (the thin I/O edge of identity_graph).
 
 Redis is the shared state of every linking worker, persisted with an append-only file; all of
-it can be rebuilt by replaying carebus.source-events.v1 from the start (`carebus rebuild`), so
-Kafka stays the system of record. Linking decisions take a short Redis lock so many workers
-reach exactly the decisions one worker would.
+it can be rebuilt by replaying carebus.source-events.v1 from the start, so Kafka stays the
+system of record. There is no lock: `ingest` and `apply` are Lua scripts, each atomic and
+each one round trip for a whole batch, implementing the versioned rules of
+identity_graph.MemoryGraphStore (read that first; change both together).
+
+Layout (prefix carebus:), chosen to stay small per source record:
+  nid:<source key>       -> node id (an integer, so block sets are compact intsets)
+  n:<id>                 hash: k source key, d packed demographics, v version, h person-id hash,
+                           b block keys (0x1e-separated)
+  b:<block key>          set of node ids
+  e:<id>                 hash: neighbour id -> "<kind>|<own version when decided>"
+  f:<id>                 set of forbidden neighbour ids
+  person_of:<source key> -> person id;  members:<person id> -> set of source keys
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
 import redis
 
+from streams import blocking
+from streams.identity_graph import (BLOCK_CAP, Candidate, Ingested, PairDecision, Relabel, node_hash)
 from streams.record_comparison import Demographics
 
 P = "carebus:"
+SEP = "\x1f"
+
+# ARGV: prefix, cap, then per node: key, hash, packed demographics, n blocks, blocks...
+_INGEST = """
+local P, cap = ARGV[1], tonumber(ARGV[2])
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local key, h, d, nb = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
+  local blocks = {}
+  for j = 1, nb do blocks[j] = ARGV[i+3+j] end
+  i = i + 4 + nb
+  local id = redis.call('GET', P..'nid:'..key)
+  if not id then
+    id = tostring(redis.call('INCR', P..'nodeseq'))
+    redis.call('SET', P..'nid:'..key, id)
+    redis.call('HSET', P..'n:'..id, 'k', key, 'h', h)
+  end
+  local nk = P..'n:'..id
+  local cur = redis.call('HMGET', nk, 'd', 'v', 'b')
+  local version = tonumber(cur[2] or '0')
+  if cur[1] ~= d or version == 0 then
+    version = version + 1
+    local newset = {}
+    for _, b in ipairs(blocks) do newset[b] = true end
+    if cur[3] then
+      for old in string.gmatch(cur[3], '[^\\30]+') do
+        if not newset[old] then redis.call('SREM', P..'b:'..old, id) end
+      end
+    end
+    for _, b in ipairs(blocks) do redis.call('SADD', P..'b:'..b, id) end
+    redis.call('HSET', nk, 'd', d, 'v', version, 'b', table.concat(blocks, '\\30'))
+  end
+  local seen, cands, skipped = {}, {}, 0
+  seen[id] = true
+  for _, b in ipairs(blocks) do
+    local bk = P..'b:'..b
+    if redis.call('SCARD', bk) > cap then
+      skipped = skipped + 1
+    else
+      for _, c in ipairs(redis.call('SMEMBERS', bk)) do
+        if not seen[c] then
+          seen[c] = true
+          if redis.call('SISMEMBER', P..'f:'..id, c) == 0 then
+            local cv = redis.call('HMGET', P..'n:'..c, 'k', 'd', 'v')
+            if cv[2] then
+              cands[#cands+1] = cv[1]; cands[#cands+1] = cv[2]; cands[#cands+1] = cv[3]
+            end
+          end
+        end
+      end
+    end
+  end
+  out[#out+1] = key; out[#out+1] = version; out[#out+1] = skipped; out[#out+1] = #cands / 3
+  for _, x in ipairs(cands) do out[#out+1] = x end
+end
+return out
+"""
+
+# ARGV: prefix, n versions, (key, version)..., n decisions, (a, b, version_b, kind or '')...,
+#       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
+# Returns, per relabelled component: person, n members, (member, old person or '')...; then
+# the persons left empty, after a '' marker.
+_APPLY = """
+local P = ARGV[1]
+local i = 2
+local function node_id(key, h)
+  local id = redis.call('GET', P..'nid:'..key)
+  if not id and h then
+    id = tostring(redis.call('INCR', P..'nodeseq'))
+    redis.call('SET', P..'nid:'..key, id)
+    redis.call('HSET', P..'n:'..id, 'k', key, 'h', h)
+  end
+  return id
+end
+local function ver(id) return tonumber(redis.call('HGET', P..'n:'..id, 'v') or '0') end
+local function set_edge(a, b, kind, va, vb)
+  redis.call('HSET', P..'e:'..a, b, kind..'|'..va)
+  redis.call('HSET', P..'e:'..b, a, kind..'|'..vb)
+end
+local function drop_edge(a, b)
+  redis.call('HDEL', P..'e:'..a, b)
+  redis.call('HDEL', P..'e:'..b, a)
+end
+local function kind_of(raw) return string.match(raw, '^([^|]*)') end
+local seeds, seed_list = {}, {}
+local function seed(id) if not seeds[id] then seeds[id] = true; seed_list[#seed_list+1] = id end end
+
+local nv = tonumber(ARGV[i]); i = i + 1
+local versions = {}
+local order = {}
+for _ = 1, nv do versions[ARGV[i]] = tonumber(ARGV[i+1]); order[#order+1] = ARGV[i]; i = i + 2 end
+local nd = tonumber(ARGV[i]); i = i + 1
+local by_key = {}
+for _ = 1, nd do
+  local a = ARGV[i]
+  by_key[a] = by_key[a] or {}
+  table.insert(by_key[a], {ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3]})
+  i = i + 4
+end
+local nfo = tonumber(ARGV[i]); i = i + 1
+local forced = {}
+for _ = 1, nfo do forced[#forced+1] = {ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]}; i = i + 4 end
+local nfb = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nfb do
+  local a, b = node_id(ARGV[i], ARGV[i+1]), node_id(ARGV[i+2], ARGV[i+3])
+  i = i + 4
+  redis.call('SADD', P..'f:'..a, b); redis.call('SADD', P..'f:'..b, a)
+  drop_edge(a, b); seed(a); seed(b)
+end
+for _, f in ipairs(forced) do
+  local a, b = node_id(f[1], f[2]), node_id(f[3], f[4])
+  if redis.call('SISMEMBER', P..'f:'..a, b) == 0 then set_edge(a, b, 'forced', 0, 0) end
+  seed(a); seed(b)
+end
+table.sort(order)
+for _, key in ipairs(order) do
+  local id = node_id(key, nil)
+  local v = id and ver(id) or -1
+  if id and v == versions[key] then
+    seed(id)
+    local edges = redis.call('HGETALL', P..'e:'..id)
+    for j = 1, #edges, 2 do
+      local kind, own = string.match(edges[j+1], '^([^|]*)|(%d+)$')
+      if kind ~= 'forced' and tonumber(own) < v then drop_edge(id, edges[j]); seed(edges[j]) end
+    end
+    for _, d in ipairs(by_key[key] or {}) do
+      local b = node_id(d[1], nil)
+      if b and ver(b) == d[2] and redis.call('SISMEMBER', P..'f:'..id, b) == 0 then
+        local current = redis.call('HGET', P..'e:'..id, b)
+        if not (current and kind_of(current) == 'forced') then
+          if d[3] ~= '' then set_edge(id, b, d[3], v, d[2]); seed(b)
+          elseif current then drop_edge(id, b); seed(b) end
+        end
+      end
+    end
+  end
+end
+
+local out, done, olds = {}, {}, {}
+for _, s in ipairs(seed_list) do
+  if not done[s] then
+    local comp, todo = {s}, {s}
+    done[s] = true
+    while #todo > 0 do
+      local cur = table.remove(todo)
+      for _, n in ipairs(redis.call('HKEYS', P..'e:'..cur)) do
+        if not done[n] then done[n] = true; comp[#comp+1] = n; todo[#todo+1] = n end
+      end
+    end
+    local keys, best = {}, nil
+    for j, id in ipairs(comp) do
+      local kh = redis.call('HMGET', P..'n:'..id, 'k', 'h')
+      keys[j] = kh[1]
+      if best == nil or kh[2] < best then best = kh[2] end
+    end
+    local person = 'PER-'..best
+    local moved = {}
+    for _, k in ipairs(keys) do
+      local old = redis.call('GET', P..'person_of:'..k)
+      if old ~= person then
+        if old then redis.call('SREM', P..'members:'..old, k); olds[old] = true end
+        redis.call('SET', P..'person_of:'..k, person)
+        redis.call('SADD', P..'members:'..person, k)
+        moved[#moved+1] = k; moved[#moved+1] = old or ''
+      end
+    end
+    if #moved > 0 then
+      out[#out+1] = person; out[#out+1] = #keys
+      for _, k in ipairs(keys) do out[#out+1] = k end
+      out[#out+1] = #moved / 2
+      for _, x in ipairs(moved) do out[#out+1] = x end
+    end
+  end
+end
+out[#out+1] = ''
+for old, _ in pairs(olds) do
+  if redis.call('SCARD', P..'members:'..old) == 0 then out[#out+1] = old end
+end
+return out
+"""
 
 
-def _demo_to_json(d: Demographics) -> str:
-    raw = asdict(d)
-    raw["birth_date"] = d.birth_date.isoformat() if d.birth_date else None
-    return json.dumps(raw)
+def pack(d: Demographics) -> str:
+    dob = d.birth_date.isoformat() if d.birth_date else ""
+    return SEP.join((d.nhs or "", d.given, d.family, dob, d.sex or "", d.postcode or ""))
 
 
-def _demo_from_json(text: bytes | str) -> Demographics:
-    raw = json.loads(text)
-    raw["birth_date"] = date.fromisoformat(raw["birth_date"]) if raw["birth_date"] else None
-    return Demographics(**raw)
+def unpack(key: str, raw: str) -> Demographics:
+    nhs, given, family, dob, sex, postcode = raw.split(SEP)
+    return Demographics(key, nhs or None, given, family, date.fromisoformat(dob) if dob else None, sex or None,
+                        postcode or None)
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 class RedisGraphStore:
-    """identity_graph.GraphStore over Redis."""
+    """identity_graph.GraphStore over Redis: each call is one atomic script, one round trip."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.r = client
+        self._ingest = client.register_script(_INGEST)
+        self._apply = client.register_script(_APPLY)
 
-    def linker_lock(self, timeout: float = 30.0):
-        return self.r.lock(f"{P}lock:linker", timeout=timeout, blocking_timeout=120)
+    def ingest(self, demos: Sequence[Demographics]) -> dict[str, Ingested]:
+        args: list[Any] = [P, BLOCK_CAP]
+        for d in demos:
+            blocks = sorted(blocking.keys(d))
+            args += [d.key, node_hash(d.key), pack(d), len(blocks), *blocks]
+        raw = [_s(x) for x in self._ingest(args=args)]
+        out, i = {}, 0
+        while i < len(raw):
+            key, version, skipped, n = raw[i], int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3])
+            i += 4
+            cands = tuple(Candidate(raw[i + 3 * j], unpack(raw[i + 3 * j], raw[i + 3 * j + 1]), int(raw[i + 3 * j + 2]))
+                          for j in range(n))
+            i += 3 * n
+            out[key] = Ingested(version, tuple(sorted(cands, key=lambda c: c.key)), skipped)
+        return out
 
-    # --- GraphStore -----------------------------------------------------------------
-    def demographics(self, key: str) -> Demographics | None:
-        raw = self.r.get(f"{P}demo:{key}")
-        return _demo_from_json(raw) if raw else None
+    def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
+              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
+              ) -> tuple[list[Relabel], set[str]]:
+        args: list[Any] = [P, len(versions)]
+        for k, v in versions.items():
+            args += [k, v]
+        args.append(len(decisions))
+        for d in decisions:
+            args += [d.a, d.b, d.version_b, d.kind or ""]
+        for pairs in (forced, forbidden):
+            args.append(len(pairs))
+            for a, b in pairs:
+                args += [a, node_hash(a), b, node_hash(b)]
+        raw = [_s(x) for x in self._apply(args=args)]
+        relabels, i = [], 0
+        while raw[i] != "":
+            person, n = raw[i], int(raw[i + 1])
+            members = frozenset(raw[i + 2:i + 2 + n])
+            i += 2 + n
+            m = int(raw[i])
+            moved = {raw[i + 1 + 2 * j]: (raw[i + 2 + 2 * j] or None) for j in range(m)}
+            i += 1 + 2 * m
+            relabels.append(Relabel(person, members, moved))
+        return relabels, set(raw[i + 1:])
 
-    def put_demographics(self, d: Demographics, block_keys: set[str]) -> set[str]:
-        old = {b.decode() for b in self.r.smembers(f"{P}blocks:{d.key}")}
-        pipe = self.r.pipeline()
-        for bk in old - block_keys:
-            pipe.srem(f"{P}block:{bk}", d.key)
-        for bk in block_keys:
-            pipe.sadd(f"{P}block:{bk}", d.key)
-        pipe.delete(f"{P}blocks:{d.key}")
-        if block_keys:
-            pipe.sadd(f"{P}blocks:{d.key}", *block_keys)
-        pipe.set(f"{P}demo:{d.key}", _demo_to_json(d))
-        pipe.execute()
-        return old
-
-    def block_members(self, block_key: str) -> set[str]:
-        return {b.decode() for b in self.r.smembers(f"{P}block:{block_key}")}
-
-    def edges(self, key: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(f"{P}edges:{key}").items()}
-
-    def set_edge(self, a: str, b: str, kind: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.hset(f"{P}edges:{a}", b, kind)
-        pipe.hset(f"{P}edges:{b}", a, kind)
-        pipe.execute()
-
-    def remove_edge(self, a: str, b: str) -> None:
-        pipe = self.r.pipeline()
-        pipe.hdel(f"{P}edges:{a}", b)
-        pipe.hdel(f"{P}edges:{b}", a)
-        pipe.execute()
-
-    def forbidden(self, a: str, b: str) -> bool:
-        return bool(self.r.sismember(f"{P}forbidden", "|".join(sorted((a, b)))))
-
-    def forbid(self, a: str, b: str) -> None:
-        self.r.sadd(f"{P}forbidden", "|".join(sorted((a, b))))
-
+    # --- read-only views (the delivery service, monitor and benchmarks call these) ----------------
     def person_of(self, key: str) -> str | None:
         raw = self.r.get(f"{P}person_of:{key}")
         return raw.decode() if raw else None
 
-    def set_person(self, keys: set[str], person_id: str) -> None:
-        olds = self.r.mget([f"{P}person_of:{k}" for k in keys])
-        pipe = self.r.pipeline()
-        for k, old in zip(keys, olds):
-            if old and old.decode() != person_id:
-                pipe.srem(f"{P}members:{old.decode()}", k)
-            pipe.set(f"{P}person_of:{k}", person_id)
-        pipe.sadd(f"{P}members:{person_id}", *keys)
-        pipe.execute()
+    def persons_of(self, keys: Sequence[str]) -> dict[str, str]:
+        values = self.r.mget([f"{P}person_of:{k}" for k in keys]) if keys else []
+        return {k: v.decode() for k, v in zip(keys, values) if v}
 
-    # --- source states and records ---------------------------------------------------------
     def members(self, person_id: str) -> set[str]:
         return {b.decode() for b in self.r.smembers(f"{P}members:{person_id}")}
 
-    def source_state(self, key: str) -> dict[str, Any] | None:
-        raw = self.r.get(f"{P}source:{key}")
-        return json.loads(raw) if raw else None
-
-    def put_source_state(self, key: str, state: dict[str, Any]) -> None:
-        self.r.set(f"{P}source:{key}", json.dumps(state))
-
-    def record_meta(self, person_id: str) -> dict[str, str]:
-        return {k.decode(): v.decode() for k, v in self.r.hgetall(f"{P}record_meta:{person_id}").items()}
-
-    def record(self, person_id: str) -> dict[str, Any] | None:
-        raw = self.r.get(f"{P}record:{person_id}")
-        return json.loads(raw) if raw else None
-
-    def put_record(self, record: dict[str, Any], content_hash: str, change: dict[str, Any]) -> None:
-        """Versioned write: only a higher version replaces what is there (idempotent on replay)."""
-        script = self.r.register_script("""
-            local current = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
-            if tonumber(ARGV[2]) <= current then return 0 end
-            redis.call('SET', KEYS[1], ARGV[1])
-            redis.call('HSET', KEYS[2], 'version', ARGV[2], 'hash', ARGV[3], 'emitted', '0', 'change', ARGV[4])
-            return 1
-        """)
-        script(keys=[f"{P}record:{record['person_id']}", f"{P}record_meta:{record['person_id']}"],
-               args=[json.dumps(record), record["version"], content_hash, json.dumps(change)])
-
-    def retire_record(self, person_id: str, version: int) -> None:
-        pipe = self.r.pipeline()
-        pipe.delete(f"{P}record:{person_id}")
-        pipe.hset(f"{P}record_meta:{person_id}", mapping={"version": version, "hash": "retired", "emitted": "0",
-                                                           "change": "{}"})
-        pipe.execute()
-
-    def mark_emitted(self, person_id: str, version: int) -> None:
-        script = self.r.register_script("""
-            if redis.call('HGET', KEYS[1], 'version') == ARGV[1] then redis.call('HSET', KEYS[1], 'emitted', '1') end
-        """)
-        script(keys=[f"{P}record_meta:{person_id}"], args=[str(version)])
-
     # --- reviews and statistics --------------------------------------------------------------
-    def open_review(self, review_id: str, body: dict[str, Any]) -> bool:
-        if self.r.hsetnx(f"{P}review:{review_id}", "body", json.dumps(body)):
-            self.r.sadd(f"{P}reviews:open", review_id)
-            return True
-        return False
+    def open_reviews_batch(self, bodies: dict[str, dict[str, Any]]) -> set[str]:
+        """Queue reviews not seen before; returns the ids that are new."""
+        if not bodies:
+            return set()
+        pipe = self.r.pipeline(transaction=False)
+        for rid, body in bodies.items():
+            pipe.hsetnx(f"{P}review:{rid}", "body", json.dumps(body))
+        new = {rid for rid, added in zip(bodies, pipe.execute()) if added}
+        if new:
+            self.r.sadd(f"{P}reviews:open", *new)
+        return new
 
     def close_review(self, review_id: str, outcome: str) -> dict[str, Any] | None:
         raw = self.r.hget(f"{P}review:{review_id}", "body")
@@ -157,11 +311,23 @@ class RedisGraphStore:
 
     def open_reviews(self) -> list[dict[str, Any]]:
         ids = sorted(b.decode() for b in self.r.smembers(f"{P}reviews:open"))
-        bodies = [self.r.hget(f"{P}review:{i}", "body") for i in ids]
-        return [json.loads(b) for b in bodies if b]
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(f"{P}review:{i}", "body")
+        return [json.loads(b) for b in pipe.execute() if b]
 
-    def count(self, name: str, n: int = 1) -> None:
-        self.r.hincrby(f"{P}stats", name, n)
+    def count(self, counts: dict[str, int], candidates_histogram: dict[str, int] | None = None) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for name, n in counts.items():
+            if n:
+                pipe.hincrby(f"{P}stats", name, n)
+        for bucket, n in (candidates_histogram or {}).items():
+            pipe.hincrby(f"{P}candidates_hist", bucket, n)
+        pipe.execute()
+
+    def candidates_histogram(self) -> dict[str, int]:
+        """Records linked, by how many candidates each was compared with (bucket le<N> / gt500)."""
+        return {k.decode(): int(v) for k, v in self.r.hgetall(f"{P}candidates_hist").items()}
 
     def stats(self) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in self.r.hgetall(f"{P}stats").items()}

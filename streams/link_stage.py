@@ -1,0 +1,352 @@
+"""What a link worker does with one batch of events (link_worker.py feeds it batches).
+
+1. fold each source event into its source state (idempotent on event id); one MGET, one MSET;
+2. link the batch's records (identity_graph.link_batch): one Redis script reads every
+   candidate, scoring happens in memory, one script writes the decisions and relabels people;
+3. rebuild the shared record of every person the batch touched (record_builder), written with
+   compare-and-set on the version, built again if another worker got there first;
+4. produce identity events, reviews, record changes and snapshots without waiting for each,
+   then wait once for the whole batch to be confirmed (acks=all) and mark the versions emitted.
+The worker commits the batch's offsets only after `process` returns. A crash anywhere replays
+the batch: steps 1-3 change nothing the second time, and step 4 publishes again any version
+still marked unemitted, under the same deterministic event ids.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from carebus.durable_producer import DurableProducer
+from carebus.log_privacy import pseudonym
+from schemas import codec
+from schemas.topics import (DLQ_STREAMS, IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SHARED_RECORDS,
+                            source_event_key)
+from streams import identity_graph, record_builder
+from streams.fellegi_sunter import Parameters
+from streams.identity_store import RedisGraphStore
+from streams.record_comparison import Demographics, from_patient
+from streams.record_store import RecordWrite, RedisRecordStore, StoredPerson
+
+log = logging.getLogger("carebus.linker")
+NS = uuid.UUID("0b9d1c9e-5a43-4b8e-9f55-4c1d7e2e8a01")
+# Candidates-per-record histogram buckets (upper bounds) kept in Redis for the monitor and benchmarks.
+CANDIDATE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StageUnavailable(RuntimeError):
+    """Kafka or Redis did not do what was asked in time: retry the batch, the messages are fine."""
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A consumed Kafka message, as the stage needs it (so tests need no broker)."""
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass
+class BatchStats:
+    events: int = 0
+    records_linked: int = 0
+    candidates: list[int] = field(default_factory=list)
+    changes_published: int = 0
+    dead_letters: int = 0
+    record_retries: int = 0
+
+
+@dataclass
+class _Outputs:
+    identity_events: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    emitted: dict[str, int] = field(default_factory=dict)
+
+
+def _ref(key: str) -> dict[str, Any]:
+    system, id_system, value = key.split("|", 2)
+    return {"system": system, "local_identifier": {"system": id_system, "value": value}}
+
+
+def _bucket(n: int) -> str:
+    return next((f"le{b}" for b in CANDIDATE_BUCKETS if n <= b), "gt500")
+
+
+class LinkStage:
+    def __init__(self, graph: RedisGraphStore, records: RedisRecordStore, producer: DurableProducer,
+                 params: Parameters) -> None:
+        self.graph = graph
+        self.records = records
+        self.producer = producer
+        self.params = params
+
+    # ---- the batch ------------------------------------------------------------------------------
+    def process(self, messages: Sequence[InboundMessage]) -> BatchStats:
+        stats, out = BatchStats(events=len(messages)), _Outputs()
+        events: dict[str, list[dict[str, Any]]] = {}
+        decisions: list[dict[str, Any]] = []
+        for m in messages:
+            try:
+                if m.topic == LINK_REVIEW.name:
+                    decision = codec.decode(m.value or b"", "IdentityEvent")
+                    if decision["type"] in ("REVIEW_ACCEPTED", "REVIEW_REJECTED"):
+                        decisions.append(decision)
+                else:
+                    event = codec.decode(m.value or b"", "SourcePatientEvent")
+                    events.setdefault(source_event_key(event), []).append(event)
+            except Exception as exc:  # noqa: BLE001 - a poison message is parked, the stream goes on
+                out.dead_letters.append(self._dead_letter(m, f"undecodable event: {type(exc).__name__}", "UNDECODABLE"))
+
+        states, demos, causes, ods = self._fold(events, messages, out)
+        forced: list[tuple[str, str]] = []
+        methods: dict[str, str] = {}
+        for key, evs in events.items():
+            for e in evs:
+                for old in e.get("merged_from") or []:
+                    old_key = f"{e['envelope']['source_system']}|{old['system']}|{old['value']}"
+                    forced.append((key, old_key))
+                    methods[key] = methods[old_key] = "hl7-merge"
+        forbidden: list[tuple[str, str]] = []
+        for d in decisions:
+            review = self.graph.close_review(d["caused_by"], d["type"])
+            if review is None:
+                continue
+            pair = (review["a"], review["b"])
+            (forced if d["type"] == "REVIEW_ACCEPTED" else forbidden).append(pair)
+            methods[pair[0]] = methods[pair[1]] = "review"
+            causes.setdefault(pair[0], []).append(d["event_id"])
+            out.identity_events.append(d)
+
+        outcome = identity_graph.link_batch(self.graph, demos, self.params, forced, forbidden)
+        per_record: dict[str, int] = {}
+        for dec in outcome.decisions:
+            per_record[dec.a] = per_record.get(dec.a, 0) + 1
+        stats.candidates = [per_record.get(d.key, 0) for d in demos]
+        stats.records_linked = len(demos)
+        persons_now = self.graph.persons_of(sorted({*states, *(k for p in forced + forbidden for k in p)}))
+        self._identity_events(outcome, causes, methods, persons_now, out)
+        self._queue_reviews(outcome, causes, persons_now, out)
+
+        touched = set(persons_now.values()) | outcome.persons_touched()
+        stats.record_retries = self._rebuild(touched, causes, ods, out)
+        stats.changes_published = len(out.changes)
+        stats.dead_letters = len(out.dead_letters)
+        self._publish(out)
+        self._count(outcome, stats, len(out.reviews))
+        return stats
+
+    def _fold(self, events: dict[str, list[dict[str, Any]]], messages: Sequence[InboundMessage], out: _Outputs
+              ) -> tuple[dict[str, dict[str, Any]], list[Demographics], dict[str, list[str]], dict[str, set[str]]]:
+        stored = self.records.source_states(sorted(events))
+        states, changed, demos = {}, {}, []
+        causes: dict[str, list[str]] = {}
+        ods: dict[str, set[str]] = {}
+        for key, evs in events.items():
+            state = stored.get(key)
+            try:
+                state = state or record_builder.new_source_state(key, evs[0])
+                any_change = False
+                for e in evs:
+                    state, was_changed = record_builder.apply_event(state, e)
+                    any_change |= was_changed
+                    causes.setdefault(key, []).append(e["envelope"]["event_id"])
+                    ods.setdefault(key, set()).add(e["envelope"]["source_ods_code"])
+                demo = from_patient(key, record_builder.patient_view(state))
+            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the batch
+                log.exception("cannot fold events for %s", pseudonym(key))
+                for e in evs:
+                    raw = codec.encode("SourcePatientEvent", e)
+                    out.dead_letters.append(self._dead_letter(
+                        InboundMessage("", -1, -1, raw), f"processing failed: {type(exc).__name__}",
+                        "PROCESSING_FAILED", e["envelope"]["event_id"]))
+                causes.pop(key, None)
+                continue
+            states[key] = state
+            demos.append(demo)
+            if any_change:
+                changed[key] = state
+        self.records.put_source_states(changed)
+        return states, demos, causes, ods
+
+    # ---- identity events --------------------------------------------------------------------
+    def _event(self, cause: str, kind: str, person: str, other: str | None, keys: list[str], score: float | None,
+               how: str, reasons: list[str]) -> dict[str, Any]:
+        return {"event_id": str(uuid.uuid5(NS, f"{cause}|{kind}|{person}|{other}|{','.join(sorted(keys))}")),
+                "recorded_at": now_ms(), "caused_by": cause, "type": kind, "person_id": person,
+                "other_person_id": other, "sources": [_ref(k) for k in sorted(keys)], "score": score,
+                "method": how, "reasons": reasons}
+
+    def _identity_events(self, outcome: identity_graph.BatchOutcome, causes: dict[str, list[str]],
+                         methods: dict[str, str], persons_now: dict[str, str], out: _Outputs) -> None:
+        matched: dict[str, tuple[str, float]] = {}
+        for d in outcome.decisions:
+            if d.kind and d.posterior >= matched.get(d.a, ("", -1.0))[1]:
+                matched[d.a] = (d.kind, d.posterior)
+        for r in outcome.relabels:
+            moved = sorted(r.moved)
+            cause = next((causes[k][-1] for k in sorted(r.members) if causes.get(k)), "relink")
+            how = next((methods[k] for k in sorted(r.members) if k in methods), None) or next(
+                (matched[k][0] for k in moved if k in matched), None)
+            score = max((matched[k][1] for k in moved if k in matched), default=None)
+            new_alone = len(r.members) == 1 and all(v is None for v in r.moved.values())
+            reasons = ["no match: new person"] if new_alone else [f"{len(r.members)} record(s) in this person"]
+            out.identity_events.append(self._event(cause, "LINKED", r.person, None, moved, score,
+                                                   "new" if new_alone else (how or "probabilistic"), reasons))
+            for old in sorted({p for p in r.moved.values() if p and p != r.person}):
+                from_old = [k for k, p in r.moved.items() if p == old]
+                if old in outcome.emptied:
+                    out.identity_events.append(self._event(cause, "MERGED", r.person, old, from_old, None,
+                                                           how or "probabilistic", ["persons joined by a new link"]))
+                else:
+                    out.identity_events.append(self._event(cause, "UNMERGED", r.person, old, from_old, None,
+                                                           how or "probabilistic", ["link removed"]))
+
+    def _queue_reviews(self, outcome: identity_graph.BatchOutcome, causes: dict[str, list[str]],
+                       persons_now: dict[str, str], out: _Outputs) -> None:
+        pairs: dict[str, tuple[identity_graph.PairDecision, str]] = {}
+        for d in outcome.decisions:
+            if d.outcome not in ("review", "conflict"):
+                continue
+            review_id = str(uuid.uuid5(NS, "|".join(sorted((d.a, d.b)))))
+            reason = "same NHS number, contradicting name and birth date" if d.outcome == "conflict" else \
+                f"match probability {d.posterior:.2f} in the review band"
+            pairs[review_id] = (d, reason)
+        if not pairs:
+            return
+        others = self.graph.persons_of(sorted({d.b for d, _ in pairs.values()} - set(persons_now)))
+        person = {**persons_now, **others}.get
+        bodies = {rid: {"review_id": rid, "a": d.a, "b": d.b, "score": d.posterior, "reason": reason,
+                        "person_a": person(d.a), "person_b": person(d.b)} for rid, (d, reason) in pairs.items()}
+        for rid in sorted(self.graph.open_reviews_batch(bodies)):
+            d, reason = pairs[rid]
+            cause = (causes.get(d.a) or ["review"])[-1]
+            event = self._event(cause, "REVIEW_NEEDED", person(d.a) or "", person(d.b), [d.a, d.b], d.posterior,
+                                "probabilistic", [reason])
+            event["event_id"] = rid
+            out.reviews.append(event)
+
+    # ---- shared records ---------------------------------------------------------------------------
+    def _rebuild(self, persons: set[str], causes: dict[str, list[str]], ods: dict[str, set[str]],
+                 out: _Outputs) -> int:
+        todo, retries = persons, 0
+        for attempt in range(20):
+            if not todo:
+                return retries
+            stored = self.records.persons(todo)
+            states = self.records.source_states(sorted({m for p in stored.values() for m in p.members}))
+            writes, built = [], {}
+            for p in sorted(todo):
+                write = self._build(stored[p], states, causes, ods, out)
+                if write is not None:
+                    writes.append(write)
+                    built[p] = write
+            failed = self.records.write(writes)
+            for p, w in built.items():
+                if p not in failed:
+                    out.changes.append((self._change(p, w.record, w.change, w.expected_version + 1), w.record))
+                    out.emitted[p] = w.expected_version + 1
+            retries += len(failed)
+            todo = failed
+        raise StageUnavailable(f"records still contended after 20 attempts: {len(todo)} persons")
+
+    def _build(self, sp: StoredPerson, states: dict[str, dict[str, Any]], causes: dict[str, list[str]],
+               ods: dict[str, set[str]], out: _Outputs) -> RecordWrite | None:
+        member_states = [states[m] for m in sorted(sp.members) if m in states]
+        if not member_states:
+            if sp.version and sp.content_hash != "retired":
+                return RecordWrite(sp.person_id, sp.version, None, "retired", {})
+            if sp.version and not sp.emitted:      # a replay: the retirement was never published
+                out.changes.append((self._change(sp.person_id, None, {}, sp.version), None))
+                out.emitted[sp.person_id] = sp.version
+            return None
+        record = record_builder.build_record(sp.person_id, member_states, sp.version + 1, now_ms())
+        digest = record_builder.content_hash(record)
+        if digest == sp.content_hash:
+            if not sp.emitted and sp.record is not None:   # a replay: stored but never published
+                out.changes.append((self._change(sp.person_id, sp.record, sp.change, sp.version), sp.record))
+                out.emitted[sp.person_id] = sp.version
+            return None
+        why = sorted({c for m in sp.members for c in causes.get(m, [])})
+        where = sorted({o for m in sp.members for o in ods.get(m, set()) if o})
+        change = {"changed": record_builder.changed_sections(sp.record, record), "causes": why, "ods": where}
+        return RecordWrite(sp.person_id, sp.version, record, digest, change)
+
+    def _change(self, person: str, record: dict[str, Any] | None, change: dict[str, Any], version: int
+                ) -> dict[str, Any]:
+        if record is None:
+            record = record_builder.build_record(person, [], version, now_ms())
+            change_type = "merged"
+        else:
+            change_type = "created" if version == 1 else "updated"
+        return {"event_id": str(uuid.uuid5(NS, f"{person}|{version}")), "person_id": person, "version": version,
+                "changed_at": record["updated_at"], "change_type": change_type,
+                "changed_sections": change.get("changed", []), "caused_by": change.get("causes", []),
+                "ods_codes": change.get("ods", []), "record": record}
+
+    # ---- publication ---------------------------------------------------------------------------
+    def _publish(self, out: _Outputs) -> None:
+        errors: list[Any] = []
+
+        def confirm(err: Any, _msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+
+        p = self.producer
+        for e in out.identity_events:
+            p.produce(IDENTITY_EVENTS.name, codec.encode("IdentityEvent", e), key=e["person_id"],
+                      headers=codec.headers("IdentityEvent"), on_delivery=confirm)
+        for r in out.reviews:
+            p.produce(LINK_REVIEW.name, codec.encode("IdentityEvent", r), key=r["event_id"],
+                      headers=codec.headers("IdentityEvent"), on_delivery=confirm)
+        for change, record in out.changes:
+            person = change["person_id"]
+            p.produce(PATIENT_CHANGES.name, codec.encode("RecordChange", change), key=person,
+                      headers=codec.headers("RecordChange"), timestamp_ms=change["changed_at"], on_delivery=confirm)
+            if record is None:
+                p.produce(SHARED_RECORDS.name, None, key=person, on_delivery=confirm)   # tombstone: compacted away
+            else:
+                p.produce(SHARED_RECORDS.name, codec.encode("SharedRecord", record), key=person,
+                          headers=codec.headers("SharedRecord"), on_delivery=confirm)
+        for dead in out.dead_letters:
+            p.produce(DLQ_STREAMS.name, codec.encode("DeadLetter", dead), key=dead["dead_letter_id"],
+                      headers=codec.headers("DeadLetter"), on_delivery=confirm)
+        # One wait for the whole batch: every output is confirmed by all in-sync replicas.
+        if p.flush(60) != 0 or errors:
+            raise StageUnavailable(f"Kafka did not confirm the linker's output ({len(errors)} errors)")
+        self.records.mark_emitted(out.emitted)
+
+    def park(self, m: InboundMessage, exc: Exception) -> None:
+        """A message that fails on its own, whatever is retried: to the dead-letter topic."""
+        log.error("parking a message that cannot be processed: %s", type(exc).__name__)
+        self._publish(_Outputs(dead_letters=[self._dead_letter(m, f"processing failed: {type(exc).__name__}",
+                                                               "PROCESSING_FAILED")]))
+
+    def _dead_letter(self, m: InboundMessage, reason: str, code: str, extra: str = "") -> dict[str, Any]:
+        dead_id = str(uuid.uuid5(NS, f"dlq|{m.topic}|{m.partition}|{m.offset}|{extra}"))
+        return {"dead_letter_id": dead_id, "stage": "streams:linker", "source_system": "CAREBUS", "reason": reason,
+                "error_code": code, "failed_at": now_ms(), "original_topic": m.topic or None,
+                "original_partition": m.partition if m.partition >= 0 else None,
+                "original_offset": m.offset if m.offset >= 0 else None, "content_type": "avro/binary",
+                "payload": m.value or b"", "attempts": 1}
+
+    def _count(self, outcome: identity_graph.BatchOutcome, stats: BatchStats, reviews: int) -> None:
+        counts = {"links": sum(1 for r in outcome.relabels),
+                  "merges": sum(1 for r in outcome.relabels for p in set(r.moved.values()) if p in outcome.emptied),
+                  "unmerges": sum(1 for r in outcome.relabels for p in set(r.moved.values())
+                                  if p and p != r.person and p not in outcome.emptied),
+                  "reviews": reviews, "records_linked": stats.records_linked, "candidate_pairs": sum(stats.candidates),
+                  "blocks_over_cap": outcome.skipped_blocks}
+        hist: dict[str, int] = {}
+        for n in stats.candidates:
+            hist[_bucket(n)] = hist.get(_bucket(n), 0) + 1
+        self.graph.count(counts, hist)

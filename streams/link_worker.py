@@ -1,0 +1,146 @@
+"""`carebus link-worker`: one identity-linking / shared-record worker, a plain confluent-kafka loop.
+
+It consumes carebus.source-events.v1 and carebus.link-review.v1 in batches (up to
+CAREBUS_LINK_BATCH_SIZE events, waiting at most CAREBUS_LINK_BATCH_WAIT_MS), hands each batch
+to link_stage.LinkStage and commits the batch's offsets only when every output is confirmed.
+Start as many workers as there are partitions: there is no lock between them (see
+identity_graph for why their decisions are those of one worker).
+
+Why not a faust agent: the stage needs "commit only after the outputs of the whole batch are
+acknowledged", and faust acknowledges events as the agent takes them from the stream; its
+aiokafka consumer also costs several times more CPU per event than librdkafka, which is most of
+the budget on a 2-core machine. The worker keeps faust's operational model (consumer group
+carebus-linker, at-least-once, idempotent processing) without its per-event overhead.
+
+Failures: a message that can never be processed goes to carebus.dlq.streams.v1 and the batch
+goes on. An infrastructure error (Redis or Kafka unavailable) is not the message's fault: the
+batch is retried with capped backoff and its offsets are not committed until it succeeds.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+import redis
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from carebus.config import Settings
+from carebus.durable_producer import DurableProducer
+from schemas.topics import LINK_REVIEW, SOURCE_EVENTS
+from streams.fellegi_sunter import Parameters
+from streams.identity_store import RedisGraphStore
+from streams.link_stage import InboundMessage, LinkStage, StageUnavailable
+from streams.record_store import RedisRecordStore
+
+log = logging.getLogger("carebus.link_worker")
+GROUP = "carebus-linker"
+INFRASTRUCTURE_ERRORS = (redis.RedisError, KafkaException, StageUnavailable, OSError)
+
+
+def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": GROUP,
+        "client.id": f"carebus-link-worker-{worker_id}" if worker_id else "carebus-link-worker",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        # A crashed worker's partitions move to the others within seconds, not a minute.
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+        "partition.assignment.strategy": "cooperative-sticky",
+        "fetch.wait.max.ms": 20,
+    }
+
+
+def create_stage(settings: Settings) -> LinkStage:
+    client = redis.Redis.from_url(settings.redis, socket_timeout=30, health_check_interval=10)
+    return LinkStage(RedisGraphStore(client), RedisRecordStore(client),
+                     DurableProducer(settings, **{"linger.ms": 2}), Parameters.load(settings.linkage_parameters))
+
+
+def _inbound(messages) -> list[InboundMessage]:  # noqa: ANN001 - confluent_kafka.Message
+    return [InboundMessage(m.topic(), m.partition(), m.offset(), m.value()) for m in messages]
+
+
+def _offsets(batch: list[InboundMessage]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for m in batch:
+        last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
+
+
+def process_with_retry(stage: LinkStage, batch: list[InboundMessage], stopping) -> bool:  # noqa: ANN001
+    """Process until it succeeds (True) or the worker is asked to stop (False)."""
+    backoff = 0.2
+    while True:
+        try:
+            stage.process(batch)
+            return True
+        except INFRASTRUCTURE_ERRORS as exc:
+            log.warning("batch of %d waits: %s unavailable (%s); retrying in %.1f s", len(batch),
+                        "Redis" if isinstance(exc, redis.RedisError) else "Kafka", type(exc).__name__, backoff)
+        except Exception as exc:  # noqa: BLE001 - a bug on some message: find it, park it, go on
+            if len(batch) == 1:
+                log.exception("message %s:%d:%d cannot be processed", batch[0].topic, batch[0].partition,
+                              batch[0].offset)
+                return process_with_retry_park(stage, batch[0], exc, stopping)
+            log.exception("batch failed; processing its %d messages one by one", len(batch))
+            return all(process_with_retry(stage, [m], stopping) for m in batch)
+        if stopping():
+            return False
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)
+
+
+def process_with_retry_park(stage: LinkStage, message: InboundMessage, exc: Exception, stopping) -> bool:  # noqa: ANN001
+    backoff = 0.2
+    while True:
+        try:
+            stage.park(message, exc)
+            return True
+        except INFRASTRUCTURE_ERRORS:
+            if stopping():
+                return False
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+def run_worker(settings: Settings, worker_id: str = "") -> None:
+    from carebus.log_privacy import configure_logging
+
+    configure_logging()
+    stage = create_stage(settings)
+    consumer = Consumer(consumer_config(settings, worker_id))
+    consumer.subscribe([SOURCE_EVENTS.name, LINK_REVIEW.name])
+    stop = {"now": False}
+
+    def request_stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    log.info("link worker %s started (batch %d, wait %d ms)", worker_id or "-", settings.link_batch_size,
+             settings.link_batch_wait_ms)
+    try:
+        while not stop["now"]:
+            messages = consumer.consume(settings.link_batch_size, settings.link_batch_wait_ms / 1000)
+            batch = []
+            for m in messages:
+                if m.error():
+                    log.warning("consumer: %s", m.error())
+                else:
+                    batch.append(m)
+            if not batch:
+                continue
+            inbound = _inbound(batch)
+            if not process_with_retry(stage, inbound, lambda: stop["now"]):
+                break
+            try:
+                consumer.commit(offsets=_offsets(inbound), asynchronous=False)
+            except KafkaException as exc:
+                # Partitions moved during the batch; their new owner replays it (idempotent).
+                log.warning("commit failed (%s); the batch will be replayed", exc)
+    finally:
+        consumer.close()
+        stage.producer.close()

@@ -1,0 +1,124 @@
+"""Redis storage for source states and shared records (the thin I/O edge of record_builder).
+
+Every call works on a whole batch in one round trip. Records are written with compare-and-set
+on their version: a worker that built a person's record from data another worker has since
+changed finds the version moved, and builds again from fresh data. So many workers need no
+lock, and the last write always reflects the newest states.
+
+Layout (prefix carebus:):
+  source:<source key>     JSON source state (record_builder.new_source_state)
+  record:<person id>      JSON SharedRecord, latest version
+  record_meta:<person id> hash: version, hash (content), emitted (0/1), change (JSON: sections, causes, ods)
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+P = "carebus:"
+
+# ARGV: per write: person, expected version, new version, record JSON ('' = retire), hash, change JSON.
+# Returns the persons whose version had moved (their writes were not made).
+_WRITE = """
+local failed = {}
+for i = 1, #ARGV, 6 do
+  local person, expected, version = ARGV[i], ARGV[i+1], ARGV[i+2]
+  local meta = 'carebus:record_meta:'..person
+  local current = redis.call('HGET', meta, 'version') or '0'
+  if current ~= expected then
+    failed[#failed+1] = person
+  else
+    if ARGV[i+3] == '' then redis.call('DEL', 'carebus:record:'..person)
+    else redis.call('SET', 'carebus:record:'..person, ARGV[i+3]) end
+    redis.call('HSET', meta, 'version', version, 'hash', ARGV[i+4], 'emitted', '0', 'change', ARGV[i+5])
+  end
+end
+return failed
+"""
+
+_MARK_EMITTED = """
+for i = 1, #ARGV, 2 do
+  local meta = 'carebus:record_meta:'..ARGV[i]
+  if redis.call('HGET', meta, 'version') == ARGV[i+1] then redis.call('HSET', meta, 'emitted', '1') end
+end
+"""
+
+
+@dataclass(frozen=True)
+class StoredPerson:
+    person_id: str
+    members: frozenset[str]
+    version: int
+    content_hash: str | None
+    emitted: bool
+    change: dict[str, Any]
+    record: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RecordWrite:
+    person_id: str
+    expected_version: int
+    record: dict[str, Any] | None       # None: the person has no members left (retired)
+    content_hash: str
+    change: dict[str, Any]
+
+
+class RedisRecordStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.r = client
+        self._write = client.register_script(_WRITE)
+        self._mark = client.register_script(_MARK_EMITTED)
+
+    def source_states(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not keys:
+            return {}
+        values = self.r.mget([f"{P}source:{k}" for k in keys])
+        return {k: json.loads(v) for k, v in zip(keys, values) if v}
+
+    def put_source_states(self, states: dict[str, dict[str, Any]]) -> None:
+        if states:
+            self.r.mset({f"{P}source:{k}": json.dumps(s, separators=(",", ":")) for k, s in states.items()})
+
+    def persons(self, person_ids: Iterable[str]) -> dict[str, StoredPerson]:
+        ids = sorted(set(person_ids))
+        if not ids:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for p in ids:
+            pipe.smembers(f"{P}members:{p}")
+            pipe.hgetall(f"{P}record_meta:{p}")
+            pipe.get(f"{P}record:{p}")
+        raw = pipe.execute()
+        out = {}
+        for n, p in enumerate(ids):
+            members, meta, record = raw[3 * n:3 * n + 3]
+            meta = {k.decode(): v.decode() for k, v in meta.items()}
+            out[p] = StoredPerson(p, frozenset(m.decode() for m in members), int(meta.get("version", "0")),
+                                  meta.get("hash"), meta.get("emitted") == "1", json.loads(meta.get("change") or "{}"),
+                                  json.loads(record) if record else None)
+        return out
+
+    def write(self, writes: Sequence[RecordWrite]) -> set[str]:
+        """Versioned writes; returns the persons whose version had moved (build those again)."""
+        if not writes:
+            return set()
+        args: list[Any] = []
+        for w in writes:
+            version = (w.record or {}).get("version", w.expected_version + 1)
+            args += [w.person_id, str(w.expected_version), str(version),
+                     json.dumps(w.record, separators=(",", ":")) if w.record else "", w.content_hash,
+                     json.dumps(w.change, separators=(",", ":"))]
+        return {x.decode() if isinstance(x, bytes) else x for x in self._write(args=args)}
+
+    def mark_emitted(self, versions: dict[str, int]) -> None:
+        if versions:
+            self._mark(args=[x for p, v in versions.items() for x in (p, str(v))])
+
+    def record(self, person_id: str) -> dict[str, Any] | None:
+        raw = self.r.get(f"{P}record:{person_id}")
+        return json.loads(raw) if raw else None
