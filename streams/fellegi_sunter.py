@@ -73,14 +73,33 @@ def starting_point() -> Parameters:
     return Parameters(m, u, 0.1)
 
 
+def u_from_random_pairs(vectors: list[dict[str, int | None]], start: Parameters | None = None
+                        ) -> dict[str, list[float]]:
+    """u straight from random pairs, which are almost all non-matches (as Splink estimates u).
+
+    Blocked pairs are no sample of non-matches: they agree on the blocked fields by construction,
+    so an EM fit of u on them makes agreement look common among strangers.
+    """
+    base = start or starting_point()
+    u = {}
+    for f in FIELDS:
+        counts = [1.0] * LEVELS[f]        # add-one: a level never seen is rare, not impossible
+        for vec in vectors:
+            lvl = vec.get(f)
+            if lvl is not None:
+                counts[lvl] += 1
+        u[f] = [c / sum(counts) for c in counts] if sum(counts) > LEVELS[f] else list(base.u[f])
+    return u
+
+
 def estimate(vectors: list[dict[str, int | None]], iterations: int = 60, start: Parameters | None = None,
-             tolerance: float = 1e-7) -> Parameters:
-    """EM over unlabelled comparison vectors."""
+             tolerance: float = 1e-7, fixed_u: dict[str, list[float]] | None = None) -> Parameters:
+    """EM over unlabelled comparison vectors; with `fixed_u`, only m and the prevalence are fitted."""
     params = start or starting_point()
     if not vectors:
         return params
     m = {f: list(v) for f, v in params.m.items()}
-    u = {f: list(v) for f, v in params.u.items()}
+    u = {f: list(v) for f, v in (fixed_u or params.u).items()}
     p = params.prevalence
     # Pairs share a handful of distinct patterns: iterate over patterns weighted by count.
     patterns: dict[tuple, int] = {}
@@ -108,7 +127,7 @@ def estimate(vectors: list[dict[str, int | None]], iterations: int = 60, start: 
                 u_counts[f][lvl] += (1 - g) * count
         new_p = min(max(total_g / len(vectors), 1e-4), 1 - 1e-4)
         new_m = {f: [c / sum(cs) for c in cs] for f, cs in m_counts.items()}
-        new_u = {f: [c / sum(cs) for c in cs] for f, cs in u_counts.items()}
+        new_u = u if fixed_u else {f: [c / sum(cs) for c in cs] for f, cs in u_counts.items()}
         delta = abs(new_p - p) + sum(abs(a - b) for f in FIELDS for a, b in zip(new_m[f], m[f]))
         m, u, p = new_m, new_u, new_p
         if delta < tolerance:

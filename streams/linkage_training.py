@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from streams import blocking
-from streams.fellegi_sunter import Parameters, estimate
+from streams.fellegi_sunter import Parameters, estimate, u_from_random_pairs
 from streams.record_comparison import Demographics, compare
 
 
@@ -32,10 +32,16 @@ def candidate_pairs(records: list[Demographics], max_block: int = 200) -> list[t
     return pairs
 
 
+def _vector(a: Demographics, b: Demographics) -> dict[str, int | None]:
+    # NHS number agreement is decided by rule, not scored; leave it out of the fitted evidence.
+    return {k: v for k, v in compare(a, b).items() if k != "nhs"}
+
+
 def estimate_from(records: list[Demographics], sample: int = 200_000, seed: int = 1) -> Parameters:
+    rng = random.Random(seed)
     pairs = candidate_pairs(records)
     if len(pairs) > sample:
-        pairs = random.Random(seed).sample(pairs, sample)
-    # NHS number agreement is decided by rule, not scored; leave it out of the fitted evidence.
-    vectors = [{k: v for k, v in compare(a, b).items() if k != "nhs"} for a, b in pairs]
-    return estimate(vectors)
+        pairs = rng.sample(pairs, sample)
+    randoms = [_vector(*rng.sample(records, 2)) for _ in range(min(sample, 50 * len(records)))] \
+        if len(records) > 1 else []
+    return estimate([_vector(a, b) for a, b in pairs], fixed_u=u_from_random_pairs(randoms))
