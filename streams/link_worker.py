@@ -112,7 +112,15 @@ def run_worker(settings: Settings, worker_id: str = "") -> None:
     configure_logging()
     stage = create_stage(settings)
     consumer = Consumer(consumer_config(settings, worker_id))
-    consumer.subscribe([SOURCE_EVENTS.name, LINK_REVIEW.name])
+    # Offsets processed but not yet committed (a commit can fail while the group rebalances):
+    # committed with the next batch, or dropped when the partition moves (its new owner replays).
+    pending: dict[tuple[str, int], int] = {}
+
+    def revoked(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            pending.pop((tp.topic, tp.partition), None)
+
+    consumer.subscribe([SOURCE_EVENTS.name, LINK_REVIEW.name], on_revoke=revoked, on_lost=revoked)
     stop = {"now": False}
 
     def request_stop(*_: object) -> None:
@@ -131,16 +139,19 @@ def run_worker(settings: Settings, worker_id: str = "") -> None:
                     log.warning("consumer: %s", m.error())
                 else:
                     batch.append(m)
-            if not batch:
-                continue
-            inbound = _inbound(batch)
-            if not process_with_retry(stage, inbound, lambda: stop["now"]):
-                break
-            try:
-                consumer.commit(offsets=_offsets(inbound), asynchronous=False)
-            except KafkaException as exc:
-                # Partitions moved during the batch; their new owner replays it (idempotent).
-                log.warning("commit failed (%s); the batch will be replayed", exc)
+            if batch:
+                inbound = _inbound(batch)
+                if not process_with_retry(stage, inbound, lambda: stop["now"]):
+                    break
+                for tp in _offsets(inbound):
+                    pending[(tp.topic, tp.partition)] = tp.offset
+            if pending:
+                try:
+                    consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(pending.items())],
+                                    asynchronous=False)
+                    pending.clear()
+                except KafkaException as exc:
+                    log.warning("commit failed (%s); retried with the next batch", exc)
     finally:
         consumer.close()
         stage.producer.close()

@@ -1,0 +1,314 @@
+"""The stream stage under load: link workers draining a backlog on a pre-filled index, next to a
+raw confluent-kafka consume-then-produce passthrough of the same events in the same run, then
+end-to-end latency through the real MLLP connector at a fixed offered rate.
+
+    python -m bench.pipeline_throughput --preload 100000 --backlog 20000 --rate 500 --seconds 20
+
+It starts its own Kafka (KRaft) and Redis on bench ports with a fresh data folder, so nothing you
+run is touched, and prints:
+  1. preload: the index filled from empty by the link workers (events/s while it grows);
+  2. passthrough baseline: the same events consumed and produced again (acks=all), no linking;
+  3. backlog drain on the filled index with 1 worker, then with 2 workers (events/s, peak RSS);
+  4. candidates per linked record (p50/p99/max from the workers' histogram) and Redis bytes per
+     source record;
+  5. end to end at --rate HL7 ADT messages/s over 16 MLLP connections: ACK latency, and source
+     ACK to its record change on carebus.patient-changes.v1, p50/p95/p99, and linker lag.
+Figures are printed, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from bench.measurement import peak_rss_mb, percentile
+from carebus import local_bus
+from carebus.config import load_settings
+from consumers.stream_lag import total_lag
+from schemas import codec
+from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS, source_event_key
+from simulator import population as pop
+from streams.identity_store import RedisGraphStore
+from streams.link_stage import CANDIDATE_BUCKETS
+
+BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "39092", "CAREBUS_KAFKA_CONTROLLER_PORT": "39093",
+               "CAREBUS_REDIS_PORT": "36379", "CAREBUS_MLLP_PORT": "32575", "CAREBUS_HTTP_PORT": "38080"}
+console = Console(width=160)
+
+
+def source_event(rec: pop.SourceRecord, n: int) -> dict:
+    now = int(time.time() * 1000)
+    patient = pop.patient_dict(rec)
+    return {"envelope": {"event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench|{n}|{pop.source_key(rec)}")),
+                         "source_system": rec.system, "source_ods_code": rec.ods, "source_record_id": rec.local_id,
+                         "event_type": "PATIENT_UPSERT", "occurred_at": now, "recorded_at": now,
+                         "correlation_id": f"bench-{n}", "raw_message": None},
+            "patient": patient}
+
+
+def produce_events(settings, records: list[pop.SourceRecord], start: int) -> None:
+    p = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all", "enable.idempotence": True,
+                  "linger.ms": 20, "compression.type": "zstd"})
+    for i, rec in enumerate(records):
+        e = source_event(rec, start + i)
+        while True:
+            try:
+                p.produce(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", e), key=source_event_key(e),
+                          headers=codec.headers("SourcePatientEvent"))
+                break
+            except BufferError:
+                p.poll(0.1)
+        p.poll(0)
+    p.flush(120)
+
+
+def start_workers(n: int, env: dict[str, str], logs: Path) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-m", "carebus.cli", "link-worker", "--worker-id", f"bench{i}"],
+                             env=env, stdout=open(logs / f"worker{i}.log", "ab"), stderr=subprocess.STDOUT)
+            for i in range(n)]
+
+
+def drain(settings, workers: list[subprocess.Popen], events: int) -> tuple[float, float]:
+    """Seconds until the linker group has no lag (from when the workers were started), peak RSS."""
+    started = time.perf_counter()
+    peak = 0.0
+    time.sleep(2)
+    while total_lag(settings, "carebus-linker", SOURCE_EVENTS.name) > 0:
+        peak = max([peak] + [peak_rss_mb(w.pid) for w in workers])
+        time.sleep(0.25)
+    return time.perf_counter() - started, max([peak] + [peak_rss_mb(w.pid) for w in workers])
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def passthrough(settings, expected: int) -> float:
+    """The baseline: consume the source events and produce each again (acks=all), committing per batch."""
+    topic = "carebus.bench.passthrough"
+    AdminClient({"bootstrap.servers": settings.bootstrap}).create_topics(
+        [NewTopic(topic, num_partitions=settings.topic_partitions, replication_factor=1)])[topic].result()
+    c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"bench-passthrough-{uuid.uuid4().hex[:6]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    p = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 2})
+    c.subscribe([SOURCE_EVENTS.name])
+    seen, started = 0, None
+    while seen < expected:
+        msgs = [m for m in c.consume(500, 1.0) if not m.error()]
+        if not msgs:
+            continue
+        started = started or time.perf_counter()
+        for m in msgs:
+            p.produce(topic, m.value(), key=m.key())
+        p.flush(60)
+        c.commit(asynchronous=False)
+        seen += len(msgs)
+    seconds = time.perf_counter() - (started or time.perf_counter())
+    c.close()
+    return seen / seconds if seconds else 0.0
+
+
+def candidates_summary(hist: dict[str, int]) -> tuple[str, str, str]:
+    order = [f"le{b}" for b in CANDIDATE_BUCKETS] + ["gt500"]
+    total = sum(hist.values())
+    if not total:
+        return "-", "-", "-"
+
+    def q(frac: float) -> str:
+        acc = 0
+        for b in order:
+            acc += hist.get(b, 0)
+            if acc >= frac * total:
+                return "≤" + b[2:] if b.startswith("le") else ">500"
+        return ">500"
+    biggest = next((b for b in reversed(order) if hist.get(b)), "le0")
+    return q(0.5), q(0.99), ("≤" + biggest[2:]) if biggest.startswith("le") else ">500"
+
+
+async def end_to_end(settings, records: list[pop.SourceRecord], rate: int, seconds: int
+                     ) -> tuple[list[float], dict[str, int]]:
+    """HL7 A04s at a fixed rate over 16 MLLP connections; returns ACK latencies and sent ids."""
+    from simulator.traffic import MessageFactory, MllpClient, ack_code
+
+    factory = MessageFactory(random.Random(5))
+    clients = [MllpClient("127.0.0.1", settings.mllp_port) for _ in range(16)]
+    acks: list[float] = []
+    sent_at: dict[str, int] = {}
+    total = min(len(records), rate * seconds)
+    started = time.perf_counter()
+
+    async def one(i: int, rec: pop.SourceRecord) -> None:
+        due = started + i / rate
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        t = time.perf_counter()
+        ack = await clients[i % 16].send(factory.hl7_adt(rec, "A04"))
+        acks.append(time.perf_counter() - t)
+        if ack_code(ack) == "AA":
+            sent_at[pop.source_key(rec)] = int(time.time() * 1000)
+
+    lock = [asyncio.Lock() for _ in clients]
+
+    async def paced(i: int, rec: pop.SourceRecord) -> None:
+        async with lock[i % 16]:
+            await one(i, rec)
+
+    await asyncio.gather(*(paced(i, r) for i, r in enumerate(records[:total])))
+    for c in clients:
+        await c.close()
+    return acks, sent_at
+
+
+def change_latencies(settings, since_ms: int, sent_at: dict[str, int]) -> list[float]:
+    """Source ACK to the record change that carries the record, per source record."""
+    c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"bench-changes-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False})
+    meta = c.list_topics(PATIENT_CHANGES.name, timeout=10).topics[PATIENT_CHANGES.name]
+    parts = c.offsets_for_times([TopicPartition(PATIENT_CHANGES.name, p, since_ms) for p in meta.partitions])
+    c.assign(parts)
+    first: dict[str, int] = {}
+    idle = 0
+    while idle < 5:
+        msgs = c.consume(1000, 1.0)
+        if not msgs:
+            idle += 1
+            continue
+        idle = 0
+        for m in msgs:
+            if m.error() or m.value() is None:
+                continue
+            change = codec.decode(m.value(), "RecordChange")
+            appended = m.timestamp()[1]
+            for s in change["record"]["sources"]:
+                key = f"{s['system']}|{s['local_identifier']['system']}|{s['local_identifier']['value']}"
+                if key in sent_at and key not in first:
+                    first[key] = appended
+    c.close()
+    return [(first[k] - sent_at[k]) / 1000 for k in first]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preload", type=int, default=10_000, help="source records in the index before measuring")
+    parser.add_argument("--backlog", type=int, default=10_000, help="events drained per worker count")
+    parser.add_argument("--rate", type=int, default=500, help="end-to-end offered HL7 messages/s (0: skip)")
+    parser.add_argument("--seconds", type=int, default=20)
+    args = parser.parse_args()
+
+    data = Path(tempfile.mkdtemp(prefix="carebus-bench-"))
+    os.environ.update(BENCH_PORTS)
+    os.environ["CAREBUS_DATA_DIR"] = str(data)
+    os.environ["CAREBUS_DROP_DIR"] = str(data / "drop")
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
+        os.environ.pop(var, None)
+    settings = load_settings()
+    env = dict(os.environ)
+    logs = data / "logs"
+    logs.mkdir(parents=True)
+    local_bus.up(settings)
+    r = redis.Redis.from_url(settings.redis)
+    rows: list[tuple[str, ...]] = []
+    try:
+        need = args.preload + 2 * args.backlog + 3 * args.rate * args.seconds   # a third of records are Cerner
+        with console.status(f"building a synthetic population of about {need:,} source records"):
+            records: list[pop.SourceRecord] = []
+            seed = 1
+            while len(records) < need:
+                records += pop.build(max(1000, (need - len(records)) // 2), seed=seed, practices=2000).records
+                seed += 1
+                # Every batch of people is its own population: keep local ids unique across them.
+                records = list({pop.source_key(x): x for x in records}.values())
+        pre, back1, back2 = (records[:args.preload], records[args.preload:args.preload + args.backlog],
+                             records[args.preload + args.backlog:args.preload + 2 * args.backlog])
+        live = [x for x in records[args.preload + 2 * args.backlog:] if x.system == "CERNER_MILLENNIUM"]
+
+        console.print(f"preloading {len(pre):,} source records through 2 link workers")
+        produce_events(settings, pre, 0)
+        workers = start_workers(2, env, logs)
+        secs, rss = drain(settings, workers, len(pre))
+        stop(workers)
+        rows.append(("preload: link stage, index growing 0 → " + f"{len(pre):,}", "2", f"{len(pre) / secs:,.0f}",
+                     f"{rss:.0f}"))
+
+        baseline = passthrough(settings, len(pre))
+        rows.append(("baseline: raw confluent-kafka consume → produce (acks=all), same events", "1",
+                     f"{baseline:,.0f}", "-"))
+
+        for n, batch in ((1, back1), (2, back2)):
+            produce_events(settings, batch, 10_000_000 * n)
+            workers = start_workers(n, env, logs)
+            secs, rss = drain(settings, workers, len(batch))
+            stop(workers)
+            rows.append((f"backlog of {len(batch):,} on an index of {len(pre) + (n - 1) * len(back1):,}", str(n),
+                         f"{len(batch) / secs:,.0f}", f"{rss:.0f} (per worker, max)"))
+
+        table = Table(title="link and record stage (Kafka and Redis on this machine)")
+        for col in ("run", "workers", "events/s", "peak RSS MiB"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+        graph = RedisGraphStore(r)
+        p50, p99, biggest = candidates_summary(graph.candidates_histogram())
+        indexed = int(r.get("carebus:nodeseq") or 0)
+        used = int(r.info("memory")["used_memory"])
+        baseline_mem = int(r.info("memory")["used_memory_startup"])
+        console.print(f"candidates per linked record: p50 {p50}, p99 {p99}, max {biggest}  ·  "
+                      f"blocks skipped as over the cap: {graph.stats().get('blocks_over_cap', 0):,}")
+        console.print(f"Redis: {used / 2**20:,.0f} MiB for {indexed:,} source records = "
+                      f"{(used - baseline_mem) / max(indexed, 1):,.0f} bytes per source record "
+                      f"(graph, blocks, source states and shared records)")
+
+        if args.rate:
+            connectors = subprocess.Popen([sys.executable, "-m", "carebus.cli", "connectors"], env=env,
+                                          stdout=open(logs / "connectors.log", "ab"), stderr=subprocess.STDOUT)
+            workers = start_workers(2, env, logs)
+            from carebus.process_control import wait_http_ready
+            wait_http_ready(f"http://127.0.0.1:{settings.http_port}/ready")
+            time.sleep(3)
+            since = int(time.time() * 1000)
+            lag_before = total_lag(settings, "carebus-linker", SOURCE_EVENTS.name)
+            acks, sent_at = asyncio.run(end_to_end(settings, live, args.rate, args.seconds))
+            elapsed = (int(time.time() * 1000) - since) / 1000
+            lag_after = total_lag(settings, "carebus-linker", SOURCE_EVENTS.name)
+            time.sleep(5)
+            lat = change_latencies(settings, since, sent_at)
+            stop(workers + [connectors])
+            t = Table(title=f"end to end: {args.rate} HL7 ADT/s offered for {args.seconds} s over 16 MLLP connections, "
+                            "2 link workers")
+            for col in ("measure", "n", "p50 ms", "p95 ms", "p99 ms"):
+                t.add_column(col)
+            t.add_row("MLLP ACK (durable in Kafka)", str(len(acks)), *(f"{percentile(acks, q) * 1000:.1f}"
+                                                                     for q in (.5, .95, .99)))
+            t.add_row("source ACK → record change on patient-changes", str(len(lat)),
+                      *(f"{percentile(lat, q) * 1000:.0f}" for q in (.5, .95, .99)))
+            console.print(t)
+            console.print(f"achieved {len(acks) / elapsed:,.0f} msg/s; linker lag {lag_before} before, "
+                          f"{lag_after} at the end of sending")
+    finally:
+        local_bus.down(settings)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
