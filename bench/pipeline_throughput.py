@@ -45,8 +45,8 @@ from simulator import population as pop
 from streams.identity_store import RedisGraphStore
 from streams.link_stage import CANDIDATE_BUCKETS
 
-BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "39092", "CAREBUS_KAFKA_CONTROLLER_PORT": "39093",
-               "CAREBUS_REDIS_PORT": "36379", "CAREBUS_MLLP_PORT": "32575", "CAREBUS_HTTP_PORT": "38080"}
+BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "24092", "CAREBUS_KAFKA_CONTROLLER_PORT": "24093",
+               "CAREBUS_REDIS_PORT": "24379", "CAREBUS_MLLP_PORT": "24575", "CAREBUS_HTTP_PORT": "24080"}
 console = Console(width=160)
 
 

@@ -74,7 +74,7 @@ def timeline(settings: Settings, person_id: str, source_keys: set[str], since_ms
             original = None
             ref = env.get("raw_message")
             if include_original and ref:
-                raw_msg = read_one(settings, RAW.name, ref["partition"], ref["offset"])
+                raw_msg = _original(settings, ref, env["recorded_at"])
                 if raw_msg is not None:
                     original = codec.decode(raw_msg.value(), "RawMessage")["payload"].decode("utf-8", "replace")
             counts = {s: len(e[s]) for s in ("encounters", "problems", "medications", "allergies", "observations",
@@ -86,6 +86,13 @@ def timeline(settings: Settings, person_id: str, source_keys: set[str], since_ms
         if progress:
             progress(f"source record {len(entries)} entries")
     return sorted(entries, key=lambda x: (x.at, x.kind))
+
+
+def _original(settings: Settings, ref: dict[str, Any], received_at: int):  # noqa: ANN202 - a Kafka Message
+    """The raw original: at its offset when the event has one, else found by key from its receipt time."""
+    if ref["offset"] >= 0:
+        return read_one(settings, RAW.name, ref["partition"], ref["offset"])
+    return next(read_range(settings, RAW.name, received_at, FOREVER, key=ref["raw_id"]), None)
 
 
 def to_csv(entries: list[TimelineEntry]) -> str:

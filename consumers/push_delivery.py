@@ -1,7 +1,9 @@
 """Push delivery: one dispatcher per subscription, each with its own Kafka consumer group.
 
-Ordering: a dispatcher delivers one change at a time in log order, so each subscriber sees each
-patient's changes in order. Isolation: every subscription has its own consumer and task, so a
+Ordering: a dispatcher takes a batch of changes and delivers them in lanes, one lane per patient
+(the change feed is keyed by person), up to LANES lanes at once: each patient's changes go one at
+a time in log order, while different patients' changes go in parallel over kept-alive
+connections. The batch's offsets are committed when every lane has finished. Isolation: every subscription has its own consumer and task, so a
 slow or dead endpoint only holds up itself. Reliability: failures are retried with exponential
 backoff and full jitter; after `max_attempts` the change is parked on carebus.dlq.delivery.v1
 (key = subscription id) with the reason, the subscription is marked degraded, and delivery goes
@@ -51,6 +53,10 @@ class RetryPolicy:
         return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2 ** attempt))
 
 
+LANES = 16          # patients delivered in parallel per subscription
+BATCH = 500         # changes taken from the log per batch
+
+
 class Dispatcher:
     def __init__(self, settings: Settings, store: SubscriptionStore, producer: DurableProducer, http: httpx.AsyncClient,
                  subscription: Subscription, secret: str, created_at: int, scope: ClientScope,
@@ -58,7 +64,8 @@ class Dispatcher:
         self.settings, self.store, self.producer = settings, store, producer
         # Its own connection pool too: one subscriber's stuck or broken connections must not
         # reach another's (`http` is kept for callers that pass a client for one-off work).
-        self.http = httpx.AsyncClient(timeout=http.timeout)
+        self.http = httpx.AsyncClient(timeout=http.timeout, limits=httpx.Limits(
+            max_connections=LANES, max_keepalive_connections=LANES))
         self.sub, self.secret, self.created_at, self.scope, self.retry = subscription, secret, created_at, scope, retry
         self.group = f"carebus-delivery-{subscription.subscription_id}"
         self._stop = asyncio.Event()
@@ -90,11 +97,21 @@ class Dispatcher:
         consumer = await self._blocking(self._open_consumer)
         try:
             while not self._stop.is_set():
-                msg = await self._blocking(consumer.poll, 0.5)
-                if msg is None or msg.error():
+                msgs = [m for m in await self._blocking(consumer.consume, BATCH, 0.5) if not m.error()]
+                if not msgs:
                     continue
-                await self.handle(msg.value())
-                await self._blocking(consumer.commit, message=msg, asynchronous=False)
+                lanes: dict[bytes, list[bytes]] = {}
+                for m in msgs:
+                    lanes.setdefault(m.key() or b"", []).append(m.value())
+                gate = asyncio.Semaphore(LANES)
+
+                async def lane(values: list[bytes]) -> None:
+                    async with gate:
+                        for value in values:          # one patient's changes, in log order
+                            await self.handle(value)
+
+                await asyncio.gather(*(lane(values) for values in lanes.values()))
+                await self._blocking(consumer.commit, asynchronous=False)
         finally:
             await self._blocking(consumer.close)
 

@@ -1,14 +1,16 @@
 """The path every inbound message takes after mapping: raw copy, canonical events, dead letters.
 
-Order matters for "nothing lost": the raw original is durable on the raw topic first, then the
-canonical events (each pointing at the raw copy); only when Kafka has acknowledged all of them
-(acks=all) does the caller acknowledge the sender. Rejected input goes to the connectors'
+"Nothing lost": the raw original and the canonical events (each pointing at the raw copy by its
+key) are produced together, and only when Kafka has acknowledged all of them (acks=all) does the
+caller acknowledge the sender; if any is not confirmed the sender is told to resend, and the
+resent events keep their ids, so the linker de-duplicates them. Rejected input goes to the connectors'
 dead-letter topic with its reason and original bytes before the sender hears the rejection.
 Event ids are deterministic, and a Redis marker set after a successful publish lets a
 redelivered message be acknowledged again without publishing it twice.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -80,22 +82,22 @@ class IngestPipeline:
             return IngestResult(True, ids, duplicate=True)
         sha = hashlib.sha256(raw).hexdigest()
         raw_id = hashlib.sha256(f"{profile.code}|{sha}".encode()).hexdigest()[:32]
+        # The original and its events go out together and are awaited together: one round trip
+        # to the in-sync replicas, not two. The events find the original by its key (raw_id) from
+        # their recorded_at, so they need not wait for its offset (partition/offset -1).
+        ref = {"raw_id": raw_id, "sha256": sha, "topic": RAW.name, "partition": -1, "offset": -1}
+        sends = [self.producer.send(
+            RAW.name, codec.encode("RawMessage", {
+                "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
+                "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
+            key=raw_id, headers=codec.headers("RawMessage"), timestamp_ms=received_at_ms)]
+        for event in events:
+            event["envelope"]["raw_message"] = ref
+            sends.append(self.producer.send(
+                SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event), key=source_event_key(event),
+                headers=codec.headers("SourcePatientEvent"), timestamp_ms=event["envelope"]["occurred_at"]))
         try:
-            delivered = await self.producer.send(
-                RAW.name, codec.encode("RawMessage", {
-                    "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
-                    "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
-                key=raw_id, headers=codec.headers("RawMessage"), timestamp_ms=received_at_ms)
-            ref = {"raw_id": raw_id, "sha256": sha, "topic": delivered.topic, "partition": delivered.partition,
-                   "offset": delivered.offset}
-            futures = []
-            for event in events:
-                event["envelope"]["raw_message"] = ref
-                futures.append(self.producer.send(
-                    SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event), key=source_event_key(event),
-                    headers=codec.headers("SourcePatientEvent"), timestamp_ms=event["envelope"]["occurred_at"]))
-            for f in futures:
-                await f
+            await asyncio.gather(*sends)
         except Exception as exc:  # noqa: BLE001 - any Kafka failure means "not stored"
             MESSAGES.labels(profile.connector, channel, "unavailable").inc()
             log.error("Kafka did not confirm a %s message: %s", profile.connector, type(exc).__name__)
