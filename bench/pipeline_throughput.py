@@ -106,8 +106,8 @@ def stop(procs: list[subprocess.Popen]) -> None:
 def passthrough(settings, expected: int) -> float:
     """The baseline: consume the source events and produce each again (acks=all), committing per batch."""
     topic = "carebus.bench.passthrough"
-    AdminClient({"bootstrap.servers": settings.bootstrap}).create_topics(
-        [NewTopic(topic, num_partitions=settings.topic_partitions, replication_factor=1)])[topic].result()
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=settings.topic_partitions, replication_factor=1)])[topic].result()
     c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"bench-passthrough-{uuid.uuid4().hex[:6]}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     p = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 2})
@@ -248,10 +248,12 @@ def main() -> None:
         stop(workers)
         rows.append(("preload: link stage, index growing 0 → " + f"{len(pre):,}", "2", f"{len(pre) / secs:,.0f}",
                      f"{rss:.0f}"))
+        console.print(rows[-1])
 
         baseline = passthrough(settings, len(pre))
         rows.append(("baseline: raw confluent-kafka consume → produce (acks=all), same events", "1",
                      f"{baseline:,.0f}", "-"))
+        console.print(rows[-1])
 
         for n, batch in ((1, back1), (2, back2)):
             produce_events(settings, batch, 10_000_000 * n)
@@ -260,6 +262,7 @@ def main() -> None:
             stop(workers)
             rows.append((f"backlog of {len(batch):,} on an index of {len(pre) + (n - 1) * len(back1):,}", str(n),
                          f"{len(batch) / secs:,.0f}", f"{rss:.0f} (per worker, max)"))
+            console.print(rows[-1])
 
         table = Table(title="link and record stage (Kafka and Redis on this machine)")
         for col in ("run", "workers", "events/s", "peak RSS MiB"):

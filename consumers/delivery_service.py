@@ -35,6 +35,7 @@ from consumers.bus_monitor import BusMonitor
 from consumers.change_reader import open_subscription_consumer, read_range
 from consumers.notification_format import webhook_body
 from consumers.push_delivery import Dispatcher, RetryPolicy
+from streams import record_store
 from consumers.subscription_scope import CLINICAL_SECTIONS, ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
 from schemas import codec
@@ -249,7 +250,7 @@ def build_app(service: DeliveryService) -> FastAPI:
         raw = await service.redis.get(f"carebus:record:{person_id}")
         if raw is None:
             raise HTTPException(404, "no such person")
-        rec = json.loads(raw)
+        rec = record_store.unpack(raw)
         if client.has("auditor"):
             return rec
         require(client, "subscriber")

@@ -52,7 +52,10 @@ def decode(data: bytes, expected_type: str | None = None) -> dict[str, Any]:
     if expected_type is not None and short != expected_type:
         raise UnknownSchemaError(f"expected {expected_type}, got {short}")
     reader = registry.current()[short]
-    return schemaless_reader(io.BytesIO(data[10:]), writer.parsed_plain, reader.parsed_plain)
+    # Written with the current schema (almost always): no resolution to do, and fastavro would
+    # otherwise compare the two schemas on every call.
+    resolve = None if reader.fingerprint == writer.fingerprint else reader.parsed_plain
+    return schemaless_reader(io.BytesIO(data[10:]), writer.parsed_plain, resolve)
 
 
 def headers(message_type: str) -> list[tuple[str, bytes]]:

@@ -138,7 +138,7 @@ class LinkStage:
         self._queue_reviews(outcome, causes, persons_now, out)
 
         touched = set(persons_now.values()) | outcome.persons_touched()
-        stats.record_retries = self._rebuild(touched, causes, ods, out)
+        stats.record_retries = self._rebuild(touched, causes, ods, out, states)
         stats.changes_published = len(out.changes)
         stats.dead_letters = len(out.dead_letters)
         self._publish(out)
@@ -237,13 +237,15 @@ class LinkStage:
 
     # ---- shared records ---------------------------------------------------------------------------
     def _rebuild(self, persons: set[str], causes: dict[str, list[str]], ods: dict[str, set[str]],
-                 out: _Outputs) -> int:
+                 out: _Outputs, ours: dict[str, dict[str, Any]]) -> int:
+        """`ours`: this batch's source states (this worker owns their partitions: no one else writes them)."""
         todo, retries = persons, 0
         for attempt in range(20):
             if not todo:
                 return retries
             stored = self.records.persons(todo)
-            states = self.records.source_states(sorted({m for p in stored.values() for m in p.members}))
+            wanted = {m for p in stored.values() for m in p.members}
+            states = {**self.records.source_states(sorted(wanted - set(ours))), **ours}
             writes, built = [], {}
             for p in sorted(todo):
                 write = self._build(stored[p], states, causes, ods, out)

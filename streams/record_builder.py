@@ -23,7 +23,6 @@ same bytes whatever order its sources arrived in.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from typing import Any
@@ -33,6 +32,7 @@ DEMOGRAPHIC_FIELDS = ("nhs_number", "names", "birth_date", "sex", "addresses", "
                       "registered_practice_ods", "deceased_at")
 SOURCE_RANK = {"EMIS_WEB": 0, "INPS_VISION": 0, "OTHER": 1, "CERNER_MILLENNIUM": 2, "RIO": 3, "CAREBUS": 4}
 NHS_STATUS_RANK = {"VERIFIED": 0, "PRESENT_UNVERIFIED": 1}
+EVENT_IDS_KEPT = 32
 
 
 def _empty(value: Any) -> bool:
@@ -69,7 +69,9 @@ def apply_event(state: dict[str, Any], event: dict[str, Any]) -> tuple[dict[str,
     """Fold one event into a source state. Returns (new state, changed?). Idempotent."""
     if event["envelope"]["event_id"] in state["event_ids"]:
         return state, False
-    state = copy.deepcopy(state)
+    # Copy the containers only: values are replaced, never changed in place, so the caller's
+    # state is left as it was without the cost of a deep copy.
+    state = {**state, "fields": dict(state["fields"]), "items": {s: dict(v) for s, v in state["items"].items()}}
     prov = provenance(event)
     patient = event["patient"]
     for name in DEMOGRAPHIC_FIELDS:
@@ -89,7 +91,9 @@ def apply_event(state: dict[str, Any], event: dict[str, Any]) -> tuple[dict[str,
             current = state["items"][section].get(item["id"])
             if current is None or _order(prov) >= _order(current["provenance"][0]):
                 state["items"][section][item["id"]] = {**item, "provenance": [prov]}
-    state["event_ids"] = (state["event_ids"] + [event["envelope"]["event_id"]])[-500:]
+    # Only a shortcut for exact redeliveries: replaying an older event changes nothing anyway,
+    # because every value carries its provenance and only newer values replace older ones.
+    state["event_ids"] = (state["event_ids"] + [event["envelope"]["event_id"]])[-EVENT_IDS_KEPT:]
     return state, True
 
 
@@ -157,7 +161,7 @@ def build_record(person_id: str, states: list[dict[str, Any]], version: int, upd
                     newest = max([existing, item], key=lambda i: _order(i["provenance"][0]))
                     merged[key] = {**newest, "provenance": sorted(provs.values(), key=_order)}
                 else:
-                    merged[key] = copy.deepcopy(item)
+                    merged[key] = item      # shared, never changed in place: records are written, not edited
         sections[section] = [merged[k] for k in sorted(merged)]
     return {"person_id": person_id, "version": version, "updated_at": updated_at,
             "sources": [{"system": s["source_system"], "local_identifier": s["local_identifier"]} for s in states],

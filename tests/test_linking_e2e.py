@@ -15,6 +15,7 @@ from simulator.run import Target, drive
 from streams.batch_linkage import link_events
 from streams.fellegi_sunter import Parameters
 from streams.linkage_quality import pairwise_quality
+from streams.record_store import RedisRecordStore
 from tests.kafka_reading import read_all
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,7 @@ def test_shared_record_merges_sources_with_provenance(bus_settings, redis_client
     multi = next(rs for rs in by_person.values() if {r.system for r in rs} >= {"CERNER_MILLENNIUM"} and len(rs) >= 2
                  and all(r.nhs_number and not r.faults for r in rs))
     person = redis_client.get(f"carebus:person_of:{pop.source_key(multi[0])}").decode()
-    record = json.loads(redis_client.get(f"carebus:record:{person}"))
+    record = RedisRecordStore(redis_client).record(person)
     assert {s["system"] for s in record["sources"]} == {r.system for r in multi}
     gp = next(r for r in multi if r.system in ("EMIS_WEB", "INPS_VISION"))
     # Survivorship: the GP system's name wins, and the provenance says so.
