@@ -9,10 +9,13 @@ fault still leaves the true match a key in common:
   gd   given sound + birth date         surname changed (marriage), double-barrelled
   fgy  family + given + birth year      day or month mistyped
   fgm  family + given + day and month   year mistyped
-  fgp  family + given + postcode        any birth-date fault, or no birth date at all
   dp   birth date + postcode            both names changed or swapped
   ns   both name sounds, sorted + date  given and family swapped
+  nsp  name sounds, sorted + postcode   any birth-date fault, or no birth date at all (and swaps)
+  nsd  name sounds, sorted + district   no birth date and a mistyped postcode
   nhs  a valid NHS number
+Keys without the birth date use the postcode (or its district), never names alone: a name alone
+is shared by hundreds of Londoners.
 """
 from __future__ import annotations
 
@@ -43,9 +46,11 @@ def keys(d: Demographics) -> set[str]:
             out.add(f"fgm:{fam}:{giv}:{dob[4:]}")
         if d.postcode:
             out.add(f"dp:{dob}:{d.postcode}")
-        if d.given and d.family_parts:
-            low, high = sorted((_sound(d.given), fam))
+    if d.given and d.family_parts:
+        low, high = sorted((_sound(d.given), fam))
+        if dob:
             out.add(f"ns:{low}:{high}:{dob}")
-    if fam and giv and d.postcode:
-        out.add(f"fgp:{fam}:{giv}:{d.postcode}")
+        if d.postcode:
+            out.add(f"nsp:{low}:{high}:{d.postcode}")
+            out.add(f"nsd:{low}:{high}:{d.postcode[:-3]}")
     return out

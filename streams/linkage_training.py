@@ -7,6 +7,7 @@ file at start, so every worker scores with the same parameters.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from streams import blocking
 from streams.fellegi_sunter import Parameters, estimate, u_from_random_pairs
@@ -40,8 +41,15 @@ def _vector(a: Demographics, b: Demographics) -> dict[str, int | None]:
 def estimate_from(records: list[Demographics], sample: int = 200_000, seed: int = 1) -> Parameters:
     rng = random.Random(seed)
     pairs = candidate_pairs(records)
+    blocked = len(pairs)
     if len(pairs) > sample:
         pairs = rng.sample(pairs, sample)
     randoms = [_vector(*rng.sample(records, 2)) for _ in range(min(sample, 50 * len(records)))] \
         if len(records) > 1 else []
-    return estimate([_vector(a, b) for a, b in pairs], fixed_u=u_from_random_pairs(randoms))
+    fitted = estimate([_vector(a, b) for a, b in pairs], fixed_u=u_from_random_pairs(randoms))
+    # EM's prevalence is among blocked pairs, which are mostly matches by construction. The prior
+    # a pair must overcome is that two records taken at random are one person (Splink's
+    # "probability two random records match"): the expected matches over all pairs.
+    all_pairs = len(records) * (len(records) - 1) / 2
+    matches = fitted.prevalence * blocked
+    return replace(fitted, prevalence=min(max(matches / all_pairs, 1e-9), 0.5) if all_pairs else fitted.prevalence)
