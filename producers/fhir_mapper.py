@@ -17,7 +17,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from producers import nhs_number
+from producers import birth_date, nhs_number
 from producers.hl7v2_mapper import EVENT_NAMESPACE
 from producers.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
 
@@ -244,12 +244,21 @@ def map_payload(raw: bytes, profile: SourceSystemProfile, ods: str, received_at_
         resources = [(None, doc, doc["resourceType"])]
         correlation = str(doc.get("id") or digest[:16])
         event_type = f"fhir.{doc['resourceType']}"
+    # A bad birthDate would fail the whole resource's validation: take it out first, flag it.
+    birth_flags: dict[int, list[str]] = {}
+    for n, (_url, res, _path) in enumerate(resources):
+        if res.get("resourceType") == "Patient" and "birthDate" in res:
+            days, flags = birth_date.parse(str(res["birthDate"]), "iso")
+            if flags:
+                birth_flags[n] = flags
+                resources[n] = (_url, {k: v for k, v in res.items() if k != "birthDate"}, _path)
     validated = [(full_url, _validate(res, path), path) for full_url, res, path in resources]
     patients: dict[str, dict[str, Any]] = {}   # reference key -> event
     events: list[dict[str, Any]] = []
-    for full_url, model, _path in validated:
+    for n, (full_url, model, _path) in enumerate(validated):
         if model.get_resource_type() == "Patient":
             identity, flags = _patient_identity(model, profile, ods)
+            flags += birth_flags.get(n, [])
             index = len(events)
             eid = str(uuid.uuid5(EVENT_NAMESPACE, f"{profile.code}|{ods}|{digest}|{index}"))
             event = _empty_event(identity, profile, ods, model.id or identity["local_identifier"]["value"],

@@ -14,7 +14,7 @@ from typing import Any
 
 import hl7
 
-from producers import nhs_number
+from producers import birth_date, nhs_number
 from producers.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
 
 EVENT_NAMESPACE = uuid.UUID("6f1f5d1c-1d4e-4c1b-9b8e-2b7f5e0c0a11")
@@ -125,14 +125,6 @@ def parse_ts(value: str, what: str) -> int | None:
     return int(parsed.replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def parse_date(value: str, what: str) -> int | None:
-    """HL7 date to Avro date (days since epoch)."""
-    if not value:
-        return None
-    millis = parse_ts(value[:8], what)
-    return None if millis is None else (date.fromtimestamp(millis / 1000) - date(1970, 1, 1)).days
-
-
 def event_id(system: str, ods: str, control_id: str, raw: bytes) -> str:
     # The same sender message (same control id and content) always gets the same id, so a
     # redelivery after a lost ACK is recognised downstream as a duplicate.
@@ -190,13 +182,15 @@ def _identity(msg: hl7.Message, profile: SourceSystemProfile, ods: str) -> tuple
     if phone:
         telecom.append({"system": "phone", "value": phone, "use": "home"})
     deceased = parse_ts(field(msg, "PID", 29), "PID-29 death date")
+    birth_days, birth_flags = birth_date.parse(field(msg, "PID", 7), "hl7")
+    flags += birth_flags
     patient = {
         "local_identifier": local,
         "other_identifiers": others,
         "nhs_number": nhs,
         "nhs_number_status": status,
         "names": names,
-        "birth_date": parse_date(field(msg, "PID", 7), "PID-7 birth date"),
+        "birth_date": birth_days,
         "sex": SEX.get(field(msg, "PID", 8).upper(), "UNKNOWN"),
         "addresses": addresses,
         "telecom": telecom,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from producers import nhs_number
+from producers import birth_date, nhs_number
 from producers.hl7v2_mapper import EVENT_NAMESPACE
 from producers.source_systems import NHS_NUMBER_SYSTEM, VISION
 
@@ -100,7 +100,8 @@ def _apply_row(row: dict[str, str], line: int, events: dict, file_name: str, dig
     if rtype == "PATIENT":
         p = event["patient"]
         number = nhs_number.normalise(row.get("nhs_number"))
-        birth = _date((row.get("birth_date") or "").strip(), line)
+        birth, birth_flags = birth_date.parse(row.get("birth_date"), "iso")
+        event["data_quality_flags"] += birth_flags
         if number:
             p["nhs_number"] = number
             p["other_identifiers"] = [{"system": NHS_NUMBER_SYSTEM, "value": number}]
@@ -113,7 +114,7 @@ def _apply_row(row: dict[str, str], line: int, events: dict, file_name: str, dig
         if not family and not given:
             raise ValueError(f"line {line}: a PATIENT row needs family or given name")
         p["names"] = [{"use": "official", "family": family, "given": given.split(), "prefix": None}]
-        p["birth_date"] = None if birth is None else (birth - date(1970, 1, 1)).days
+        p["birth_date"] = birth
         p["sex"] = SEX.get((row.get("sex") or "U").strip().upper()[:1], "UNKNOWN")
         if row.get("address_line") or row.get("postcode"):
             p["addresses"] = [{"use": "home", "lines": [row["address_line"]] if row.get("address_line") else [],

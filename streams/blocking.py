@@ -13,6 +13,8 @@ fault still leaves the true match a key in common:
   ns   both name sounds, sorted + date  given and family swapped
   nsp  name sounds, sorted + postcode   any birth-date fault, or no birth date at all (and swaps)
   nsd  name sounds, sorted + district   no birth date and a mistyped postcode
+  fp   family sound + postcode          given name and birth date both wrong (a household: small)
+  gp   given sound + postcode           surname changed and birth date wrong
   nhs  a valid NHS number
 Keys without the birth date use the postcode (or its district), never names alone: a name alone
 is shared by hundreds of Londoners.
@@ -52,5 +54,7 @@ def keys(d: Demographics) -> set[str]:
             out.add(f"ns:{low}:{high}:{dob}")
         if d.postcode:
             out.add(f"nsp:{low}:{high}:{d.postcode}")
+            out.add(f"fp:{fam}:{d.postcode}")
+            out.add(f"gp:{giv}:{d.postcode}")
             out.add(f"nsd:{low}:{high}:{d.postcode[:-3]}")
     return out

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from streams.record_comparison import FIELDS, LEVELS
+from streams.record_comparison import EXACT, FIELDS, LEVEL_NAMES, LEVELS
+
+TF_FIELDS = ("given", "family")
 
 DEFAULT_PARAMETERS = Path(__file__).with_name("linkage_parameters.json")
 EPS = 1e-6
@@ -26,39 +28,105 @@ class Parameters:
     prevalence: float
     match_posterior: float = 0.97   # at or above: link automatically
     review_posterior: float = 0.50  # at or above (and below match): ask a person
+    # Term frequencies of names (share of records with the value): agreeing on a rare surname is
+    # stronger evidence than agreeing on SMITH. Values not listed count as tf_floor.
+    tf: dict[str, dict[str, float]] = field(default_factory=dict)
+    tf_floor: float = 1e-4
 
-    def weight(self, field: str, level: int) -> float:
-        return math.log2(max(self.m[field][level], EPS) / max(self.u[field][level], EPS))
+    def weight(self, field: str, level: int, value: str | None = None) -> float:
+        m = max(self.m[field][level], EPS)
+        if value and level == EXACT[field] and field in self.tf:
+            # Splink's adjustment: u of an exact match on this value is the value's frequency.
+            return math.log2(m / max(self.tf[field].get(value, self.tf_floor), self.tf_floor))
+        return math.log2(m / max(self.u[field][level], EPS))
 
-    def score(self, vector: dict[str, int | None]) -> float:
-        return sum(self.weight(f, lvl) for f, lvl in vector.items() if lvl is not None and f in self.m)
+    def score(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> float:
+        values = values or {}
+        return sum(self.weight(f, lvl, values.get(f)) for f, lvl in vector.items() if lvl is not None and f in self.m)
 
-    def posterior(self, vector: dict[str, int | None]) -> float:
+    def posterior(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> float:
         prior_odds = self.prevalence / (1 - self.prevalence)
-        log_odds = math.log2(prior_odds) + self.score(vector)
+        log_odds = math.log2(prior_odds) + self.score(vector, values)
         if log_odds > 60:
             return 1.0
         odds = 2 ** log_odds
         return odds / (1 + odds)
 
-    def decision(self, vector: dict[str, int | None]) -> str:
-        p = self.posterior(vector)
+    def decision(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> str:
+        p = self.posterior(vector, values)
         if p >= self.match_posterior:
             return "match"
         if p >= self.review_posterior:
             return "review"
         return "non-match"
 
+    def non_monotone(self) -> list[tuple[str, int]]:
+        """(field, level) whose weight is below the level beneath it: more agreement, less evidence."""
+        return [(f, lvl) for f in self.m for lvl in range(1, len(self.m[f]))
+                if self.weight(f, lvl) < self.weight(f, lvl - 1) - 1e-9]
+
+    def report(self) -> list[tuple[str, str, float, float, float]]:
+        """(field, level name, m, u, weight in bits) for every level: what each comparison is worth."""
+        return [(f, LEVEL_NAMES[f][lvl], self.m[f][lvl], self.u[f][lvl], self.weight(f, lvl))
+                for f in self.m for lvl in range(len(self.m[f]))]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "Parameters":
-        return cls(**json.loads(text))
+        raw = json.loads(text)
+        for f, n in LEVELS.items():
+            if f in raw["m"] and len(raw["m"][f]) != n:
+                raise ValueError(f"parameters for {f} have {len(raw['m'][f])} levels, the comparison has {n}: "
+                                 "fit them again with `carebus estimate-linkage`")
+        return cls(**raw)
 
     @classmethod
     def load(cls, path: Path = DEFAULT_PARAMETERS) -> "Parameters":
         return cls.from_json(path.read_text())
+
+
+def monotone(params: Parameters) -> Parameters:
+    """Pool adjacent levels whose weights decrease (pool-adjacent-violators on m/u), keeping each
+    field's m summing to one, so that more agreement never counts as less evidence."""
+    new_m = {}
+    for f in params.m:
+        m, u = params.m[f], params.u[f]
+        blocks = [[i] for i in range(len(m))]
+        ratio = lambda b: sum(m[i] for i in b) / max(sum(u[i] for i in b), EPS)  # noqa: E731
+        merged = True
+        while merged:
+            merged = False
+            for j in range(1, len(blocks)):
+                if ratio(blocks[j]) < ratio(blocks[j - 1]):
+                    blocks[j - 1:j + 1] = [blocks[j - 1] + blocks[j]]
+                    merged = True
+                    break
+        out = list(m)
+        for b in blocks:
+            r = ratio(b)
+            for i in b:
+                out[i] = u[i] * r
+        new_m[f] = out
+    return replace(params, m=new_m)
+
+
+def term_frequencies(values_by_field: dict[str, list[str]], keep: int = 20_000) -> tuple[dict[str, dict[str, float]], float]:
+    """Share of records per name (the `keep` commonest), and the floor for the rest."""
+    tf: dict[str, dict[str, float]] = {}
+    floor = 1.0
+    for f, values in values_by_field.items():
+        values = [v for v in values if v]
+        if not values:
+            continue
+        counts: dict[str, int] = {}
+        for v in values:
+            counts[v] = counts.get(v, 0) + 1
+        common = sorted(counts.items(), key=lambda kv: -kv[1])[:keep]
+        tf[f] = {v: n / len(values) for v, n in common}
+        floor = min(floor, 1 / len(values))
+    return tf, floor
 
 
 def starting_point() -> Parameters:

@@ -115,8 +115,10 @@ def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple
             return "conflict", None, 0.5
         return "match", NHS, 1.0
     vector = compare(a, b)
-    posterior = params.posterior(vector)
-    outcome = params.decision(vector)
+    values = {"given": a.given, "family": a.family}
+    posterior = params.posterior(vector, values)
+    outcome = "match" if posterior >= params.match_posterior else \
+        "review" if posterior >= params.review_posterior else "non-match"
     return outcome, (PROBABILISTIC if outcome == "match" else None), posterior
 
 

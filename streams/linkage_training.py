@@ -10,7 +10,7 @@ import random
 from dataclasses import replace
 
 from streams import blocking
-from streams.fellegi_sunter import Parameters, estimate, u_from_random_pairs
+from streams.fellegi_sunter import Parameters, estimate, monotone, term_frequencies, u_from_random_pairs
 from streams.record_comparison import Demographics, compare
 
 
@@ -52,4 +52,6 @@ def estimate_from(records: list[Demographics], sample: int = 200_000, seed: int 
     # "probability two random records match"): the expected matches over all pairs.
     all_pairs = len(records) * (len(records) - 1) / 2
     matches = fitted.prevalence * blocked
-    return replace(fitted, prevalence=min(max(matches / all_pairs, 1e-9), 0.5) if all_pairs else fitted.prevalence)
+    tf, floor = term_frequencies({"given": [d.given for d in records], "family": [d.family for d in records]})
+    return monotone(replace(fitted, prevalence=min(max(matches / all_pairs, 1e-9), 0.5) if all_pairs else fitted.prevalence,
+                            tf=tf, tf_floor=floor))

@@ -16,9 +16,21 @@ from rapidfuzz.distance import JaroWinkler
 from streams.nicknames import canonical_given
 
 FIELDS = ("nhs", "given", "family", "birth_date", "sex", "postcode")
-# Number of levels per field, lowest = strong disagreement. "missing" is handled separately:
+# The named levels of each comparison, lowest = strong disagreement. "Missing" is not a level:
 # a comparison with a missing side contributes no evidence (level None).
-LEVELS = {"nhs": 2, "given": 4, "family": 4, "birth_date": 4, "sex": 2, "postcode": 3}
+LEVEL_NAMES = {
+    "nhs": ("different", "same"),
+    "given": ("different", "similar (Jaro-Winkler >= 0.80)", "typo, nickname or sounds alike", "exact"),
+    "family": ("different", "similar (Jaro-Winkler >= 0.80)", "typo, sounds alike or part of a double-barrelled name",
+               "exact"),
+    "birth_date": ("different", "same year", "one digit, adjacent digits or day/month swapped, or one day off",
+                   "exact"),
+    "sex": ("different", "same"),
+    "postcode": ("different", "same district", "same sector", "one character off", "exact"),
+}
+LEVELS = {f: len(names) for f, names in LEVEL_NAMES.items()}
+# Levels at which a term-frequency adjustment applies: agreeing on a rare value says more.
+EXACT = {f: len(names) - 1 for f, names in LEVEL_NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,8 @@ def _name_level(a: str, b: str, given: bool) -> int | None:
         return 3
     if given and canonical_given(a) == canonical_given(b):
         return 2
-    if jellyfish.metaphone(a) == jellyfish.metaphone(b) or JaroWinkler.similarity(a, b) >= 0.92:
+    if (jellyfish.metaphone(a) == jellyfish.metaphone(b) or JaroWinkler.similarity(a, b) >= 0.92
+            or jellyfish.damerau_levenshtein_distance(a, b) <= 1):
         return 2
     if JaroWinkler.similarity(a, b) >= 0.80:
         return 1
@@ -89,20 +102,26 @@ def _birth_level(a: date | None, b: date | None) -> int | None:
     if a.year == b.year and a.month == b.day and a.day == b.month:
         return 2  # day and month transposed
     sa, sb = a.strftime("%Y%m%d"), b.strftime("%Y%m%d")
-    if sum(x != y for x, y in zip(sa, sb)) == 1 or abs((a - b).days) == 1:
-        return 2  # a single mistyped digit
+    if jellyfish.damerau_levenshtein_distance(sa, sb) <= 1 or abs((a - b).days) == 1:
+        return 2  # a single mistyped digit, or two adjacent digits swapped
     if a.year == b.year:
         return 1
     return 0
 
 
 def _postcode_level(a: str | None, b: str | None) -> int | None:
+    # UK postcodes without spaces: district = outward code (all but the last 3 characters),
+    # sector = district + the first character of the inward code.
     if not a or not b:
         return None
     if a == b:
-        return 2
+        return 4
+    if len(a) == len(b) and jellyfish.damerau_levenshtein_distance(a, b) <= 1:
+        return 3  # one character mistyped or two swapped
+    if a[:-2] == b[:-2]:
+        return 2  # same sector: a few streets
     if a[:-3] == b[:-3]:
-        return 1  # same outward code (district): moved nearby
+        return 1  # same district: moved nearby
     return 0
 
 

@@ -51,7 +51,7 @@ def test_single_resource_attaches_by_subject_identifier():
     (b"not json", "FHIR_NOT_JSON"),
     (b'{"a": 1}', "FHIR_NOT_RESOURCE"),
     (b'{"resourceType": "Basic"}', "FHIR_UNSUPPORTED_RESOURCE"),
-    (b'{"resourceType": "Patient", "id": "x", "birthDate": "1980-13-01"}', "FHIR_VALIDATION"),
+    (b'{"resourceType": "Patient", "id": "x", "active": "perhaps"}', "FHIR_VALIDATION"),
     (b'{"resourceType": "Observation", "status": "final", "code": {"text": "x"}}', "FHIR_NO_SUBJECT"),
     (b'{"resourceType": "Bundle", "type": "transaction", "entry": []}', "FHIR_INVALID"),
 ])
@@ -84,6 +84,16 @@ def test_fuzzed_fhir_maps_or_fails_cleanly(body):
         assert exc.issues
 
 
+@pytest.mark.parametrize("value,flag", [("1980-13-01", "BIRTH_DATE_INVALID"), ("1980-02-30", "BIRTH_DATE_INVALID"),
+                                        ("1980", "BIRTH_DATE_PARTIAL"), ("1980-05", "BIRTH_DATE_PARTIAL")])
+def test_fhir_patient_with_a_bad_birth_date_is_kept_and_flagged(value, flag):
+    body = json.dumps({"resourceType": "Patient", "id": "x", "birthDate": value, "name": [{"family": "Y"}],
+                       "identifier": [{"system": "urn:x", "value": "x1"}]}).encode()
+    [event] = fhir_mapper.map_payload(body, EMIS, "F84001", 0)
+    assert event["patient"]["birth_date"] is None and flag in event["data_quality_flags"]
+    codec.encode("SourcePatientEvent", event)
+
+
 def test_vision_extract_groups_rows_and_rejects_bad_rows_alone():
     population = pop.build(30, seed=5)
     recs = [r for r in population.records if r.system == "INPS_VISION"][:3] or population.records[:3]
@@ -94,9 +104,12 @@ def test_vision_extract_groups_rows_and_rejects_bad_rows_alone():
     rows.append({"record_type": "SPACESHIP", "patient_id": "BAD2", "practice_ods": "E87001"})
     result = vision_extract.parse_extract(vision_csv(rows), "x.csv", 0)
     assert {e["patient"]["local_identifier"]["value"] for e in result.events} >= {r.local_id for r in recs}
-    assert len(result.errors) == 2
+    assert len(result.errors) == 1
     assert all("1990" not in e.reason for e in result.errors), "reasons must not echo patient data"
-    assert b"BAD1" in result.errors[0].row
+    assert b"BAD2" in result.errors[0].row
+    # A birth date in the wrong format is the sender's data: the patient is kept, the date flagged.
+    [bad1] = [e for e in result.events if e["patient"]["local_identifier"]["value"] == "BAD1"]
+    assert bad1["patient"]["birth_date"] is None and "BIRTH_DATE_INVALID" in bad1["data_quality_flags"]
     for e in result.events:
         codec.encode("SourcePatientEvent", e)
 

@@ -63,13 +63,23 @@ def test_oru_maps_numeric_observations_with_units():
     (b"hello", "HL7_NO_MSH", "AR"),
     (ADT.replace(b"ADT^A01^ADT_A01", b"ADT^A99"), "HL7_UNSUPPORTED_TYPE", "AR"),
     (ADT.replace(b"|MSG0001|", b"||"), "HL7_NO_CONTROL_ID", "AR"),
-    (ADT.replace(b"19700102", b"19701302"), "HL7_BAD_DATETIME", "AE"),
+    (ADT.replace(b"20261124101000", b"20261324101000"), "HL7_BAD_DATETIME", "AE"),
     (ADT.replace(b"1234567^^^RAL^MR~", b""), "HL7_NO_PATIENT_ID", "AE"),
 ])
 def test_bad_messages_fail_with_a_reason(raw, code, ack):
     with pytest.raises(hl7v2_mapper.HL7MappingError) as err:
         hl7v2_mapper.map_message(raw, CERNER, "RAL", 0)
     assert err.value.error_code == code and err.value.ack_code == ack and err.value.reason
+
+
+@pytest.mark.parametrize("value,flag", [(b"19701302", "BIRTH_DATE_INVALID"), (b"19700231", "BIRTH_DATE_INVALID"),
+                                        (b"1970", "BIRTH_DATE_PARTIAL"), (b"197001", "BIRTH_DATE_PARTIAL"),
+                                        (b"UNKNOWN", "BIRTH_DATE_INVALID")])
+def test_a_bad_or_partial_birth_date_is_kept_and_flagged_not_rejected(value, flag):
+    """Like a mistyped NHS number: the patient reaches the index, the date is left out of matching."""
+    event = hl7v2_mapper.map_message(ADT.replace(b"19700102", value), CERNER, "RAL", 0).event
+    assert event["patient"]["birth_date"] is None and flag in event["data_quality_flags"]
+    assert event["patient"]["local_identifier"]["value"] == "1234567"
 
 
 def test_ack_carries_the_reason_and_control_id():
