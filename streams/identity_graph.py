@@ -38,6 +38,9 @@ PROBABILISTIC = "probabilistic"
 # A block with more members than this carries no information (a placeholder name or date);
 # it is skipped, so a record meets tens of candidates, never the population.
 BLOCK_CAP = 200
+# A probabilistic link needs at least this many of these fields present on both records.
+EVIDENCE_FIELDS = ("given", "family", "birth_date", "postcode")
+MIN_FIELDS_TO_LINK = 3
 
 
 def node_hash(key: str) -> str:
@@ -107,18 +110,34 @@ class GraphStore(Protocol):
 
 
 def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple[str, str | None, float]:
-    """(outcome, edge kind, posterior): outcome is match / review / conflict / non-match."""
-    if a.nhs and b.nhs:
-        if a.nhs != b.nhs:
-            return "non-match", None, 0.0
+    """(outcome, edge kind, posterior).
+
+    outcome: match / review / non-match from the score; "conflict" for the same NHS number with
+    contradicting demographics, "nhs-mismatch" for two different valid NHS numbers on records
+    that otherwise agree (name, birth date, and what else both have): a transcription error looks
+    exactly like that, so a person decides. Neither ever links by itself.
+    """
+    if a.nhs and b.nhs and a.nhs == b.nhs:
         if contradicts(a, b):
             return "conflict", None, 0.5
         return "match", NHS, 1.0
     vector = compare(a, b)
     values = {"given": a.given, "family": a.family}
+    if a.nhs and b.nhs:
+        vector["nhs"] = None        # the numbers differ: judge the rest on its own
+        posterior = params.posterior(vector, values)
+        same_person_otherwise = (posterior >= params.match_posterior and (vector["given"] or 0) >= 2
+                                 and (vector["family"] or 0) >= 2 and vector["birth_date"] == 3)
+        return ("nhs-mismatch" if same_person_otherwise else "non-match"), None, posterior
     posterior = params.posterior(vector, values)
     outcome = "match" if posterior >= params.match_posterior else \
         "review" if posterior >= params.review_posterior else "non-match"
+    if outcome == "match" and (sum(vector[f] is not None for f in EVIDENCE_FIELDS) < MIN_FIELDS_TO_LINK
+                               or max(vector["given"] or 0, vector["birth_date"] or 0) < 2):
+        # Surname and postcode are shared by a household, and a sparse record (surname and
+        # postcode only) would glue unrelated people together through itself: a link also needs
+        # something personal (given name or birth date) and enough fields compared.
+        outcome = "review"
     return outcome, (PROBABILISTIC if outcome == "match" else None), posterior
 
 

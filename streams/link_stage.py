@@ -37,6 +37,13 @@ NS = uuid.UUID("0b9d1c9e-5a43-4b8e-9f55-4c1d7e2e8a01")
 CANDIDATE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
+REVIEW_REASONS = {
+    "review": "match probability {p:.2f} in the review band",
+    "conflict": "same NHS number, contradicting name and birth date",
+    "nhs-mismatch": "different valid NHS numbers, same name and birth date (a mistyped number?)",
+}
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -215,11 +222,10 @@ class LinkStage:
                        persons_now: dict[str, str], out: _Outputs) -> None:
         pairs: dict[str, tuple[identity_graph.PairDecision, str]] = {}
         for d in outcome.decisions:
-            if d.outcome not in ("review", "conflict"):
+            if d.outcome not in REVIEW_REASONS:
                 continue
             review_id = str(uuid.uuid5(NS, "|".join(sorted((d.a, d.b)))))
-            reason = "same NHS number, contradicting name and birth date" if d.outcome == "conflict" else \
-                f"match probability {d.posterior:.2f} in the review band"
+            reason = REVIEW_REASONS[d.outcome].format(p=d.posterior)
             pairs[review_id] = (d, reason)
         if not pairs:
             return

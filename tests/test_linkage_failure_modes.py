@@ -1,0 +1,137 @@
+"""The linkage failure modes found on public data (issue 9), one test each. Pure: no broker."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import replace
+from datetime import date
+
+from hypothesis import given, settings, strategies as st
+
+from simulator import population as pop
+from streams import blocking
+from streams.fellegi_sunter import Parameters, monotone
+from streams.identity_graph import MemoryGraphStore, link_batch, pair_decision
+from streams.linkage_training import estimate_from
+from streams.record_comparison import LEVELS, Demographics, compare, from_patient
+
+PARAMS = Parameters.load()
+
+
+def person(key: str, given: str = "AMARA", family: str = "OKONKWO-BELL", dob: date | None = date(1961, 4, 17),
+           sex: str | None = "FEMALE", postcode: str | None = "N78AA", nhs: str | None = None) -> Demographics:
+    return Demographics(key, nhs, given, family, dob, sex, postcode)
+
+
+def outcome(a: Demographics, b: Demographics) -> str:
+    return pair_decision(a, b, PARAMS)[0]
+
+
+# 1. The shipped parameters are evidence, not vetoes.
+def test_a_changed_surname_still_links_when_everything_else_agrees():
+    assert outcome(person("a"), person("b", family="ADEYEMI")) == "match"
+
+
+def test_a_move_to_another_district_is_at_least_a_question_for_a_person():
+    assert outcome(person("a"), person("b", postcode="SE155AA")) in ("match", "review")
+
+
+# 2. Estimation: u from random pairs, monotone weights, a report.
+def test_fitted_weights_rise_with_agreement_and_u_comes_from_random_pairs():
+    population = pop.build(1500, seed=3)
+    fitted = estimate_from([from_patient(pop.source_key(r), pop.patient_dict(r)) for r in population.records])
+    assert fitted.non_monotone() == []
+    # Strangers rarely share a birth date: u of an exact birth date is about 1/36,500, not the
+    # near-certainty a fit on blocked pairs (which share it by construction) would give.
+    assert fitted.u["birth_date"][-1] < 0.01
+    assert fitted.prevalence < 0.01, "the prior is two random records matching, not two blocked ones"
+    assert {row[0] for row in fitted.report()} == set(LEVELS)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.001, 1.0), min_size=4, max_size=4), st.lists(st.floats(0.001, 1.0), min_size=4, max_size=4))
+def test_monotone_pools_violations_and_keeps_m_a_distribution(m_raw, u_raw):
+    m = [x / sum(m_raw) for x in m_raw]
+    u = [x / sum(u_raw) for x in u_raw]
+    base = Parameters({f: list(PARAMS.m[f]) for f in PARAMS.m}, dict(PARAMS.u), 0.01)
+    fixed = monotone(Parameters({**base.m, "given": m}, {**base.u, "given": u}, 0.01))
+    assert ("given", 1) not in fixed.non_monotone() and not [x for x in fixed.non_monotone() if x[0] == "given"]
+    assert abs(sum(fixed.m["given"]) - 1) < 1e-9
+
+
+# 3. Transitive chaining through a sparse record.
+def test_a_record_with_only_surname_and_postcode_does_not_glue_two_people():
+    mother = person("m", given="GRACE", dob=date(1950, 1, 2))
+    daughter = person("d", given="ZARA", dob=date(1984, 9, 30))
+    sparse = person("s", given="", dob=None, sex=None)
+    store = MemoryGraphStore()
+    link_batch(store, [mother, daughter, sparse], PARAMS)
+    assert store.person_of("m") != store.person_of("d"), "a household is not a person"
+    assert outcome(sparse, mother) == "review"
+    assert outcome(mother, daughter) != "match"
+
+
+# 4 is in the mapper tests: bad or partial birth dates are kept and flagged, never rejected.
+
+# 5. Two valid NHS numbers on otherwise identical records: a person decides.
+def test_different_valid_nhs_numbers_with_the_same_person_details_go_to_review():
+    a, b = person("a", nhs="9434765919"), person("b", nhs="9434765870")
+    assert outcome(a, b) == "nhs-mismatch"
+    twin = person("t", given="ADAORA", nhs="9434765870")
+    assert outcome(a, twin) == "non-match", "a twin (another given name) is not a transcription error"
+    store = MemoryGraphStore()
+    link_batch(store, [a, b], PARAMS)
+    assert store.person_of("a") != store.person_of("b")
+
+
+# 6. Blocking that survives a missing or wrong birth date.
+def test_blocking_finds_pairs_without_a_birth_date():
+    full = person("a")
+    assert blocking.keys(full) & blocking.keys(person("b", dob=None))
+    assert blocking.keys(full) & blocking.keys(person("c", dob=date(1916, 4, 17), given="AMRA"))
+    assert blocking.keys(full) & blocking.keys(person("d", given="BELL", family="AMARA"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from(["no_dob", "dob", "given", "family", "postcode", "swap"]))
+def test_any_single_fault_leaves_a_shared_block(seed, fault):
+    rec = pop.build(1, seed=seed).records[0]
+    d = from_patient("a", pop.patient_dict(rec))
+    rng = random.Random(seed)
+    other = {
+        "no_dob": lambda x: replace(x, birth_date=None),
+        "dob": lambda x: replace(x, birth_date=date(1900 + rng.randrange(100), 1 + rng.randrange(12), 1)),
+        "given": lambda x: replace(x, given="XAVIERA"),
+        "family": lambda x: replace(x, family="QUENTINSON"),
+        "postcode": lambda x: replace(x, postcode=None),
+        "swap": lambda x: replace(x, given=x.family, family=x.given),
+    }[fault](replace(d, key="b"))
+    assert blocking.keys(d) & blocking.keys(other)
+
+
+# 7. Finer comparisons: typos, transpositions, rare names.
+def test_postcode_and_birth_date_typos_have_their_own_levels():
+    v = compare(person("a"), person("b", postcode="N78AB", dob=date(1961, 4, 71 - 60)))
+    assert v["postcode"] == 3
+    assert compare(person("a"), person("b", dob=date(1961, 4, 17)))["birth_date"] == 3
+    assert compare(person("a", dob=date(1961, 4, 17)), person("b", dob=date(1916, 4, 17)))["birth_date"] == 2
+    assert compare(person("a", postcode="N78AA"), person("b", postcode="N78ZZ"))["postcode"] == 2   # same sector
+    assert compare(person("a", postcode="N78AA"), person("b", postcode="N71ZZ"))["postcode"] == 1   # district
+
+
+def test_agreeing_on_a_rare_surname_is_stronger_evidence_than_on_a_common_one():
+    params = Parameters(PARAMS.m, PARAMS.u, PARAMS.prevalence, tf={"family": {"SMITH": 0.012, "OKONKWO": 0.00002}},
+                        tf_floor=1e-6)
+    assert params.weight("family", 3, "OKONKWO") > params.weight("family", 3, "SMITH") + 5
+
+
+# 8. Parameters are data, loaded whole: a file that no longer fits the comparisons is refused.
+def test_parameters_with_the_wrong_number_of_levels_are_refused():
+    raw = json.loads(PARAMS.to_json())
+    raw["m"]["postcode"] = raw["m"]["postcode"][:3]
+    try:
+        Parameters.from_json(json.dumps(raw))
+    except ValueError as exc:
+        assert "estimate-linkage" in str(exc)
+    else:
+        raise AssertionError("accepted parameters for another comparison")
