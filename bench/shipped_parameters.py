@@ -16,9 +16,9 @@ import argparse
 from dataclasses import replace
 
 from rich.console import Console
-from rich.table import Table
 
 from bench.linkage_datasets import load
+from carebus.linkage_report import print_report
 from streams.fellegi_sunter import DEFAULT_PARAMETERS, Parameters, monotone
 from streams.linkage_training import estimate_from
 
@@ -30,20 +30,6 @@ def shipped() -> Parameters:
     london = estimate_from(load("synthetic", people=20_000).records)
     m = {**febrl.m, "sex": london.m["sex"]}
     return monotone(replace(febrl, m=m, u=london.u, tf=london.tf, tf_floor=london.tf_floor, prevalence=PRIOR))
-
-
-def print_report(params: Parameters, console: Console) -> None:
-    table = Table(title="match weights (bits) of each comparison level")
-    for col in ("field", "level", "m", "u", "weight"):
-        table.add_column(col)
-    for f, level, m, u, w in params.report():
-        table.add_row(f, level, f"{m:.4f}", f"{u:.5f}", f"{w:+.1f}")
-    console.print(table)
-    console.print(f"prior: two random records are one person with probability {params.prevalence:.2g}; "
-                  f"names with term frequencies: {sum(len(v) for v in params.tf.values()):,}")
-    problems = params.non_monotone()
-    console.print("[red]not monotone: " + ", ".join(f"{f} level {lvl}" for f, lvl in problems) if problems
-                  else "every comparison's weights rise with agreement")
 
 
 def main() -> None:

@@ -161,7 +161,7 @@ def demo(
 
 @app.command("estimate-linkage")
 def estimate_linkage(
-    output: str = typer.Option("", help="where to write the fitted parameters (default CAREBUS_LINKAGE_PARAMETERS)"),
+    output: str = typer.Option("", help="where to write the fitted parameters (default <data dir>/linkage_parameters.json)"),
     limit: int = typer.Option(500_000, help="most source events to read"),
 ) -> None:
     """Fit the Fellegi-Sunter m/u parameters by EM to the demographics on the source-events topic."""
@@ -201,10 +201,38 @@ def estimate_linkage(
     consumer.close()
     records = [from_patient(k, record_builder.patient_view(s)) for k, s in states.items()]
     params = estimate_from(records)
-    output = output or str(settings.linkage_parameters)
-    Path(output).write_text(params.to_json())
-    console.print(f"fitted on {len(records):,} source records; match prevalence among candidate pairs "
-                  f"{params.prevalence:.4f}; written to {output}")
+    target = Path(output) if output else settings.fitted_linkage_parameters
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(params.to_json())
+    from carebus.linkage_report import print_report
+
+    print_report(params, console)
+    console.print(f"fitted on {len(records):,} source records; written to {target}. Link workers load it when "
+                  f"they start; `carebus relink` applies it to the links already made.")
+
+
+@app.command()
+def relink(batch: int = typer.Option(500, help="records re-decided per batch")) -> None:
+    """Re-decide every link from the stored demographics with the current parameters.
+
+    Run it after `carebus estimate-linkage` (or a new parameters file): links that the new
+    parameters no longer support are removed and new ones made, with identity events and record
+    changes for what changed only. Safe while the bus is live.
+    """
+    from rich.progress import Progress
+
+    from streams.link_worker import create_stage
+
+    settings = _settings()
+    stage = create_stage(settings)
+    changed = 0
+    with Progress(console=console) as progress:
+        task = progress.add_task("relinking", total=stage.graph.size())
+        for keys in stage.graph.all_keys(batch):
+            changed += stage.relink(keys).changes_published
+            progress.advance(task, len(keys))
+    stage.producer.close()
+    console.print(f"relinked with {settings.linkage_parameters_in_use}; {changed:,} shared records changed")
 
 
 @app.command("check-schemas")

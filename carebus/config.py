@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_LINKAGE_PARAMETERS = REPO_ROOT / "streams" / "linkage_parameters.json"
 
 
 class ConfigError(ValueError):
@@ -61,7 +62,7 @@ class Settings:
     # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
     log_pseudonym_key: str = "carebus-dev-log-key"
     credentials_file: Path = REPO_ROOT / "deploy" / "dev-credentials.json"
-    linkage_parameters: Path = REPO_ROOT / "streams" / "linkage_parameters.json"
+    linkage_parameters: Path = SHIPPED_LINKAGE_PARAMETERS
     # Link workers take up to this many events per batch, waiting at most this long for them:
     # larger batches amortise round trips, the wait bounds the latency added at low traffic.
     link_batch_size: int = 500
@@ -71,6 +72,18 @@ class Settings:
     @property
     def bootstrap(self) -> str:
         return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def fitted_linkage_parameters(self) -> Path:
+        """Where `carebus estimate-linkage` writes (never over the shipped file)."""
+        return self.data_dir / "linkage_parameters.json"
+
+    @property
+    def linkage_parameters_in_use(self) -> Path:
+        """CAREBUS_LINKAGE_PARAMETERS if set; else fitted parameters if there are any; else the shipped ones."""
+        if self.linkage_parameters == SHIPPED_LINKAGE_PARAMETERS and self.fitted_linkage_parameters.exists():
+            return self.fitted_linkage_parameters
+        return self.linkage_parameters
 
     @property
     def redis(self) -> str:

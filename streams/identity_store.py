@@ -285,6 +285,32 @@ class RedisGraphStore:
         values = self.r.mget([f"{P}person_of:{k}" for k in keys]) if keys else []
         return {k: v.decode() for k, v in zip(keys, values) if v}
 
+    def demographics(self, keys: Sequence[str]) -> list[Demographics]:
+        """The stored matching view of each key that has one (for relinking)."""
+        if not keys:
+            return []
+        ids = self.r.mget([f"{P}nid:{k}" for k in keys])
+        pipe = self.r.pipeline(transaction=False)
+        known = [(k, i.decode()) for k, i in zip(keys, ids) if i]
+        for _, i in known:
+            pipe.hget(f"{P}n:{i}", "d")
+        return [unpack(k, d.decode()) for (k, _), d in zip(known, pipe.execute()) if d]
+
+    def all_keys(self, batch: int = 1000):  # noqa: ANN201 - an iterator of source-key lists
+        """Every source key in the index, `batch` at a time (SCAN: safe on a live Redis)."""
+        keys: list[str] = []
+        for raw in self.r.scan_iter(match=f"{P}nid:*", count=batch):
+            keys.append(raw.decode()[len(P) + 4:])
+            if len(keys) >= batch:
+                yield keys
+                keys = []
+        if keys:
+            yield keys
+
+    def size(self) -> int:
+        """Source records ever indexed."""
+        return int(self.r.get(f"{P}nodeseq") or 0)
+
     def members(self, person_id: str) -> set[str]:
         return {b.decode() for b in self.r.smembers(f"{P}members:{person_id}")}
 

@@ -152,6 +152,22 @@ class LinkStage:
         self._count(outcome, stats, len(out.reviews))
         return stats
 
+    def relink(self, keys: Sequence[str]) -> BatchStats:
+        """Decide again every link of these records from their stored demographics with the
+        current parameters (`carebus relink`). Only what changes produces identity events and
+        record changes. Safe beside live workers: the same versioned writes as any batch."""
+        stats, out = BatchStats(), _Outputs()
+        demos = self.graph.demographics(keys)
+        outcome = identity_graph.link_batch(self.graph, demos, self.params)
+        stats.records_linked = len(demos)
+        persons_now = self.graph.persons_of(sorted(keys))
+        self._identity_events(outcome, {}, {}, persons_now, out)
+        self._queue_reviews(outcome, {}, persons_now, out)
+        stats.record_retries = self._rebuild(outcome.persons_touched(), {}, {}, out, {})
+        stats.changes_published = len(out.changes)
+        self._publish(out)
+        return stats
+
     def _fold(self, events: dict[str, list[dict[str, Any]]], messages: Sequence[InboundMessage], out: _Outputs
               ) -> tuple[dict[str, dict[str, Any]], list[Demographics], dict[str, list[str]], dict[str, set[str]]]:
         stored = self.records.source_states(sorted(events))

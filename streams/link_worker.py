@@ -56,7 +56,7 @@ def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:
 def create_stage(settings: Settings) -> LinkStage:
     client = redis.Redis.from_url(settings.redis, socket_timeout=30, health_check_interval=10)
     return LinkStage(RedisGraphStore(client), RedisRecordStore(client),
-                     DurableProducer(settings, **{"linger.ms": 2}), Parameters.load(settings.linkage_parameters))
+                     DurableProducer(settings, **{"linger.ms": 2}), Parameters.load(settings.linkage_parameters_in_use))
 
 
 def _inbound(messages) -> list[InboundMessage]:  # noqa: ANN001 - confluent_kafka.Message
