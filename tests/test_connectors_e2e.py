@@ -82,14 +82,22 @@ def test_redelivered_message_is_acked_but_published_once(bus_settings, connector
 
 
 def test_invalid_hl7_gets_a_nak_with_reason_and_is_parked(bus_settings, connectors, unique):
-    bad = adt(f"L{unique}", f"C{unique}", dob="19701399")
+    bad = adt(f"L{unique}", f"C{unique}").replace(b"EVN|A01|20261124101000", b"EVN|A01|20261399101000")
     [ack] = mllp_send(bus_settings.mllp_port, bad)
-    assert ack_code(ack) == "AE" and b"birth date" in ack
+    assert ack_code(ack) == "AE" and b"EVN-2" in ack
     [dead] = dead_letters(bus_settings, f"C{unique}".encode())
     assert dead["payload"] == bad and dead["error_code"] == "HL7_BAD_DATETIME"
     assert dead["stage"] == "connector:cerner:mllp"
     # The stream goes on: the next good message on the same connection is accepted.
     assert [ack_code(a) for a in mllp_send(bus_settings.mllp_port, bad, adt(f"M{unique}", f"E{unique}"))] == ["AE", "AA"]
+
+
+def test_a_bad_birth_date_is_accepted_flagged_and_linked_on_the_rest(bus_settings, connectors, unique):
+    """The sender's data is what it is: like a mistyped NHS number, not a reason to lose the patient."""
+    [ack] = mllp_send(bus_settings.mllp_port, adt(f"L{unique}", f"C{unique}", dob="19701399"))
+    assert ack_code(ack) == "AA"
+    [event] = events_for(bus_settings, f"L{unique}", expect=1)
+    assert event["patient"]["birth_date"] is None and "BIRTH_DATE_INVALID" in event["data_quality_flags"]
 
 
 def test_invalid_nhs_number_is_published_with_a_flag(bus_settings, connectors, unique):
@@ -147,7 +155,7 @@ def test_emis_bundle_over_fhir_rest(bus_settings, connectors, unique):
 
 
 def test_fhir_rest_authentication_and_errors(bus_settings, connectors, unique):
-    body = json.dumps({"resourceType": "Patient", "id": f"X{unique}", "birthDate": "1980-13-01"}).encode()
+    body = json.dumps({"resourceType": "Patient", "id": f"X{unique}", "active": "perhaps"}).encode()
     assert _fhir(bus_settings, "/fhir/emis", body, token=None).status_code == 401
     assert _fhir(bus_settings, "/fhir/emis", body, token="wrong").status_code == 401
     assert _fhir(bus_settings, "/fhir/emis", body, token="dev-cerner-token").status_code == 403
@@ -156,7 +164,7 @@ def test_fhir_rest_authentication_and_errors(bus_settings, connectors, unique):
     assert resp.status_code == 422
     outcome = resp.json()
     assert outcome["resourceType"] == "OperationOutcome"
-    assert outcome["issue"][0]["expression"] == ["Patient.birthDate"]
+    assert outcome["issue"][0]["expression"] == ["Patient.active"]
     [dead] = dead_letters(bus_settings, f"X{unique}".encode())
     assert dead["payload"] == body and dead["error_code"] == "FHIR_VALIDATION"
 
