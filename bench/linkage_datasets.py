@@ -1,6 +1,7 @@
 """Data sets for measuring identity linking, as Demographics with their ground truth.
 
   synthetic  the simulator's London population (our own generator: shares our assumptions)
+  synthetic-nhs  the same with its NHS numbers (some missing, some mistyped but valid)
   febrl1     FEBRL 1: 1,000 records, 500 originals with one duplicate each (de-duplication)
   febrl2     FEBRL 2: 5,000 records, 4,000 originals, up to 5 duplicates each (de-duplication)
   febrl4     FEBRL 4: two files of 5,000 records, one duplicate each across them (two-system linkage)
@@ -57,15 +58,17 @@ def _febrl(frames: list) -> tuple[list[Demographics], dict[str, str], dict[str, 
 
 
 def load(name: str, people: int = 3000, seed: int = 7) -> LinkageDataset:
-    if name == "synthetic":
+    if name in ("synthetic", "synthetic-nhs"):
         population = pop.build(people, seed=seed, hospital_rate=0.6, mental_health_rate=0.3)
         # Every system's copy, re-keyed as one system's records so that any connector can carry them;
-        # NHS numbers left out (no strong identifier), as in the FEBRL sets.
+        # NHS numbers left out (no strong identifier, as in the FEBRL sets) except in synthetic-nhs,
+        # where 5% are missing and 2% mistyped into another valid number.
         records, truth = [], {}
         for n, r in enumerate(population.records):
             d = from_patient("", pop.patient_dict(r))
             key = f"{CERNER_KEY}S{n}"
-            records.append(Demographics(key, None, d.given, d.family, d.birth_date, d.sex, d.postcode))
+            nhs = d.nhs if name == "synthetic-nhs" else None
+            records.append(Demographics(key, nhs, d.given, d.family, d.birth_date, d.sex, d.postcode))
             truth[key] = r.person_id
         return LinkageDataset(name, records, truth,
                               {d.key: d.birth_date.strftime("%Y%m%d") if d.birth_date else "" for d in records})
