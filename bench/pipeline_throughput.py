@@ -11,8 +11,11 @@ run is touched, and prints:
   3. backlog drain on the filled index with 1 worker, then with 2 workers (events/s, peak RSS);
   4. candidates per linked record (p50/p99/max from the workers' histogram) and Redis bytes per
      source record;
-  5. end to end at --rate HL7 ADT messages/s over 16 MLLP connections: ACK latency, and source
-     ACK to its record change on carebus.patient-changes.v1, p50/p95/p99, and linker lag.
+  5. delivery: the changes the backlogs made, waiting for a webhook subscriber (registered before,
+     delivery service stopped meanwhile), delivered as fast as the service can (changes/s);
+  6. end to end at --rate HL7 ADT messages/s over 16 MLLP connections, with a webhook subscriber:
+     ACK latency, source ACK to its record change on carebus.patient-changes.v1, and source ACK to
+     the subscriber having it, p50/p95/p99, and linker lag.
 Figures are printed, never asserted.
 """
 from __future__ import annotations
@@ -36,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.measurement import peak_rss_mb, percentile
+from bench.webhook_sink import WebhookSink
 from carebus import local_bus
 from carebus.config import load_settings
 from consumers.stream_lag import total_lag
@@ -82,14 +86,31 @@ def start_workers(n: int, env: dict[str, str], logs: Path) -> list[subprocess.Po
             for i in range(n)]
 
 
-def drain(settings, workers: list[subprocess.Popen], events: int) -> tuple[float, float]:
-    """Seconds until the linker group has no lag (from when the workers were started), peak RSS."""
+def wait_group_stable(settings, members: int, timeout: float = 60.0) -> None:
+    """Until the linker group has `members` members with partitions (so start-up is not timed)."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            group = admin.describe_consumer_groups(["carebus-linker"])["carebus-linker"].result(timeout=10)
+            if len(group.members) == members and all(m.assignment.topic_partitions for m in group.members) \
+                    and str(group.state).endswith("STABLE"):
+                return
+        except Exception:  # noqa: BLE001 - the group may not exist yet
+            pass
+        time.sleep(0.5)
+
+
+def drain(settings, workers: list[subprocess.Popen], records: list[pop.SourceRecord], first: int
+          ) -> tuple[float, float]:
+    """Produce a backlog for running, settled workers; seconds until they have no lag, peak RSS."""
+    wait_group_stable(settings, len(workers))
     started = time.perf_counter()
+    produce_events(settings, records, first)
     peak = 0.0
-    time.sleep(2)
     while total_lag(settings, "carebus-linker", SOURCE_EVENTS.name) > 0:
         peak = max([peak] + [peak_rss_mb(w.pid) for w in workers])
-        time.sleep(0.25)
+        time.sleep(0.1)
     return time.perf_counter() - started, max([peak] + [peak_rss_mb(w.pid) for w in workers])
 
 
@@ -206,6 +227,46 @@ def change_latencies(settings, since_ms: int, sent_at: dict[str, int]) -> list[f
     return [(first[k] - sent_at[k]) / 1000 for k in first]
 
 
+DELIVERY_PORT = "24090"
+SUBSCRIBER = {"Authorization": "Bearer dev-subscriber2-token"}     # all organisations (dev credentials)
+
+
+def start_delivery(env: dict[str, str], logs: Path) -> subprocess.Popen:
+    from carebus.process_control import wait_http_ready
+
+    proc = subprocess.Popen([sys.executable, "-m", "carebus.cli", "delivery"], env=env,
+                            stdout=open(logs / "delivery.log", "ab"), stderr=subprocess.STDOUT)
+    wait_http_ready(f"http://127.0.0.1:{DELIVERY_PORT}/ready")
+    return proc
+
+
+def subscribe(url: str) -> str:
+    import httpx
+
+    resp = httpx.post(f"http://127.0.0.1:{DELIVERY_PORT}/subscriptions", headers=SUBSCRIBER, timeout=30,
+                      json={"channel": "webhook", "endpoint": url})
+    resp.raise_for_status()
+    return resp.json()["id"]
+
+
+def changes_pending(settings, subscription: str) -> int:
+    """Changes on patient-changes past the subscription's committed position (what it will deliver)."""
+    from consumers.stream_lag import total_lag
+
+    return total_lag(settings, f"carebus-delivery-{subscription}", PATIENT_CHANGES.name)
+
+
+def webhook_latencies(arrivals: list[tuple[float, dict]], sent_at: dict[str, int]) -> list[float]:
+    """Source ACK to the first webhook that carries the source record."""
+    first: dict[str, float] = {}
+    for at, body in arrivals:
+        for s in body["record"]["sources"]:
+            key = f"{s['system']}|{s['local_identifier']['system']}|{s['local_identifier']['value']}"
+            if key in sent_at and key not in first:
+                first[key] = at
+    return [first[k] - sent_at[k] / 1000 for k in first]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preload", type=int, default=10_000, help="source records in the index before measuring")
@@ -227,6 +288,7 @@ def main() -> None:
     local_bus.up(settings)
     r = redis.Redis.from_url(settings.redis)
     rows: list[tuple[str, ...]] = []
+    delivery = None
     try:
         need = args.preload + 2 * args.backlog + 3 * args.rate * args.seconds   # a third of records are Cerner
         with console.status(f"building a synthetic population of about {need:,} source records"):
@@ -242,9 +304,8 @@ def main() -> None:
         live = [x for x in records[args.preload + 2 * args.backlog:] if x.system == "CERNER_MILLENNIUM"]
 
         console.print(f"preloading {len(pre):,} source records through 2 link workers")
-        produce_events(settings, pre, 0)
         workers = start_workers(2, env, logs)
-        secs, rss = drain(settings, workers, len(pre))
+        secs, rss = drain(settings, workers, pre, 0)
         stop(workers)
         rows.append(("preload: link stage, index growing 0 → " + f"{len(pre):,}", "2", f"{len(pre) / secs:,.0f}",
                      f"{rss:.0f}"))
@@ -255,14 +316,32 @@ def main() -> None:
                      f"{baseline:,.0f}", "-"))
         console.print(rows[-1])
 
+        # A subscriber registered now receives every change the backlogs make, while the delivery
+        # service is stopped: started afterwards, it delivers them as fast as it can.
+        delivery_env = {**env, "CAREBUS_DELIVERY_PORT": DELIVERY_PORT}
+        sink = WebhookSink()
+        delivery = start_delivery(delivery_env, logs)
+        subscription = subscribe(sink.url)
+        time.sleep(3)          # its dispatcher records its starting position
+        stop([delivery])
         for n, batch in ((1, back1), (2, back2)):
-            produce_events(settings, batch, 10_000_000 * n)
             workers = start_workers(n, env, logs)
-            secs, rss = drain(settings, workers, len(batch))
+            secs, rss = drain(settings, workers, batch, 10_000_000 * n)
             stop(workers)
             rows.append((f"backlog of {len(batch):,} on an index of {len(pre) + (n - 1) * len(back1):,}", str(n),
                          f"{len(batch) / secs:,.0f}", f"{rss:.0f} (per worker, max)"))
             console.print(rows[-1])
+
+        pending = changes_pending(settings, subscription)
+        delivery = start_delivery(delivery_env, logs)
+        started, peak = time.perf_counter(), 0.0
+        while changes_pending(settings, subscription) > 0 and time.perf_counter() - started < 600:
+            peak = max(peak, peak_rss_mb(delivery.pid))
+            time.sleep(0.2)
+        secs = time.perf_counter() - started
+        rows.append((f"delivery: {pending:,} waiting changes ({sink.count():,} delivered, the rest out of scope) "
+                     "to one fast webhook subscriber", "1", f"{pending / secs:,.0f}", f"{peak:.0f} (delivery service)"))
+        console.print(rows[-1])
 
         table = Table(title="link and record stage (Kafka and Redis on this machine)")
         for col in ("run", "workers", "events/s", "peak RSS MiB"):
@@ -283,6 +362,7 @@ def main() -> None:
                       f"(graph, blocks, source states and shared records)")
 
         if args.rate:
+            received_before = sink.count()
             connectors = subprocess.Popen([sys.executable, "-m", "carebus.cli", "connectors"], env=env,
                                           stdout=open(logs / "connectors.log", "ab"), stderr=subprocess.STDOUT)
             workers = start_workers(2, env, logs)
@@ -296,7 +376,8 @@ def main() -> None:
             lag_after = total_lag(settings, "carebus-linker", SOURCE_EVENTS.name)
             time.sleep(5)
             lat = change_latencies(settings, since, sent_at)
-            stop(workers + [connectors])
+            webhook = webhook_latencies(sink.arrivals()[received_before:], sent_at)
+            stop(workers + [connectors, delivery])
             t = Table(title=f"end to end: {args.rate} HL7 ADT/s offered for {args.seconds} s over 16 MLLP connections, "
                             "2 link workers")
             for col in ("measure", "n", "p50 ms", "p95 ms", "p99 ms"):
@@ -305,10 +386,14 @@ def main() -> None:
                                                                      for q in (.5, .95, .99)))
             t.add_row("source ACK → record change on patient-changes", str(len(lat)),
                       *(f"{percentile(lat, q) * 1000:.0f}" for q in (.5, .95, .99)))
+            t.add_row("source ACK → webhook subscriber has the change", str(len(webhook)),
+                      *(f"{percentile(webhook, q) * 1000:.0f}" for q in (.5, .95, .99)))
             console.print(t)
             console.print(f"achieved {len(acks) / elapsed:,.0f} msg/s; linker lag {lag_before} before, "
                           f"{lag_after} at the end of sending")
     finally:
+        if delivery is not None:
+            stop([delivery])
         local_bus.down(settings)
         shutil.rmtree(data, ignore_errors=True)
 

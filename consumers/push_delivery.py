@@ -55,6 +55,7 @@ class RetryPolicy:
 
 LANES = 16          # patients delivered in parallel per subscription
 BATCH = 500         # changes taken from the log per batch
+BATCH_WAIT = 0.05   # seconds to wait for a batch to fill: the latency added when traffic is light
 
 
 class Dispatcher:
@@ -72,6 +73,9 @@ class Dispatcher:
         # Its own thread for blocking Kafka calls: a shared pool would let many subscriptions
         # (or one stuck broker call) starve the others and the API.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sub-{subscription.subscription_id[:8]}")
+        # Delivered and filtered counts are written to Redis once per batch, not per change.
+        self._tally: dict[str, int] = {}
+        self._last_delivered_at = 0
 
     async def _blocking(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self._thread, partial(fn, *args, **kwargs))
@@ -97,7 +101,7 @@ class Dispatcher:
         consumer = await self._blocking(self._open_consumer)
         try:
             while not self._stop.is_set():
-                msgs = [m for m in await self._blocking(consumer.consume, BATCH, 0.5) if not m.error()]
+                msgs = [m for m in await self._blocking(consumer.consume, BATCH, BATCH_WAIT) if not m.error()]
                 if not msgs:
                     continue
                 lanes: dict[bytes, list[bytes]] = {}
@@ -111,11 +115,20 @@ class Dispatcher:
                             await self.handle(value)
 
                 await asyncio.gather(*(lane(values) for values in lanes.values()))
+                await self.flush_tally()
                 await self._blocking(consumer.commit, asynchronous=False)
         finally:
             await self._blocking(consumer.close)
 
+    async def flush_tally(self) -> None:
+        tally, self._tally = self._tally, {}
+        if tally:
+            await self.store.record(self.sub.subscription_id, **tally)
+        if tally.get("delivered"):
+            await self.store.note(self.sub.subscription_id, last_delivered_at=self._last_delivered_at, status="active")
+
     async def close(self) -> None:
+        await self.flush_tally()
         await self.http.aclose()
         self._thread.shutdown(wait=False)
 
@@ -124,7 +137,7 @@ class Dispatcher:
         visible = visible_change(change, self.sub, self.scope)
         if visible is None:
             DELIVERED.labels(self.sub.subscription_id, "filtered").inc()
-            await self.store.record(self.sub.subscription_id, filtered=1)
+            self._tally["filtered"] = self._tally.get("filtered", 0) + 1
             return "filtered"
         return await self.deliver(visible, value)
 
@@ -138,9 +151,8 @@ class Dispatcher:
                 if 200 <= status < 300:
                     DELIVERED.labels(self.sub.subscription_id, "delivered").inc()
                     LATENCY.labels(self.sub.subscription_id).observe(max(0.0, time.time() - change["changed_at"] / 1000))
-                    await self.store.record(self.sub.subscription_id, delivered=1)
-                    await self.store.note(self.sub.subscription_id, last_delivered_at=int(time.time() * 1000),
-                                          status="active")
+                    self._tally["delivered"] = self._tally.get("delivered", 0) + 1
+                    self._last_delivered_at = int(time.time() * 1000)
                     return "delivered"
                 last_error = f"HTTP {status}"
             except httpx.HTTPError as exc:
