@@ -24,6 +24,7 @@ from functools import partial
 from urllib.parse import quote
 from typing import Any
 
+import aiohttp
 import httpx
 from confluent_kafka import Consumer
 from prometheus_client import Counter, Histogram
@@ -64,9 +65,11 @@ class Dispatcher:
                  retry: RetryPolicy) -> None:
         self.settings, self.store, self.producer = settings, store, producer
         # Its own connection pool too: one subscriber's stuck or broken connections must not
-        # reach another's (`http` is kept for callers that pass a client for one-off work).
-        self.http = httpx.AsyncClient(timeout=http.timeout, limits=httpx.Limits(
-            max_connections=LANES, max_keepalive_connections=LANES))
+        # reach another's (`http` is kept for callers that pass a client for one-off work; its
+        # timeout applies). aiohttp, not httpx, for the pushes: on this hot path its client
+        # posts several times as many requests per CPU second (bench.pipeline_throughput).
+        self._timeout = aiohttp.ClientTimeout(total=http.timeout.read or 10)
+        self._session: aiohttp.ClientSession | None = None
         self.sub, self.secret, self.created_at, self.scope, self.retry = subscription, secret, created_at, scope, retry
         self.group = f"carebus-delivery-{subscription.subscription_id}"
         self._stop = asyncio.Event()
@@ -127,9 +130,17 @@ class Dispatcher:
         if tally.get("delivered"):
             await self.store.note(self.sub.subscription_id, last_delivered_at=self._last_delivered_at, status="active")
 
+    def _http(self) -> aiohttp.ClientSession:
+        # Created on first use: an aiohttp session belongs to the running event loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout,
+                                                  connector=aiohttp.TCPConnector(limit=LANES, keepalive_timeout=30))
+        return self._session
+
     async def close(self) -> None:
         await self.flush_tally()
-        await self.http.aclose()
+        if self._session is not None:
+            await self._session.close()
         self._thread.shutdown(wait=False)
 
     async def handle(self, value: bytes, redelivery: bool = False) -> str:
@@ -155,7 +166,7 @@ class Dispatcher:
                     self._last_delivered_at = int(time.time() * 1000)
                     return "delivered"
                 last_error = f"HTTP {status}"
-            except httpx.HTTPError as exc:
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 last_error = type(exc).__name__
             except Exception as exc:  # noqa: BLE001 - any failure to hand over counts as a failed attempt,
                 last_error = type(exc).__name__  # never as a reason to stall the whole subscription
@@ -180,8 +191,9 @@ class Dispatcher:
                    "X-Carebus-Subscription": self.sub.subscription_id}
         # HTTP header values are ASCII; percent-encode anything else rather than fail the delivery.
         headers = {k: v if v.isascii() else quote(v, safe="") for k, v in headers.items()}
-        resp = await self.http.post(self.sub.endpoint, content=body, headers=headers)
-        return resp.status_code
+        async with self._http().post(self.sub.endpoint, data=body, headers=headers) as resp:
+            await resp.read()
+            return resp.status
 
     async def _park(self, original: bytes, reason: str) -> None:
         dead_id = str(uuid.uuid4())
