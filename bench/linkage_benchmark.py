@@ -105,7 +105,7 @@ def main() -> None:
     for col in ("linker", "precision", "recall", "F1", "to review", "events/s", "p50 s", "p95 s", "p99 s", "peak MiB"):
         table.add_column(col)
     qs, qb = pairwise_quality(streamed, truth), pairwise_quality(batch, truth)
-    table.add_row(f"stream ({args.workers} faust workers, end to end)", f"{qs.precision:.4f}", f"{qs.recall:.4f}",
+    table.add_row(f"stream ({args.workers} link workers, end to end)", f"{qs.precision:.4f}", f"{qs.recall:.4f}",
                   f"{qs.f1:.4f}", str(stream_reviews), f"{len(events) / stream_seconds:,.0f}",
                   f"{pct(latencies, .5):.2f}", f"{pct(latencies, .95):.2f}", f"{pct(latencies, .99):.2f}",
                   f"{stream_peak:.0f} (RSS, per worker)")

@@ -1,4 +1,4 @@
-"""Identity linking and the shared record end to end: connectors -> Kafka -> two faust workers -> Redis/Kafka."""
+"""Identity linking and the shared record end to end: connectors -> Kafka -> two link workers -> Redis/Kafka."""
 from __future__ import annotations
 
 import asyncio
