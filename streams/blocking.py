@@ -54,7 +54,10 @@ def keys(d: Demographics) -> set[str]:
             out.add(f"ns:{low}:{high}:{dob}")
         if d.postcode:
             out.add(f"nsp:{low}:{high}:{d.postcode}")
-            out.add(f"fp:{fam}:{d.postcode}")
-            out.add(f"gp:{giv}:{d.postcode}")
             out.add(f"nsd:{low}:{high}:{d.postcode[:-3]}")
+    if d.postcode:      # each needs one name only: the other may be the missing field
+        if fam:
+            out.add(f"fp:{fam}:{d.postcode}")
+        if giv:
+            out.add(f"gp:{giv}:{d.postcode}")
     return out

@@ -1,8 +1,14 @@
-"""Estimating the linkage parameters from data (EM over blocked candidate pairs). Pure.
+"""Estimating the linkage parameters from data, the way Splink does. Pure.
+
+  u   from random pairs (almost all non-matches), never from blocked pairs;
+  m   by EM with u fixed, once per comparison, on pairs from blocking keys that do not use that
+      comparison's field (pairs blocked on a birth date all agree on it, which says nothing
+      about how often true matches do);
+  prior  the expected matches over all pairs, not over blocked pairs;
+then name term frequencies, and weights made to rise with agreement.
 
 `carebus estimate-linkage` runs this over the demographics on the source-events topic and
-writes streams/linkage_parameters.json (or CAREBUS_LINKAGE_PARAMETERS); the workers load that
-file at start, so every worker scores with the same parameters.
+writes <data dir>/linkage_parameters.json; link workers load it when they start.
 """
 from __future__ import annotations
 
@@ -14,11 +20,24 @@ from streams.fellegi_sunter import Parameters, estimate, monotone, term_frequenc
 from streams.record_comparison import Demographics, compare
 
 
-def candidate_pairs(records: list[Demographics], max_block: int = 200) -> list[tuple[Demographics, Demographics]]:
+# Blocking keys (streams/blocking.py prefixes) that do not involve each scored field.
+KEYS_WITHOUT = {
+    "given": ("fd", "dp", "fp"),
+    "family": ("gd", "dp", "gp"),
+    "birth_date": ("nsp", "nsd", "fp", "gp"),
+    "postcode": ("fd", "gd", "fgy", "fgm", "ns"),
+    "sex": ("fd", "gd", "fgy", "fgm", "dp", "ns", "nsp", "nsd", "fp", "gp"),
+}
+
+
+def candidate_pairs(records: list[Demographics], max_block: int = 200, prefixes: tuple[str, ...] | None = None
+                    ) -> list[tuple[Demographics, Demographics]]:
+    """Pairs sharing a blocking key (only keys with these prefixes, if given)."""
     blocks: dict[str, list[Demographics]] = {}
     for d in records:
         for k in blocking.keys(d):
-            blocks.setdefault(k, []).append(d)
+            if prefixes is None or k.split(":", 1)[0] in prefixes:
+                blocks.setdefault(k, []).append(d)
     seen: set[tuple[str, str]] = set()
     pairs = []
     for members in blocks.values():
@@ -46,7 +65,16 @@ def estimate_from(records: list[Demographics], sample: int = 200_000, seed: int 
         pairs = rng.sample(pairs, sample)
     randoms = [_vector(*rng.sample(records, 2)) for _ in range(min(sample, 50 * len(records)))] \
         if len(records) > 1 else []
-    fitted = estimate([_vector(a, b) for a, b in pairs], fixed_u=u_from_random_pairs(randoms))
+    u = u_from_random_pairs(randoms)
+    fitted = estimate([_vector(a, b) for a, b in pairs], fixed_u=u)
+    m = dict(fitted.m)
+    for f, prefixes in KEYS_WITHOUT.items():
+        own = candidate_pairs(records, prefixes=prefixes)
+        if len(own) > sample:
+            own = rng.sample(own, sample)
+        if own:
+            m[f] = estimate([_vector(a, b) for a, b in own], fixed_u=u, start=fitted).m[f]
+    fitted = replace(fitted, m=m)
     # EM's prevalence is among blocked pairs, which are mostly matches by construction. The prior
     # a pair must overcome is that two records taken at random are one person (Splink's
     # "probability two random records match"): the expected matches over all pairs.
