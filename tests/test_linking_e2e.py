@@ -137,12 +137,12 @@ def test_review_queue_accept_links_and_reject_unlinks(bus_settings, redis_client
 
     def adt_demo(local_id: str, given: str, family: str, dob: str, postcode: str) -> bytes:
         return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|R{local_id}|P|2.4\r"
-                f"PID|1||{local_id}^^^RAL^MR||{family}^{given}||{dob}|F|||1 A ST^^LONDON^^{postcode}\r").encode()
+                f"PID|1||{local_id}^^^RAL^MR||{family}^{given}||{dob}|U|||1 A ST^^LONDON^^{postcode}\r").encode()
 
     auditor = {"Authorization": "Bearer dev-auditor-token"}
-    # A common name and the same birth date, but living in another district: the review band, not a
-    # sure match (a rare name would be: agreeing on it is strong evidence). The birth year is one no
-    # other test patient has.
+    # A common name and the same birth date, sex not recorded, living in another district: the review
+    # band, not a sure match (a rare name would be: agreeing on it is strong evidence). The birth
+    # year is one no other test patient has.
     a, b = f"RA{unique}", f"RB{unique}"
     mllp_send(bus_settings.mllp_port, adt_demo(a, "James", "Smith", f"1901{int(unique[:4], 16) % 12 + 1:02d}03", "N7 8AA"),
               adt_demo(b, "James", "Smith", f"1901{int(unique[:4], 16) % 12 + 1:02d}03", "E15 1AA"))
@@ -159,7 +159,8 @@ def test_review_queue_accept_links_and_reject_unlinks(bus_settings, redis_client
     while review is None and time.monotonic() < deadline:
         review = review_for_pair()
         time.sleep(0.5)
-    assert review is not None, "the uncertain pair is queued for review"
+    assert review is not None, ("the uncertain pair is queued for review", redis_client.get(f"carebus:person_of:{key_a}"),
+                                redis_client.get(f"carebus:person_of:{key_b}"), redis_client.scard("carebus:reviews:open"))
     assert redis_client.get(f"carebus:person_of:{key_a}") != redis_client.get(f"carebus:person_of:{key_b}")
     assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/accept",
                       headers={"Authorization": "Bearer dev-subscriber-token"}).status_code == 403
