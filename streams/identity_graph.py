@@ -141,6 +141,23 @@ def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple
     return outcome, (PROBABILISTIC if outcome == "match" else None), posterior
 
 
+def incoherent_pairs(members: Sequence[Demographics]) -> list[tuple[str, str]]:
+    """Pairs of one person's records that cannot be one person: two different valid NHS numbers,
+    or both given name and birth date recorded and different. A chain of good links can join
+    such records through others (A-B and B-C match, A and C contradict); a person reviews them."""
+    out = []
+    ordered = sorted(members, key=lambda d: d.key)
+    for i, a in enumerate(ordered):
+        for b in ordered[i + 1:]:
+            if a.nhs and b.nhs and a.nhs != b.nhs:
+                out.append((a.key, b.key))
+                continue
+            v = compare(a, b)
+            if v["given"] == 0 and v["birth_date"] == 0:
+                out.append((a.key, b.key))
+    return out
+
+
 def decide(demo: Demographics, ingested: Ingested, params: Parameters) -> list[PairDecision]:
     out = []
     for c in ingested.candidates:

@@ -41,6 +41,7 @@ REVIEW_REASONS = {
     "review": "match probability {p:.2f} in the review band",
     "conflict": "same NHS number, contradicting name and birth date",
     "nhs-mismatch": "different valid NHS numbers, same name and birth date (a mistyped number?)",
+    "incoherent": "in one person through other records, but they contradict each other",
 }
 
 
@@ -141,6 +142,7 @@ class LinkStage:
         stats.candidates = [per_record.get(d.key, 0) for d in demos]
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted({*states, *(k for p in forced + forbidden for k in p)}))
+        self._check_coherence(outcome)
         self._identity_events(outcome, causes, methods, persons_now, out)
         self._queue_reviews(outcome, causes, persons_now, out)
 
@@ -161,6 +163,7 @@ class LinkStage:
         outcome = identity_graph.link_batch(self.graph, demos, self.params)
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted(keys))
+        self._check_coherence(outcome)
         self._identity_events(outcome, {}, {}, persons_now, out)
         self._queue_reviews(outcome, {}, persons_now, out)
         stats.record_retries = self._rebuild(outcome.persons_touched(), {}, {}, out, {})
@@ -208,6 +211,17 @@ class LinkStage:
                 "recorded_at": now_ms(), "caused_by": cause, "type": kind, "person_id": person,
                 "other_person_id": other, "sources": [_ref(k) for k in sorted(keys)], "score": score,
                 "method": how, "reasons": reasons}
+
+    def _check_coherence(self, outcome: identity_graph.BatchOutcome) -> None:
+        """Persons that grew in this batch: pairs of their records that contradict each other go to
+        review (the links stay: which link is wrong is for a person to say)."""
+        grown = [r for r in outcome.relabels if len(r.members) >= 3]
+        if not grown:
+            return
+        demos = {d.key: d for d in self.graph.demographics(sorted({k for r in grown for k in r.members}))}
+        for r in grown:
+            for a, b in identity_graph.incoherent_pairs([demos[k] for k in r.members if k in demos]):
+                outcome.decisions.append(identity_graph.PairDecision(a, b, 0, "incoherent", None, 0.0))
 
     def _identity_events(self, outcome: identity_graph.BatchOutcome, causes: dict[str, list[str]],
                          methods: dict[str, str], persons_now: dict[str, str], out: _Outputs) -> None:

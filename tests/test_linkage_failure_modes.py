@@ -135,3 +135,15 @@ def test_parameters_with_the_wrong_number_of_levels_are_refused():
         assert "estimate-linkage" in str(exc)
     else:
         raise AssertionError("accepted parameters for another comparison")
+
+
+def test_incoherent_pairs_are_records_of_one_person_that_cannot_be_one_person():
+    from streams.identity_graph import incoherent_pairs
+
+    a = person("a", given="GRACE", dob=date(1950, 1, 2))
+    b = person("b", given="GRACE", dob=date(1984, 9, 30))
+    c = person("c", given="ZARA", dob=date(1984, 9, 30))
+    assert outcome(a, b) == "match" and outcome(b, c) == "match" and outcome(a, c) != "match"
+    assert incoherent_pairs([c, b, a]) == [("a", "c")]
+    assert incoherent_pairs([person("x", nhs="9434765919"), person("y", nhs="9434765870")]) == [("x", "y")]
+    assert incoherent_pairs([a, b]) == []

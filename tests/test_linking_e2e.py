@@ -232,3 +232,35 @@ def test_relink_applies_new_parameters_to_existing_links_and_only_what_changed(b
     relink()          # and back
     assert stream_persons(redis_client, keys) == {k: v for k, v in link_events(events, shipped).persons().items()
                                                   if k in set(keys)}
+
+
+def test_a_person_whose_records_contradict_each_other_is_queued_for_review(bus_settings, redis_client, connectors,
+                                                                           link_workers, delivery, unique):
+    """A and B match, B and C match, so A, B and C are one person; but A and C differ in given name
+    and birth date. The chain stays (which link is wrong is for a person to say) and A-C is queued."""
+    import httpx
+
+    from tests.test_connectors_e2e import mllp_send
+
+    def adt(local_id: str, given: str, dob: str) -> bytes:
+        return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|K{local_id}|P|2.4\r"
+                f"PID|1||{local_id}^^^RAL^MR||Zk{unique[:6]}^{given}||{dob}|F|||1 A ST^^LONDON^^N7 8AA\r").encode()
+
+    a, b, c = (f"K{x}{unique}" for x in "ABC")
+    acks = mllp_send(bus_settings.mllp_port, adt(a, "Grace", "19500102"), adt(b, "Grace", "19840930"),
+                     adt(c, "Zara", "19840930"))
+    assert all(b"MSA|AA" in ack for ack in acks), acks
+    keys = [f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|{x}" for x in (a, b, c)]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not (len(stream_persons(redis_client, keys)) == 3
+                                               and len(set(stream_persons(redis_client, keys).values())) == 1):
+        time.sleep(0.3)
+    assert len(stream_persons(redis_client, keys)) == 3 and len(set(stream_persons(redis_client, keys).values())) == 1
+    auditor = {"Authorization": "Bearer dev-auditor-token"}
+    deadline = time.monotonic() + 60
+    found = []
+    while time.monotonic() < deadline and not found:
+        found = [r for r in httpx.get(f"{delivery.base}/reviews", headers=auditor, timeout=30).json()
+                 if {r["a"], r["b"]} == {keys[0], keys[2]}]
+        time.sleep(0.3)
+    assert found and "contradict" in found[0]["reason"]
