@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench import private_bus
 from bench.linkage_datasets import LinkageDataset, load
 from streams import identity_graph
 from streams.fellegi_sunter import Parameters
@@ -179,23 +177,7 @@ def main() -> None:
     parser.add_argument("--no-stream", action="store_true", help="skip the run through the connectors")
     parser.add_argument("--no-splink", action="store_true")
     args = parser.parse_args()
-    settings = env = logs = None
-    data = None
-    if not args.no_stream:
-        from carebus import local_bus
-        from carebus.config import load_settings
-
-        data = Path(tempfile.mkdtemp(prefix="carebus-linkq-"))
-        os.environ.update(BENCH_PORTS)
-        os.environ["CAREBUS_DATA_DIR"] = str(data)
-        os.environ["CAREBUS_DROP_DIR"] = str(data / "drop")
-        for var in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
-            os.environ.pop(var, None)
-        settings = load_settings()
-        env = dict(os.environ)
-        logs = data / "logs"
-        logs.mkdir(parents=True)
-        local_bus.up(settings)
+    bus = None if args.no_stream else private_bus.start(BENCH_PORTS, "carebus-linkq-")
     try:
         for name in args.datasets:
             ds = load(name)
@@ -207,7 +189,7 @@ def main() -> None:
             row.seconds += fit_seconds
             rows.append(row)
             if not args.no_stream:
-                rows.append(stream(ds, fitted, env, settings, logs))
+                rows.append(stream(ds, fitted, bus.env, bus.settings, bus.logs))
             if not args.no_splink and not name.endswith("-nhs"):    # same fields: Splink gets no NHS number
                 rows.append(splink(ds))
             strong = "with NHS numbers" if name.endswith("-nhs") else "no strong identifier"
@@ -220,11 +202,8 @@ def main() -> None:
                               f"{x.quality.f1:.4f}", str(x.reviews), str(x.largest), f"{x.seconds:.1f}")
             console.print(table)
     finally:
-        if settings is not None:
-            from carebus import local_bus
-
-            local_bus.down(settings)
-            shutil.rmtree(data, ignore_errors=True)
+        if bus is not None:
+            bus.stop()
 
 
 if __name__ == "__main__":

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -38,10 +35,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
+from bench import private_bus
 from bench.measurement import peak_rss_mb, percentile
 from bench.webhook_sink import WebhookSink
-from carebus import local_bus
-from carebus.config import load_settings
 from consumers.stream_lag import total_lag
 from schemas import codec
 from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS, source_event_key
@@ -275,17 +271,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
 
-    data = Path(tempfile.mkdtemp(prefix="carebus-bench-"))
-    os.environ.update(BENCH_PORTS)
-    os.environ["CAREBUS_DATA_DIR"] = str(data)
-    os.environ["CAREBUS_DROP_DIR"] = str(data / "drop")
-    for var in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
-        os.environ.pop(var, None)
-    settings = load_settings()
-    env = dict(os.environ)
-    logs = data / "logs"
-    logs.mkdir(parents=True)
-    local_bus.up(settings)
+    bus = private_bus.start(BENCH_PORTS, "carebus-bench-")
+    settings, env, logs = bus.settings, bus.env, bus.logs
     r = redis.Redis.from_url(settings.redis)
     rows: list[tuple[str, ...]] = []
     delivery = None
@@ -394,8 +381,7 @@ def main() -> None:
     finally:
         if delivery is not None:
             stop([delivery])
-        local_bus.down(settings)
-        shutil.rmtree(data, ignore_errors=True)
+        bus.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""A throwaway embedded Kafka and Redis for one benchmark run: own ports, own data folder."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from carebus import local_bus
+from carebus.config import Settings, load_settings
+
+
+@dataclass(frozen=True)
+class PrivateBus:
+    settings: Settings
+    env: dict[str, str]     # the environment services started for this bus need
+    data: Path
+    logs: Path
+
+    def stop(self) -> None:
+        local_bus.down(self.settings)
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def start(ports: dict[str, str], prefix: str) -> PrivateBus:
+    """Point this process's settings at a fresh bus on `ports` and start it."""
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(ports)
+    os.environ["CAREBUS_DATA_DIR"] = str(data)
+    os.environ["CAREBUS_DROP_DIR"] = str(data / "drop")
+    for var in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
+        os.environ.pop(var, None)
+    settings = load_settings()
+    logs = data / "logs"
+    logs.mkdir(parents=True)
+    local_bus.up(settings)
+    return PrivateBus(settings, dict(os.environ), data, logs)
