@@ -2,7 +2,7 @@
 raw confluent-kafka consume-then-produce passthrough of the same events in the same run, then
 end-to-end latency through the real MLLP connector at a fixed offered rate.
 
-    python -m bench.pipeline_throughput --preload 100000 --backlog 20000 --rate 500 --seconds 20
+    python -m bench.pipeline_throughput --preload 100000 --backlog 10000 --rate 500 --seconds 20 --workers 2
 
 It starts its own Kafka (KRaft) and Redis on bench ports with a fresh data folder, so nothing you
 run is touched, and prints:
@@ -269,6 +269,7 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=10_000, help="events drained per worker count")
     parser.add_argument("--rate", type=int, default=500, help="end-to-end offered HL7 messages/s (0: skip)")
     parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2, help="link workers to compare with one (and to run end to end)")
     args = parser.parse_args()
 
     bus = private_bus.start(BENCH_PORTS, "carebus-bench-")
@@ -290,11 +291,11 @@ def main() -> None:
                              records[args.preload + args.backlog:args.preload + 2 * args.backlog])
         live = [x for x in records[args.preload + 2 * args.backlog:] if x.system == "CERNER_MILLENNIUM"]
 
-        console.print(f"preloading {len(pre):,} source records through 2 link workers")
-        workers = start_workers(2, env, logs)
+        console.print(f"preloading {len(pre):,} source records through {args.workers} link workers")
+        workers = start_workers(args.workers, env, logs)
         secs, rss = drain(settings, workers, pre, 0)
         stop(workers)
-        rows.append(("preload: link stage, index growing 0 → " + f"{len(pre):,}", "2", f"{len(pre) / secs:,.0f}",
+        rows.append(("preload: link stage, index growing 0 → " + f"{len(pre):,}", str(args.workers), f"{len(pre) / secs:,.0f}",
                      f"{rss:.0f}"))
         console.print(rows[-1])
 
@@ -311,11 +312,11 @@ def main() -> None:
         subscription = subscribe(sink.url)
         time.sleep(3)          # its dispatcher records its starting position
         stop([delivery])
-        for n, batch in ((1, back1), (2, back2)):
+        for run, (n, batch) in enumerate(((1, back1), (args.workers, back2))):
             workers = start_workers(n, env, logs)
             secs, rss = drain(settings, workers, batch, 10_000_000 * n)
             stop(workers)
-            rows.append((f"backlog of {len(batch):,} on an index of {len(pre) + (n - 1) * len(back1):,}", str(n),
+            rows.append((f"backlog of {len(batch):,} on an index of {len(pre) + run * len(back1):,}", str(n),
                          f"{len(batch) / secs:,.0f}", f"{rss:.0f} (per worker, max)"))
             console.print(rows[-1])
 
@@ -352,7 +353,7 @@ def main() -> None:
             received_before = sink.count()
             connectors = subprocess.Popen([sys.executable, "-m", "carebus.cli", "connectors"], env=env,
                                           stdout=open(logs / "connectors.log", "ab"), stderr=subprocess.STDOUT)
-            workers = start_workers(2, env, logs)
+            workers = start_workers(args.workers, env, logs)
             from carebus.process_control import wait_http_ready
             wait_http_ready(f"http://127.0.0.1:{settings.http_port}/ready")
             time.sleep(3)
@@ -366,7 +367,7 @@ def main() -> None:
             webhook = webhook_latencies(sink.arrivals()[received_before:], sent_at)
             stop(workers + [connectors, delivery])
             t = Table(title=f"end to end: {args.rate} HL7 ADT/s offered for {args.seconds} s over 16 MLLP connections, "
-                            "2 link workers")
+                            f"{args.workers} link workers")
             for col in ("measure", "n", "p50 ms", "p95 ms", "p99 ms"):
                 t.add_column(col)
             t.add_row("MLLP ACK (durable in Kafka)", str(len(acks)), *(f"{percentile(acks, q) * 1000:.1f}"
