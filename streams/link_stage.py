@@ -115,7 +115,7 @@ class LinkStage:
             except Exception as exc:  # noqa: BLE001 - a poison message is parked, the stream goes on
                 out.dead_letters.append(self._dead_letter(m, f"undecodable event: {type(exc).__name__}", "UNDECODABLE"))
 
-        states, demos, causes, ods = self._fold(events, messages, out)
+        states, demos, causes, ods = self._fold(events, out)
         forced: list[tuple[str, str]] = []
         methods: dict[str, str] = {}
         for key, evs in events.items():
@@ -171,7 +171,7 @@ class LinkStage:
         self._publish(out)
         return stats
 
-    def _fold(self, events: dict[str, list[dict[str, Any]]], messages: Sequence[InboundMessage], out: _Outputs
+    def _fold(self, events: dict[str, list[dict[str, Any]]], out: _Outputs
               ) -> tuple[dict[str, dict[str, Any]], list[Demographics], dict[str, list[str]], dict[str, set[str]]]:
         stored = self.records.source_states(sorted(events))
         states, changed, demos = {}, {}, []
