@@ -235,6 +235,87 @@ def relink(batch: int = typer.Option(500, help="records re-decided per batch")) 
     console.print(f"relinked with {settings.linkage_parameters_in_use}; {changed:,} shared records changed")
 
 
+dead_letters_app = typer.Typer(help="List, show and replay dead letters (connectors, streams, delivery).",
+                               no_args_is_help=True)
+app.add_typer(dead_letters_app, name="dead-letters")
+_WHICH = typer.Option("streams", "--topic", help="connectors | streams | delivery")
+_FROM = typer.Option("0", "--from", help="epoch ms or ISO time")
+_TO = typer.Option("", "--to", help="epoch ms or ISO time (default: now)")
+
+
+def _when(value: str, default: int) -> int:
+    from datetime import datetime
+
+    if not value:
+        return default
+    return int(value) if value.isdigit() else int(datetime.fromisoformat(value).timestamp() * 1000)
+
+
+def _dead(which: str, since: str, until: str) -> list[dict]:
+    import time
+
+    from consumers import dead_letter_replay
+
+    if which not in dead_letter_replay.TOPICS:
+        console.print(f"[red]--topic must be one of {', '.join(dead_letter_replay.TOPICS)}[/red]")
+        raise typer.Exit(2)
+    return dead_letter_replay.read(_settings(), which, _when(since, 0), _when(until, int(time.time() * 1000)))
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(which: str = _WHICH, since: str = _FROM, until: str = _TO) -> None:
+    """Parked messages with when, where and why (never their content)."""
+    from datetime import datetime, timezone
+
+    from consumers.dead_letter_replay import summary
+
+    table = Table("failed at (UTC)", "id", "stage", "code", "reason", "from")
+    for dead in _dead(which, since, until):
+        s = summary(dead)
+        origin = f"{s['original_topic']}:{s['original_partition']}:{s['original_offset']}" if s["original_topic"] else "-"
+        table.add_row(datetime.fromtimestamp(s["failed_at"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+                      s["dead_letter_id"], s["stage"], s["error_code"], s["reason"], origin)
+    console.print(table)
+
+
+@dead_letters_app.command("show")
+def dead_letters_show(dead_letter_id: str, which: str = _WHICH, since: str = _FROM, until: str = _TO) -> None:
+    """One parked message, decoded, with its reason. It holds patient data: show it only to those allowed."""
+    import json
+
+    from consumers.dead_letter_replay import decoded_payload, summary
+
+    found = [d for d in _dead(which, since, until) if d["dead_letter_id"] == dead_letter_id]
+    if not found:
+        console.print("[red]no such dead letter[/red] in that topic and time range")
+        raise typer.Exit(1)
+    console.print_json(json.dumps(summary(found[0])))
+    console.print(decoded_payload(found[0]), markup=False, highlight=False)
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(which: str = _WHICH, since: str = _FROM, until: str = _TO,
+                        only: list[str] = typer.Option([], "--id", help="replay only these dead letter ids"),
+                        again: bool = typer.Option(False, help="send again those replayed before")) -> None:
+    """Send parked messages back where they came from (see consumers/dead_letter_replay.py)."""
+    from collections import Counter
+
+    from consumers.dead_letter_replay import Replayer
+
+    selection = [d for d in _dead(which, since, until) if not only or d["dead_letter_id"] in only]
+    replayer = Replayer(_settings(), which)
+    counts: Counter = Counter()
+    try:
+        for dead in selection:
+            outcome = replayer.replay(dead, again=again)
+            counts[outcome.result] += 1
+            if outcome.result != "replayed":
+                console.print(f"{outcome.dead_letter_id}: {outcome.result}: {outcome.detail}")
+    finally:
+        replayer.close()
+    console.print(f"{len(selection)} dead letters: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+
+
 @app.command("check-schemas")
 def check_schemas() -> None:
     """Check every message schema against all earlier versions (FULL_TRANSITIVE)."""

@@ -263,3 +263,48 @@ def test_a_person_whose_records_contradict_each_other_is_queued_for_review(bus_s
                  if {r["a"], r["b"]} == {keys[0], keys[2]}]
         time.sleep(0.3)
     assert found and "contradict" in found[0]["reason"]
+
+
+def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings, redis_client, connectors,
+                                                                    link_workers, unique):
+    import os
+    import subprocess
+    import sys
+
+    from carebus.durable_producer import DurableProducer
+    from producers import hl7v2_mapper
+    from producers.source_systems import CERNER
+    from schemas.topics import DLQ_STREAMS
+
+    def cli(*args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "carebus.cli", "dead-letters", *args], capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "COLUMNS": "250"})
+        assert result.returncode == 0, result.stdout + result.stderr
+        return " ".join(result.stdout.split())
+
+    adt = (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|P{unique}|P|2.4\r"
+           f"PID|1||P{unique}^^^RAL^MR||Parkes{unique[:5]}^Olwen||19610417|F|||1 A ST^^LONDON^^N7 8AA\r").encode()
+    event = hl7v2_mapper.map_message(adt, CERNER, "RAL", int(time.time() * 1000)).event
+    dead_id = f"parked-{unique}"
+    # A worker parked this event (say, a bug since fixed): it is on the dead-letter topic only.
+    producer = DurableProducer(bus_settings)
+    producer.send_sync(DLQ_STREAMS.name, codec.encode("DeadLetter", {
+        "dead_letter_id": dead_id, "stage": "streams:linker", "source_system": "CAREBUS",
+        "reason": "processing failed: KeyError", "error_code": "PROCESSING_FAILED", "failed_at": int(time.time() * 1000),
+        "original_topic": SOURCE_EVENTS.name, "original_partition": 0, "original_offset": 0,
+        "content_type": "avro/binary", "payload": codec.encode("SourcePatientEvent", event), "attempts": 1}),
+        key=dead_id, headers=codec.headers("DeadLetter"))
+    producer.close()
+    listed = cli("list", "--topic", "streams")
+    assert dead_id in listed and "PROCESSING_FAILED" in listed and "Olwen" not in listed, "lists never show content"
+    assert "OLWEN" in cli("show", dead_id, "--topic", "streams").upper()
+    key = source_event_key(event)
+    assert redis_client.get(f"carebus:person_of:{key}") is None
+    assert "1 replayed" in cli("replay", "--topic", "streams", "--id", dead_id)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and redis_client.get(f"carebus:person_of:{key}") is None:
+        time.sleep(0.3)
+    person = redis_client.get(f"carebus:person_of:{key}").decode()
+    record = RedisRecordStore(redis_client).record(person)
+    assert record is not None and record["demographics"]["names"][0]["given"] == ["Olwen"]
+    assert "1 skipped" in cli("replay", "--topic", "streams", "--id", dead_id), "replay sends nothing twice"
