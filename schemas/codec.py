@@ -10,7 +10,10 @@ the type name for people reading topics with generic tools.
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 from typing import Any
+
+import fastavro
 
 from fastavro import schemaless_reader, schemaless_writer
 
@@ -30,6 +33,36 @@ def encode(message_type: str, record: dict[str, Any]) -> bytes:
     buf.write(MAGIC)
     buf.write(schema.fingerprint)
     schemaless_writer(buf, schema.parsed, record)
+    return buf.getvalue()
+
+
+def body(message_type: str, record: dict[str, Any]) -> bytes:
+    """The Avro body alone (no header): to be framed with `frame`, or nested with `encode_with_last`."""
+    buf = io.BytesIO()
+    schemaless_writer(buf, registry.current()[message_type].parsed, record)
+    return buf.getvalue()
+
+
+def frame(message_type: str, avro_body: bytes) -> bytes:
+    return MAGIC + registry.current()[message_type].fingerprint + avro_body
+
+
+@lru_cache(maxsize=None)
+def _without_last_field(message_type: str) -> Any:
+    expanded = registry.current()[message_type].expanded
+    head = {**expanded, "name": f"{expanded['name']}Head", "fields": expanded["fields"][:-1]}
+    return fastavro.parse_schema(head, named_schemas={})
+
+
+def encode_with_last(message_type: str, head: dict[str, Any], last_body: bytes) -> bytes:
+    """Encode a message whose last field is a record already encoded (`body`): Avro writes a
+    record's fields one after another, so the bytes are those of `encode` with the full record.
+    The hot path uses it to encode a shared record once for both the change feed and the snapshot."""
+    buf = io.BytesIO()
+    buf.write(MAGIC)
+    buf.write(registry.current()[message_type].fingerprint)
+    schemaless_writer(buf, _without_last_field(message_type), head)
+    buf.write(last_body)
     return buf.getvalue()
 
 

@@ -348,12 +348,15 @@ class LinkStage:
                       headers=codec.headers("IdentityEvent"), on_delivery=confirm)
         for change, record in out.changes:
             person = change["person_id"]
-            p.produce(PATIENT_CHANGES.name, codec.encode("RecordChange", change), key=person,
+            # The record is encoded once, for both the change feed and the snapshot.
+            record_body = codec.body("SharedRecord", change["record"])
+            head = {k: v for k, v in change.items() if k != "record"}
+            p.produce(PATIENT_CHANGES.name, codec.encode_with_last("RecordChange", head, record_body), key=person,
                       headers=codec.headers("RecordChange"), timestamp_ms=change["changed_at"], on_delivery=confirm)
             if record is None:
                 p.produce(SHARED_RECORDS.name, None, key=person, on_delivery=confirm)   # tombstone: compacted away
             else:
-                p.produce(SHARED_RECORDS.name, codec.encode("SharedRecord", record), key=person,
+                p.produce(SHARED_RECORDS.name, codec.frame("SharedRecord", record_body), key=person,
                           headers=codec.headers("SharedRecord"), on_delivery=confirm)
         for dead in out.dead_letters:
             p.produce(DLQ_STREAMS.name, codec.encode("DeadLetter", dead), key=dead["dead_letter_id"],
