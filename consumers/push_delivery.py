@@ -56,7 +56,7 @@ class RetryPolicy:
 
 LANES = 16          # patients delivered in parallel per subscription
 BATCH = 500         # changes taken from the log per batch
-BATCH_WAIT = 0.05   # seconds to wait for a batch to fill: the latency added when traffic is light
+IDLE_WAIT = 0.5     # seconds an idle dispatcher waits for a change before looking again
 
 
 class Dispatcher:
@@ -104,7 +104,7 @@ class Dispatcher:
         consumer = await self._blocking(self._open_consumer)
         try:
             while not self._stop.is_set():
-                msgs = [m for m in await self._blocking(consumer.consume, BATCH, BATCH_WAIT) if not m.error()]
+                msgs = [m for m in await self._blocking(self._take, consumer) if not m.error()]
                 if not msgs:
                     continue
                 lanes: dict[bytes, list[bytes]] = {}
@@ -122,6 +122,13 @@ class Dispatcher:
                 await self._blocking(consumer.commit, asynchronous=False)
         finally:
             await self._blocking(consumer.close)
+
+    @staticmethod
+    def _take(consumer: Consumer) -> list:
+        # Wait for the first change (an idle subscription costs one call per IDLE_WAIT), then take
+        # whatever else has already arrived, up to BATCH, without waiting: no latency is added.
+        first = consumer.consume(1, IDLE_WAIT)
+        return first + consumer.consume(BATCH - 1, 0) if first else first
 
     async def flush_tally(self) -> None:
         tally, self._tally = self._tally, {}
