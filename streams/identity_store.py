@@ -311,9 +311,6 @@ class RedisGraphStore:
         """Source records ever indexed."""
         return int(self.r.get(f"{P}nodeseq") or 0)
 
-    def members(self, person_id: str) -> set[str]:
-        return {b.decode() for b in self.r.smembers(f"{P}members:{person_id}")}
-
     # --- reviews and statistics --------------------------------------------------------------
     def open_reviews_batch(self, bodies: dict[str, dict[str, Any]]) -> set[str]:
         """Queue reviews not seen before; returns the ids that are new."""
@@ -334,13 +331,6 @@ class RedisGraphStore:
         self.r.srem(f"{P}reviews:open", review_id)
         self.r.hset(f"{P}review:{review_id}", "outcome", outcome)
         return json.loads(raw)
-
-    def open_reviews(self) -> list[dict[str, Any]]:
-        ids = sorted(b.decode() for b in self.r.smembers(f"{P}reviews:open"))
-        pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hget(f"{P}review:{i}", "body")
-        return [json.loads(b) for b in pipe.execute() if b]
 
     def count(self, counts: dict[str, int], candidates_histogram: dict[str, int] | None = None) -> None:
         pipe = self.r.pipeline(transaction=False)
