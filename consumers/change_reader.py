@@ -25,15 +25,13 @@ def _consumer(settings: Settings, group: str | None = None) -> Consumer:
 
 
 def offsets_at(consumer: Consumer, topic: str, partitions: list[int], at_ms: int) -> dict[int, int]:
-    """First offset at or after at_ms per partition (end of partition if none)."""
+    """First offset at or after at_ms per partition (end of partition if none).
+
+    The ends are read *before* the time lookup: a message that lands between the two calls is
+    then read (at worst one written just before at_ms is read too), never skipped."""
+    ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1] for p in partitions}
     found = consumer.offsets_for_times([TopicPartition(topic, p, at_ms) for p in partitions], timeout=15)
-    out = {}
-    for tp in found:
-        if tp.offset < 0:
-            out[tp.partition] = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=15)[1]
-        else:
-            out[tp.partition] = tp.offset
-    return out
+    return {tp.partition: tp.offset if tp.offset >= 0 else ends[tp.partition] for tp in found}
 
 
 def open_subscription_consumer(settings: Settings, group: str, created_at: int) -> Consumer:
