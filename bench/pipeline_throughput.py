@@ -202,7 +202,7 @@ def change_latencies(settings, since_ms: int, sent_at: dict[str, int]) -> list[f
     meta = c.list_topics(PATIENT_CHANGES.name, timeout=10).topics[PATIENT_CHANGES.name]
     parts = c.offsets_for_times([TopicPartition(PATIENT_CHANGES.name, p, since_ms) for p in meta.partitions])
     c.assign(parts)
-    first: dict[str, int] = {}
+    arrivals: list[tuple[float, dict]] = []
     idle = 0
     while idle < 5:
         msgs = c.consume(1000, 1.0)
@@ -210,17 +210,10 @@ def change_latencies(settings, since_ms: int, sent_at: dict[str, int]) -> list[f
             idle += 1
             continue
         idle = 0
-        for m in msgs:
-            if m.error() or m.value() is None:
-                continue
-            change = codec.decode(m.value(), "RecordChange")
-            appended = m.timestamp()[1]
-            for s in change["record"]["sources"]:
-                key = f"{s['system']}|{s['local_identifier']['system']}|{s['local_identifier']['value']}"
-                if key in sent_at and key not in first:
-                    first[key] = appended
+        arrivals += [(m.timestamp()[1] / 1000, codec.decode(m.value(), "RecordChange")) for m in msgs
+                     if not m.error() and m.value() is not None]
     c.close()
-    return [(first[k] - sent_at[k]) / 1000 for k in first]
+    return first_arrival_latencies(arrivals, sent_at)
 
 
 DELIVERY_PORT = "24090"
@@ -252,8 +245,9 @@ def changes_pending(settings, subscription: str) -> int:
     return total_lag(settings, f"carebus-delivery-{subscription}", PATIENT_CHANGES.name)
 
 
-def webhook_latencies(arrivals: list[tuple[float, dict]], sent_at: dict[str, int]) -> list[float]:
-    """Source ACK to the first webhook that carries the source record."""
+def first_arrival_latencies(arrivals: list[tuple[float, dict]], sent_at: dict[str, int]) -> list[float]:
+    """Seconds from each source record's ACK (`sent_at`, ms) to the first arrival (a change on the
+    feed or a webhook: (time in s, body with a `record`)) whose record carries it."""
     first: dict[str, float] = {}
     for at, body in arrivals:
         for s in body["record"]["sources"]:
@@ -364,7 +358,7 @@ def main() -> None:
             lag_after = total_lag(settings, "carebus-linker", SOURCE_EVENTS.name)
             time.sleep(5)
             lat = change_latencies(settings, since, sent_at)
-            webhook = webhook_latencies(sink.arrivals()[received_before:], sent_at)
+            webhook = first_arrival_latencies(sink.arrivals()[received_before:], sent_at)
             stop(workers + [connectors, delivery])
             t = Table(title=f"end to end: {args.rate} HL7 ADT/s offered for {args.seconds} s over 16 MLLP connections, "
                             f"{args.workers} link workers")

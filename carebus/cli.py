@@ -244,11 +244,9 @@ _TO = typer.Option("", "--to", help="epoch ms or ISO time (default: now)")
 
 
 def _when(value: str, default: int) -> int:
-    from datetime import datetime
+    from consumers.change_reader import time_ms
 
-    if not value:
-        return default
-    return int(value) if value.isdigit() else int(datetime.fromisoformat(value).timestamp() * 1000)
+    return time_ms(value) if value else default
 
 
 def _dead(which: str, since: str, until: str) -> list[dict]:

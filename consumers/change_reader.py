@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from datetime import datetime
 from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
 
 from carebus.config import Settings
+
+
+def time_ms(value: str) -> int:
+    """A time as an operator writes it: epoch milliseconds or ISO 8601."""
+    return int(value) if value.isdigit() else int(datetime.fromisoformat(value).timestamp() * 1000)
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -103,4 +109,4 @@ def read_one(settings: Settings, topic: str, partition: int, offset: int) -> Mes
         consumer.close()
 
 
-__all__ = ["partition_for", "read_range", "read_one", "offsets_at", "OFFSET_END"]
+__all__ = ["partition_for", "read_range", "read_one", "offsets_at", "time_ms", "OFFSET_END"]

@@ -12,7 +12,6 @@ import signal
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
 from consumers import audit_trail
 from consumers.bus_monitor import BusMonitor
-from consumers.change_reader import open_subscription_consumer, read_range
+from consumers.change_reader import open_subscription_consumer, read_range, time_ms as _ms
 from consumers.notification_format import webhook_body
 from consumers.push_delivery import Dispatcher, RetryPolicy
 from streams import record_store
@@ -60,10 +59,6 @@ class SubscriptionRequest(BaseModel):
 class TimeRange(BaseModel):
     from_ms: int = Field(alias="from")
     to_ms: int = Field(alias="to")
-
-
-def _ms(value: str) -> int:
-    return int(value) if value.isdigit() else int(datetime.fromisoformat(value).timestamp() * 1000)
 
 
 def scope_of(client: Client) -> ClientScope:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from functools import partial
 
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -70,40 +71,34 @@ def _offsets(batch: list[InboundMessage]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
 
 
-def process_with_retry(stage: LinkStage, batch: list[InboundMessage], stopping) -> bool:  # noqa: ANN001
-    """Process until it succeeds (True) or the worker is asked to stop (False)."""
+def _until_done(action, what: str, stopping) -> bool:  # noqa: ANN001 - callables
+    """Run `action` until it succeeds (True) or the worker is asked to stop (False), waiting with
+    capped backoff while Redis or Kafka is unavailable. Any other error is the caller's to handle."""
     backoff = 0.2
     while True:
         try:
-            stage.process(batch)
+            action()
             return True
         except INFRASTRUCTURE_ERRORS as exc:
-            log.warning("batch of %d waits: %s unavailable (%s); retrying in %.1f s", len(batch),
+            log.warning("%s waits: %s unavailable (%s); retrying in %.1f s", what,
                         "Redis" if isinstance(exc, redis.RedisError) else "Kafka", type(exc).__name__, backoff)
-        except Exception as exc:  # noqa: BLE001 - a bug on some message: find it, park it, go on
-            if len(batch) == 1:
-                log.exception("message %s:%d:%d cannot be processed", batch[0].topic, batch[0].partition,
-                              batch[0].offset)
-                return process_with_retry_park(stage, batch[0], exc, stopping)
-            log.exception("batch failed; processing its %d messages one by one", len(batch))
-            return all(process_with_retry(stage, [m], stopping) for m in batch)
         if stopping():
             return False
         time.sleep(backoff)
         backoff = min(backoff * 2, 10.0)
 
 
-def process_with_retry_park(stage: LinkStage, message: InboundMessage, exc: Exception, stopping) -> bool:  # noqa: ANN001
-    backoff = 0.2
-    while True:
-        try:
-            stage.park(message, exc)
-            return True
-        except INFRASTRUCTURE_ERRORS:
-            if stopping():
-                return False
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+def process_with_retry(stage: LinkStage, batch: list[InboundMessage], stopping) -> bool:  # noqa: ANN001
+    """Process until it succeeds (True) or the worker is asked to stop (False)."""
+    try:
+        return _until_done(lambda: stage.process(batch), f"batch of {len(batch)}", stopping)
+    except Exception as exc:  # noqa: BLE001 - a bug on some message: find it, park it, go on
+        if len(batch) == 1:
+            log.exception("message %s:%d:%d cannot be processed", batch[0].topic, batch[0].partition,
+                          batch[0].offset)
+            return _until_done(partial(stage.park, batch[0], exc), "parking a message", stopping)
+        log.exception("batch failed; processing its %d messages one by one", len(batch))
+        return all(process_with_retry(stage, [m], stopping) for m in batch)
 
 
 def run_worker(settings: Settings, worker_id: str = "") -> None:
