@@ -36,7 +36,10 @@ from streams.record_store import RedisRecordStore
 
 log = logging.getLogger("carebus.link_worker")
 GROUP = "carebus-linker"
-INFRASTRUCTURE_ERRORS = (redis.RedisError, KafkaException, StageUnavailable, OSError)
+# Errors that say "not now", never "not this message": the batch waits and is retried. A Redis
+# ResponseError (a script or command refused) is not among them: retrying it would stall the
+# partition forever on one message, so it goes the way of any other bug (one by one, then park).
+INFRASTRUCTURE_ERRORS = (redis.ConnectionError, redis.TimeoutError, KafkaException, StageUnavailable, OSError)
 
 
 def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:

@@ -156,3 +156,20 @@ def receiver():
     r = Receiver()
     yield r
     r.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed integration test shows what the services logged (warnings and errors, then the
+    last lines): a CI failure must explain itself, the data folder is gone afterwards."""
+    outcome = yield
+    report = outcome.get_result()
+    settings = item.funcargs.get("bus_settings") if hasattr(item, "funcargs") else None
+    if not report.failed or settings is None:
+        return
+    for log in sorted(Path(settings.data_dir).glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        notable = [ln for ln in lines if any(w in ln for w in ("WARNING", "ERROR", "Traceback", "Error:"))]
+        report.sections.append((f"service log {log.name}",
+                                "\n".join(["-- warnings and errors (last 40):", *notable[-40:],
+                                           "-- last 25 lines:", *lines[-25:]])))

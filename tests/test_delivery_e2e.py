@@ -36,6 +36,15 @@ def person_of(redis_client, key: str) -> str:
     return wait_for(lambda: (redis_client.get(f"carebus:person_of:{key}") or b"").decode(), what="linking")
 
 
+def delivery_state(redis_client, subscription_id: str, person: str, key: str) -> str:
+    """What a timed-out delivery test prints: the subscription's counters and the person's record."""
+    def text(h: dict) -> dict:
+        return {k.decode(): v.decode()[:80] for k, v in h.items()}
+    return (f"delivery of {person}: subscription {text(redis_client.hgetall(f'carebus:delivery:{subscription_id}'))}, "
+            f"record {text(redis_client.hgetall(f'carebus:record_meta:{person}'))}, "
+            f"person of the source now {redis_client.get('carebus:person_of:' + key)}")
+
+
 def cerner_key(local_id: str) -> str:
     return f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|{local_id}"
 
@@ -176,7 +185,8 @@ def test_record_rebuilt_at_time_t_equals_what_was_sent_at_t(bus_settings, stack,
     sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path))
     send_story(bus_settings, unique)
     person = person_of(redis_client, cerner_key(f"S{unique}"))
-    got = wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == person], what="delivery")
+    got = wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == person],
+                   what=lambda: delivery_state(redis_client, sub["id"], person, cerner_key(f"S{unique}")))
     for sent in got:
         at = sent["json"]["changed_at"]
         rebuilt = httpx.get(f"{stack.base}/audit/persons/{person}/as-of", params={"at": at, "subscription_id": sub["id"]},
