@@ -24,8 +24,13 @@ def test_kafka_is_a_single_kraft_node_with_the_embedded_settings():
     assert "zookeeper" not in str(COMPOSE).lower()
 
 
-def test_redis_keeps_an_append_only_file():
-    assert "--appendonly" in SERVICES["redis"]["command"]
+def test_redis_keeps_an_append_only_file_and_the_embedded_memory_settings():
+    from carebus.redis_server import MEMORY_SETTINGS
+
+    command = SERVICES["redis"]["command"]
+    assert "--appendonly" in command
+    for name, value in MEMORY_SETTINGS.items():
+        assert command[command.index(f"--{name}") + 1] == value
 
 
 def test_schema_registry_enforces_full_transitive_like_the_tests():

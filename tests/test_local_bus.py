@@ -90,6 +90,11 @@ def test_up_twice_is_harmless(bus_settings):
     assert (kafka_server.status(bus_settings), redis_server.status(bus_settings)) == before
 
 
+def test_embedded_redis_runs_with_the_memory_settings(redis_client):
+    for name, value in redis_server.MEMORY_SETTINGS.items():
+        assert redis_client.config_get(name)[name] == value
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
