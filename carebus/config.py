@@ -70,8 +70,14 @@ class Settings:
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
+    def embedded_broker_ports(self) -> list[int]:
+        """Node i of the embedded cluster listens on KAFKA_PORT + 2i (its controller on the next port)."""
+        return [self.kafka_port + 2 * i for i in range(self.kafka_brokers)]
+
+    @property
     def bootstrap(self) -> str:
-        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
+        # Every broker, not the first: a client started while node 1 is down must still find the cluster.
+        return self.kafka_bootstrap_servers or ",".join(f"127.0.0.1:{p}" for p in self.embedded_broker_ports)
 
     @property
     def fitted_linkage_parameters(self) -> Path:

@@ -68,11 +68,11 @@ def nodes(settings: Settings) -> list[KafkaNode]:
     return [
         KafkaNode(
             node_id=i + 1,
-            port=settings.kafka_port + 2 * i,
+            port=port,
             controller_port=settings.kafka_controller_port + 2 * i,
             directory=settings.data_dir / f"kafka-{i + 1}",
         )
-        for i in range(settings.kafka_brokers)
+        for i, port in enumerate(settings.embedded_broker_ports)
     ]
 
 

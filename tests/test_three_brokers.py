@@ -53,12 +53,17 @@ def test_three_node_cluster_survives_a_broker_crash(tmp_path, monkeypatch):
         producer = DurableProducer(settings)
         for i in range(20):
             producer.send_sync(DLQ_CONNECTORS.name, dead_letter(i), key=f"k{i}")
-        # Crash one of the three brokers: the other replicas carry on (replication 3, min.insync.replicas 2).
-        node = kafka_server.nodes(settings)[2]
+        # Crash one of the three brokers, node 1: the other replicas carry on (replication 3,
+        # min.insync.replicas 2), and a client started after the crash still finds the cluster.
+        node = kafka_server.nodes(settings)[0]
         process_control.stop(node.pid_file, node.marker, hard=True)
-        for i in range(20, 40):
+        for i in range(20, 30):
             producer.send_sync(DLQ_CONNECTORS.name, dead_letter(i), key=f"k{i}", timeout=120)
         producer.close()
+        started_after = DurableProducer(settings)
+        for i in range(30, 40):
+            started_after.send_sync(DLQ_CONNECTORS.name, dead_letter(i), key=f"k{i}", timeout=120)
+        started_after.close()
         got = read_all(settings, DLQ_CONNECTORS.name, expect=40, timeout=120)
         assert sorted(int(codec.decode(m.value())["payload"]) for m in got) == list(range(40))
     finally:
