@@ -56,6 +56,12 @@ class Settings:
     mllp_port: int = 2575
     http_port: int = 8080
     delivery_port: int = 8090
+    # MLLP limits: an idle connection closes after this many seconds (senders reconnect), a
+    # message must arrive whole within message_timeout of its first byte, and past
+    # max_connections a new sender is answered AE and closed.
+    mllp_idle_timeout: int = 600
+    mllp_message_timeout: int = 30
+    mllp_max_connections: int = 200
     delivery_backoff_base: str = "0.5"   # seconds; retry n waits up to base * 2**n (full jitter)
     # Where bulk extracts are dropped for the file connectors.
     drop_dir: Path = REPO_ROOT / ".carebus" / "drop"
@@ -125,6 +131,9 @@ ENVIRONMENT = {
     "CAREBUS_HTTP_PORT": "http_port",
     "CAREBUS_DELIVERY_PORT": "delivery_port",
     "CAREBUS_DELIVERY_BACKOFF_BASE": "delivery_backoff_base",
+    "CAREBUS_MLLP_IDLE_TIMEOUT": "mllp_idle_timeout",
+    "CAREBUS_MLLP_MESSAGE_TIMEOUT": "mllp_message_timeout",
+    "CAREBUS_MLLP_MAX_CONNECTIONS": "mllp_max_connections",
     "CAREBUS_DROP_DIR": "drop_dir",
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
     "CAREBUS_CREDENTIALS_FILE": "credentials_file",

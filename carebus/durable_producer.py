@@ -14,6 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from carebus.config import Settings
+from schemas.topics import MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "queue.buffering.max.messages": 100_000,
         "queue.buffering.max.kbytes": 256 * 1024,
         "message.timeout.ms": 120_000,
+        "message.max.bytes": MAX_RECORD_BYTES,
     }
     config.update(overrides)
     return config

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from carebus import process_control
 from carebus.config import REPO_ROOT, Settings
+from schemas.topics import MAX_RECORD_BYTES
 
 POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 LOG4J2_PROPERTIES = """status = warn
@@ -133,6 +134,9 @@ def _properties(node: KafkaNode, all_nodes: list[KafkaNode], settings: Settings)
         "log.retention.hours": "-1",
         "log.segment.bytes": str(64 * 1024 * 1024),
         "unclean.leader.election.enable": "false",
+        # Topics carry their own max.message.bytes (schemas.topics); replication must fetch them.
+        "message.max.bytes": str(MAX_RECORD_BYTES),
+        "replica.fetch.max.bytes": str(MAX_RECORD_BYTES),
     }
     if len(all_nodes) == 1:
         lines["controller.quorum.bootstrap.servers"] = f"127.0.0.1:{node.controller_port}"

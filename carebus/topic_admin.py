@@ -4,13 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from carebus.config import Settings
 from schemas.topics import CATALOGUE, TopicSpec
 
 # Settings that must match exactly; others (segment sizes) may be tuned by operators.
-VERIFIED_CONFIGS = ("cleanup.policy", "retention.ms", "min.insync.replicas")
+VERIFIED_CONFIGS = ("cleanup.policy", "retention.ms", "min.insync.replicas", "max.message.bytes")
+# Drift that is safe to correct in place (a topic made before the size limit was raised).
+CORRECTED_CONFIGS = ("max.message.bytes",)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,25 @@ def ensure_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOG
                 # Another process created it first: fine, it is verified below.
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
+    _correct_drift(settings, catalogue, set(existing), admin)
     return verify_topics(settings, catalogue, created, admin)
+
+
+def _correct_drift(settings: Settings, catalogue: tuple[TopicSpec, ...], existing: set[str], admin: AdminClient) -> None:
+    specs = [t for t in catalogue if t.name in existing]
+    if not specs:
+        return
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t.name) for t in specs]
+    actual = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    fixes = []
+    for spec in specs:
+        wanted = spec.config(settings.replication)
+        entries = [ConfigEntry(k, wanted[k], incremental_operation=AlterConfigOpType.SET) for k in CORRECTED_CONFIGS
+                   if k not in actual[spec.name] or actual[spec.name][k].value != wanted[k]]
+        if entries:
+            fixes.append(ConfigResource(ConfigResource.Type.TOPIC, spec.name, incremental_configs=entries))
+    for future in admin.incremental_alter_configs(fixes).values() if fixes else []:
+        future.result()
 
 
 def verify_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOGUE,

@@ -23,7 +23,7 @@ from carebus.config import Settings
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
 from producers.fhir_endpoint import fhir_router
-from producers.file_drop import emis_and_vision
+from producers.file_drop import FileDrop, emis_and_vision
 from producers.ingest_pipeline import IngestPipeline
 from producers.mllp_listener import MllpListener
 from producers.source_systems import CERNER, RIO
@@ -31,7 +31,8 @@ from producers.source_systems import CERNER, RIO
 log = logging.getLogger("carebus.connectors")
 
 
-def build_app(pipeline: IngestPipeline, settings: Settings, ready: dict[str, bool]) -> FastAPI:
+def build_app(pipeline: IngestPipeline, settings: Settings, ready: dict[str, bool],
+              drops: list[FileDrop] | None = None) -> FastAPI:
     app = FastAPI(title="carebus connectors", docs_url=None, redoc_url=None)
     app.include_router(fhir_router(pipeline, store_for(str(settings.credentials_file))))
 
@@ -41,8 +42,10 @@ def build_app(pipeline: IngestPipeline, settings: Settings, ready: dict[str, boo
 
     @app.get("/ready")
     async def readiness() -> JSONResponse:
-        ok = all(ready.values())
-        return JSONResponse({"ready": ok, "parts": ready}, status_code=200 if ok else 503)
+        parts = {**ready, **{f"drop:{d.profile.connector}": d.healthy for d in drops or []}}
+        problems = {f"drop:{d.profile.connector}": d.last_error for d in drops or [] if d.last_error}
+        ok = all(parts.values())
+        return JSONResponse({"ready": ok, "parts": parts, "problems": problems}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -54,17 +57,36 @@ def build_app(pipeline: IngestPipeline, settings: Settings, ready: dict[str, boo
 async def serve(settings: Settings) -> None:
     configure_logging()
     producer = DurableProducer(settings)
-    redis_client = aioredis.Redis.from_url(settings.redis)
+    # A bounded pool that waits for a free connection: hundreds of concurrent senders share a few
+    # dozen connections instead of failing past a limit; a Redis outage costs a duplicate check,
+    # never an answer (ingest_pipeline).
+    redis_client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+        settings.redis, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5))
     pipeline = IngestPipeline(producer, redis_client)
     ready = {"mllp": False, "http": False}
-    listeners = [MllpListener(CERNER, "RAL", pipeline, "0.0.0.0", settings.mllp_port),
-                 MllpListener(RIO, "RAT", pipeline, "0.0.0.0", settings.mllp_port + 1)]
+    limits = {"idle_timeout": settings.mllp_idle_timeout, "message_timeout": settings.mllp_message_timeout,
+              "max_connections": settings.mllp_max_connections}
+    listeners = [MllpListener(CERNER, "RAL", pipeline, "0.0.0.0", settings.mllp_port, **limits),
+                 MllpListener(RIO, "RAT", pipeline, "0.0.0.0", settings.mllp_port + 1, **limits)]
     for listener in listeners:
         await listener.start()
     ready["mllp"] = True
     drops = emis_and_vision(settings.drop_dir, pipeline)
     tasks = [asyncio.create_task(d.run()) for d in drops]
-    config = uvicorn.Config(build_app(pipeline, settings, ready), host="0.0.0.0", port=settings.http_port,
+
+    async def supervise() -> None:
+        # A drop loop outlives its errors; should one end anyway it is restarted and reported.
+        while True:
+            await asyncio.sleep(2)
+            for i, (d, t) in enumerate(zip(drops, list(tasks))):
+                if t.done():
+                    d.healthy, d.last_error = False, "restarted after the task ended"
+                    log.error("%s drop task ended (%s); restarting", d.profile.connector,
+                              type(t.exception()).__name__ if not t.cancelled() and t.exception() else "no error")
+                    tasks[i] = asyncio.create_task(d.run())
+
+    supervisor = asyncio.create_task(supervise())
+    config = uvicorn.Config(build_app(pipeline, settings, ready, drops), host="0.0.0.0", port=settings.http_port,
                             log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     stop = asyncio.Event()
@@ -81,6 +103,7 @@ async def serve(settings: Settings) -> None:
     server.should_exit = True
     for listener in listeners:
         await listener.stop()
+    supervisor.cancel()
     for t in tasks:
         t.cancel()
     await http

@@ -10,16 +10,42 @@ retries. Every call needs a bearer token with the role `sender:<connector>`.
 """
 from __future__ import annotations
 
+import json
+import logging
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from carebus.api_auth import Client, CredentialStore, authenticator
 from producers import fhir_mapper
-from producers.ingest_pipeline import IngestPipeline, StoreUnavailable, now_ms
+from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable, now_ms
 from producers.source_systems import BY_CONNECTOR, SourceSystemProfile
+from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 
 FHIR_JSON = "application/fhir+json"
-MAX_BODY = 16 * 1024 * 1024
+log = logging.getLogger("carebus.fhir")
+
+
+async def read_body(request: Request) -> tuple[bytes, int]:
+    """The body and its size; over MAX_INBOUND_BYTES only its head is kept (memory stays bounded)."""
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= MAX_INBOUND_BYTES:
+            parts.append(chunk)
+        elif sum(map(len, parts)) < DEAD_LETTER_HEAD_BYTES:
+            parts = [b"".join([*parts, chunk])[:DEAD_LETTER_HEAD_BYTES]]
+    return b"".join(parts), size
+
+
+def transaction_response(raw: bytes, event_ids: list[str]) -> dict:
+    """One response entry per request entry, in order (FHIR R4 transaction/batch-response)."""
+    doc = json.loads(raw)
+    kind = "batch-response" if doc.get("type") == "batch" else "transaction-response"
+    return {"resourceType": "Bundle", "type": kind,
+            "entry": [{"response": {"status": "201 Created"}} for _ in doc.get("entry", [])],
+            # Where the data went: the canonical events stored for this Bundle.
+            "meta": {"tag": [{"system": "urn:carebus:event", "code": eid} for eid in event_ids]}}
 
 
 def _outcome(status: int, issues: list[fhir_mapper.Issue]) -> JSONResponse:
@@ -46,9 +72,14 @@ def fhir_router(pipeline: IngestPipeline, credentials: CredentialStore) -> APIRo
         return profile, ods, None
 
     async def _ingest(request: Request, profile: SourceSystemProfile, ods: str, single: bool) -> JSONResponse:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            return _problem(413, "too-costly", "body exceeds 16 MiB; use the bulk file drop")
+        raw, size = await read_body(request)
+        if size > MAX_INBOUND_BYTES:
+            try:
+                await pipeline.refuse_oversized(raw, size, profile, "fhir-rest", FHIR_JSON)
+            except MessageTooLarge as exc:
+                return _problem(413, "too-costly", str(exc))
+            except StoreUnavailable:
+                return _problem(503, "transient", "temporarily unable to record the rejection; retry")
         received = now_ms()
         try:
             events = fhir_mapper.map_payload(raw, profile, ods, received)
@@ -59,17 +90,25 @@ def fhir_router(pipeline: IngestPipeline, credentials: CredentialStore) -> APIRo
                 return _problem(503, "transient", "temporarily unable to record the rejection; retry")
             status = 422 if exc.error_code in ("FHIR_VALIDATION", "FHIR_NO_SUBJECT", "FHIR_NO_PATIENT_ID") else 400
             return _outcome(status, exc.issues)
+        except Exception as exc:  # noqa: BLE001 - a mapper bug: parked for investigation, answered in FHIR
+            log.exception("mapper failure on a %s body", profile.connector)
+            try:
+                await pipeline.reject(raw, profile, "fhir-rest", FHIR_JSON, f"internal mapping error: {type(exc).__name__}",
+                                      "MAPPER_BUG")
+            except StoreUnavailable:
+                return _problem(503, "transient", "temporarily unable to record the rejection; retry")
+            return _problem(500, "exception", "internal mapping error; the body was parked for investigation")
         try:
             result = await pipeline.publish(raw, profile, ods, "fhir-rest", FHIR_JSON, events, received)
+        except MessageTooLarge as exc:
+            return _problem(413, "too-costly", str(exc))
         except StoreUnavailable as exc:
             return _problem(503, "transient", str(exc))
         if single:
             return JSONResponse({"resourceType": "OperationOutcome", "issue": [
                 {"severity": "information", "code": "informational", "diagnostics": f"stored as event {result.event_ids[0]}"}]},
                 status_code=201, media_type=FHIR_JSON)
-        return JSONResponse({"resourceType": "Bundle", "type": "transaction-response", "entry": [
-            {"response": {"status": "201 Created", "location": f"urn:carebus:event:{eid}"}} for eid in result.event_ids]},
-            status_code=200, media_type=FHIR_JSON)
+        return JSONResponse(transaction_response(raw, result.event_ids), status_code=200, media_type=FHIR_JSON)
 
     @router.post("/fhir/{connector}")
     async def post_bundle(connector: str, request: Request, client: Client = Depends(caller)) -> JSONResponse:

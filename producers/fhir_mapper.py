@@ -224,6 +224,8 @@ def map_payload(raw: bytes, profile: SourceSystemProfile, ods: str, received_at_
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _fail(f"body is not JSON: {exc.__class__.__name__}", "structure", None, "FHIR_NOT_JSON") from None
+    except RecursionError:
+        raise _fail("body is not usable JSON: nested too deeply", "structure", None, "FHIR_NOT_JSON") from None
     if not isinstance(doc, dict) or "resourceType" not in doc:
         raise _fail("body is not a FHIR resource (no resourceType)", "structure", None, "FHIR_NOT_RESOURCE")
     digest = hashlib.sha256(raw).hexdigest()

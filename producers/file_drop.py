@@ -14,8 +14,9 @@ import shutil
 from pathlib import Path
 
 from producers import fhir_mapper, vision_extract
-from producers.ingest_pipeline import IngestPipeline, StoreUnavailable, now_ms
+from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable, now_ms
 from producers.source_systems import EMIS, VISION, SourceSystemProfile
+from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 
 log = logging.getLogger("carebus.filedrop")
 
@@ -30,18 +31,49 @@ class FileDrop:
         self.failed = root / profile.connector / "failed"
         for d in (self.incoming, self.processed, self.failed):
             d.mkdir(parents=True, exist_ok=True)
+        # What /ready reports for this drop: False while it waits out an outage or after an error.
+        self.healthy = True
+        self.last_error = ""
+
+    @property
+    def content_type(self) -> str:
+        return "text/csv" if self.profile is VISION else "application/fhir+json"
 
     def pending(self) -> list[Path]:
         suffix = ".csv" if self.profile is VISION else ".json"
         # Writers create *.part and rename when done, so half-written files are never read.
         return sorted(p for p in self.incoming.iterdir() if p.suffix == suffix)
 
+    async def fail(self, path: Path, reason: str, error_code: str, raw: bytes = b"") -> None:
+        """To failed/ with a .reason file, and on the dead-letter topic; later files go on."""
+        await self.pipeline.reject(raw, self.profile, "file", self.content_type, f"{path.name}: {reason}"[:1000],
+                                   error_code)
+        shutil.move(path, self.failed / path.name)
+        (self.failed / f"{path.name}.reason").write_text(f"{error_code}: {reason}\n")
+
     async def process_file(self, path: Path) -> tuple[int, int]:
         """Returns (events published, items rejected)."""
+        if path.is_symlink():
+            # Only files put here are loaded, never what a link points at (anywhere on the machine).
+            path.unlink()
+            (self.failed / f"{path.name}.reason").write_text("SYMLINK_REFUSED: symbolic links are not loaded\n")
+            await self.pipeline.reject(b"", self.profile, "file", self.content_type,
+                                       f"{path.name}: symbolic link refused", "SYMLINK_REFUSED")
+            return 0, 1
+        size = path.stat().st_size
+        if size > MAX_INBOUND_BYTES:
+            with path.open("rb") as f:
+                head = f.read(DEAD_LETTER_HEAD_BYTES)
+            await self.fail(path, f"file of {size:,} bytes exceeds the {MAX_INBOUND_BYTES:,}-byte limit; "
+                                  "split the extract", "TOO_LARGE", head)
+            return 0, 1
         raw = path.read_bytes()
         received = now_ms()
         if self.profile is VISION:
             result = vision_extract.parse_extract(raw, path.name, received)
+            if not result.events and any(err.line == 1 for err in result.errors):
+                await self.fail(path, result.errors[0].reason, "VISION_BAD_HEADER", raw)
+                return 0, 1
             for err in result.errors:
                 await self.pipeline.reject(err.row, self.profile, "file", "text/csv",
                                            f"{path.name}: {err.reason}", "VISION_BAD_ROW")
@@ -55,10 +87,7 @@ class FileDrop:
             try:
                 events = fhir_mapper.map_payload(raw, self.profile, self.default_ods, received)
             except fhir_mapper.FHIRMappingError as exc:
-                await self.pipeline.reject(raw, self.profile, "file", "application/fhir+json",
-                                           f"{path.name}: {exc}"[:1000], exc.error_code)
-                shutil.move(path, self.failed / path.name)
-                (self.failed / f"{path.name}.reason").write_text(str(exc))
+                await self.fail(path, str(exc), exc.error_code, raw)
                 return 0, 1
             await self.pipeline.publish(raw, self.profile, self.default_ods, "file", "application/fhir+json",
                                         events, received)
@@ -67,15 +96,31 @@ class FileDrop:
         return published, rejected
 
     async def run(self, poll_seconds: float = 1.0) -> None:
+        """Never returns: an outage waits and retries the file; a file that cannot be loaded goes
+        to failed/; anything else is logged, reported in /ready, and the loop goes on."""
         while True:
-            for path in self.pending():
-                try:
-                    published, rejected = await self.process_file(path)
-                    log.info("%s: %s published %d events, rejected %d", self.profile.connector, path.name, published, rejected)
-                except StoreUnavailable:
-                    log.warning("%s: Kafka unavailable, will retry %s", self.profile.connector, path.name)
-                    await asyncio.sleep(poll_seconds)
-                    break
+            try:
+                for path in self.pending():
+                    try:
+                        published, rejected = await self.process_file(path)
+                        log.info("%s: a file published %d events, rejected %d", self.profile.connector,
+                                 published, rejected)
+                    except MessageTooLarge:
+                        shutil.move(path, self.failed / path.name)
+                        (self.failed / f"{path.name}.reason").write_text("TOO_LARGE: an event exceeds the limit\n")
+                    except StoreUnavailable:
+                        self.healthy, self.last_error = False, "Kafka unavailable"
+                        log.warning("%s: Kafka unavailable, the file will be retried", self.profile.connector)
+                        break
+                    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+                        await self.fail(path, f"cannot be loaded ({type(exc).__name__})", "FILE_UNREADABLE",
+                                        path.read_bytes()[:DEAD_LETTER_HEAD_BYTES] if path.exists() else b"")
+                        log.warning("%s: a file moved to failed/ (%s)", self.profile.connector, type(exc).__name__)
+                else:
+                    self.healthy, self.last_error = True, ""
+            except Exception as exc:  # noqa: BLE001 - the drop must outlive any error (Redis blip, disk)
+                self.healthy, self.last_error = False, type(exc).__name__
+                log.warning("%s drop: %s; retrying", self.profile.connector, type(exc).__name__, exc_info=True)
             await asyncio.sleep(poll_seconds)
 
 

@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 from prometheus_client import Counter, Histogram
 
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import pseudonym
 from producers.source_systems import SourceSystemProfile
 from schemas import codec
-from schemas.topics import DLQ_CONNECTORS, RAW, SOURCE_EVENTS, source_event_key
+from schemas.topics import (DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, MAX_RECORD_BYTES, RAW,
+                            SOURCE_EVENTS, source_event_key)
 
 log = logging.getLogger("carebus.ingest")
 
@@ -38,6 +40,11 @@ SEEN_TTL_SECONDS = 30 * 24 * 3600
 
 class StoreUnavailable(RuntimeError):
     """Kafka did not confirm; the sender must retry (HL7 AE, HTTP 503)."""
+
+
+class MessageTooLarge(ValueError):
+    """The bus will never store this message: the sender must not retry it (HL7 AR, HTTP 413).
+    It has been parked on the dead-letter topic by the time this is raised."""
 
 
 @dataclass
@@ -59,9 +66,15 @@ class IngestPipeline:
         self.redis = redis_client
 
     async def _seen(self, event_ids: list[str]) -> bool:
+        """Already published? Redis only saves a duplicate publish: if it cannot answer, publish
+        (event ids are deterministic and the linker ignores an event it has folded)."""
         if self.redis is None or not event_ids:
             return False
-        found = await self.redis.exists(*[f"carebus:ingested:{e}" for e in event_ids])
+        try:
+            found = await self.redis.exists(*[f"carebus:ingested:{e}" for e in event_ids])
+        except (RedisError, OSError) as exc:
+            log.warning("duplicate check skipped: Redis unavailable (%s)", type(exc).__name__)
+            return False
         return found == len(event_ids)
 
     async def _mark(self, event_ids: list[str]) -> None:
@@ -70,13 +83,18 @@ class IngestPipeline:
         pipe = self.redis.pipeline()
         for e in event_ids:
             pipe.set(f"carebus:ingested:{e}", 1, ex=SEEN_TTL_SECONDS)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:   # Kafka has the message: the sender gets its ACK
+            log.warning("duplicate marker not written: Redis unavailable (%s)", type(exc).__name__)
 
     async def publish(self, raw: bytes, profile: SourceSystemProfile, ods: str, channel: str,
                       content_type: str, events: list[dict[str, Any]], received_at_ms: int) -> IngestResult:
         """Store raw + events durably. Raises StoreUnavailable if Kafka does not confirm."""
         started = time.perf_counter()
         ids = [e["envelope"]["event_id"] for e in events]
+        if len(raw) > MAX_INBOUND_BYTES:
+            await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
         if await self._seen(ids):
             MESSAGES.labels(profile.connector, channel, "duplicate").inc()
             return IngestResult(True, ids, duplicate=True)
@@ -86,16 +104,21 @@ class IngestPipeline:
         # to the in-sync replicas, not two. The events find the original by its key (raw_id) from
         # their recorded_at, so they need not wait for its offset (partition/offset -1).
         ref = {"raw_id": raw_id, "sha256": sha, "topic": RAW.name, "partition": -1, "offset": -1}
-        sends = [self.producer.send(
-            RAW.name, codec.encode("RawMessage", {
-                "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
-                "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
-            key=raw_id, headers=codec.headers("RawMessage"), timestamp_ms=received_at_ms)]
+        raw_value = codec.encode("RawMessage", {
+            "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
+            "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw})
+        values = []
         for event in events:
             event["envelope"]["raw_message"] = ref
-            sends.append(self.producer.send(
-                SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event), key=source_event_key(event),
-                headers=codec.headers("SourcePatientEvent"), timestamp_ms=event["envelope"]["occurred_at"]))
+            values.append(codec.encode("SourcePatientEvent", event))
+        if max(len(v) for v in [raw_value, *values]) > MAX_RECORD_BYTES:
+            await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
+        sends = [self.producer.send(RAW.name, raw_value, key=raw_id, headers=codec.headers("RawMessage"),
+                                    timestamp_ms=received_at_ms)]
+        sends += [self.producer.send(SOURCE_EVENTS.name, value, key=source_event_key(event),
+                                     headers=codec.headers("SourcePatientEvent"),
+                                     timestamp_ms=event["envelope"]["occurred_at"])
+                  for event, value in zip(events, values)]
         try:
             await asyncio.gather(*sends)
         except Exception as exc:  # noqa: BLE001 - any Kafka failure means "not stored"
@@ -111,10 +134,23 @@ class IngestPipeline:
                      pseudonym(event["patient"]["local_identifier"]["value"]))
         return IngestResult(True, ids)
 
+    async def refuse_oversized(self, head: bytes, size: int, profile: SourceSystemProfile, channel: str,
+                               content_type: str) -> None:
+        """Park a message over the size limit (its first bytes and its size) and raise MessageTooLarge."""
+        reason = (f"message of {size:,} bytes exceeds the {MAX_INBOUND_BYTES:,}-byte limit; "
+                  "send large documents by reference or through the bulk file drop")
+        await self.reject(head, profile, channel, content_type, reason, "TOO_LARGE")
+        raise MessageTooLarge(reason)
+
     async def reject(self, raw: bytes, profile: SourceSystemProfile, channel: str, content_type: str,
                      reason: str, error_code: str) -> IngestResult:
         """Park rejected input on the dead-letter topic, then let the caller tell the sender."""
         dead_id = str(uuid.uuid4())
+        if len(raw) > DEAD_LETTER_HEAD_BYTES:
+            # A dead letter must fit on its topic: keep the head, which names the message (MSH,
+            # resourceType) and the sender still has the whole of it.
+            reason = f"{reason} [payload truncated to its first {DEAD_LETTER_HEAD_BYTES:,} bytes]"
+            raw = raw[:DEAD_LETTER_HEAD_BYTES]
         try:
             await self.producer.send(DLQ_CONNECTORS.name, codec.encode("DeadLetter", {
                 "dead_letter_id": dead_id, "stage": f"connector:{profile.connector}:{channel}",

@@ -11,6 +11,16 @@ from dataclasses import dataclass, field
 
 FOREVER = -1
 
+# Message size limits, one definition for the whole path so they agree end to end:
+# MAX_INBOUND_BYTES is the largest message a sender may send (an MLLP frame, a FHIR body);
+# clinical documents and reports of several MB are normal. MAX_RECORD_BYTES is what every topic,
+# every broker and every producer accepts: the inbound limit plus room for the Avro envelope.
+# Larger input is refused as such (HL7 AR, HTTP 413) and parked with its first
+# DEAD_LETTER_HEAD_BYTES, never answered "retry".
+MAX_INBOUND_BYTES = 16 * 1024 * 1024
+MAX_RECORD_BYTES = MAX_INBOUND_BYTES + 1024 * 1024
+DEAD_LETTER_HEAD_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -31,6 +41,7 @@ class TopicSpec:
             # Brokers timestamp nothing: event time is the producer's, so offsets-for-times
             # on the audit log finds messages by when the source sent them.
             "message.timestamp.type": "CreateTime",
+            "max.message.bytes": str(MAX_RECORD_BYTES),
         }
         cfg.update(self.extra)
         return cfg

@@ -22,6 +22,9 @@ def test_kafka_is_a_single_kraft_node_with_the_embedded_settings():
     assert env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"] == 0
     assert env["KAFKA_LOG_RETENTION_HOURS"] == -1
     assert "zookeeper" not in str(COMPOSE).lower()
+    from schemas.topics import MAX_RECORD_BYTES
+
+    assert env["KAFKA_MESSAGE_MAX_BYTES"] == env["KAFKA_REPLICA_FETCH_MAX_BYTES"] == MAX_RECORD_BYTES
 
 
 def test_redis_keeps_an_append_only_file_and_the_embedded_memory_settings():
