@@ -18,9 +18,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 
 from carebus.config import Settings
+from carebus.redis_connection import sync_client
 from carebus.durable_producer import DurableProducer
 from consumers.change_reader import read_range
 from schemas import codec
@@ -73,7 +73,7 @@ def _mllp(host: str, port: int, message: bytes, timeout: float = 30.0) -> bytes:
 class Replayer:
     def __init__(self, settings: Settings, which: str) -> None:
         self.settings, self.which = settings, which
-        self.redis = redis.Redis.from_url(settings.redis)
+        self.redis = sync_client(settings)
         self.done_key = f"carebus:dead-letters:replayed:{TOPICS[which]}"
         self._producer: DurableProducer | None = None
 

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
-import redis.asyncio as aioredis
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -26,7 +24,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from carebus.api_auth import Client, authenticator, store_for
+from redis.exceptions import RedisError
+
 from carebus.config import Settings
+from carebus.redis_connection import async_client, sync_client
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
 from consumers import audit_trail
@@ -69,8 +70,8 @@ class DeliveryService:
     def __init__(self, settings: Settings, retry: RetryPolicy | None = None) -> None:
         self.settings = settings
         self.credentials = store_for(str(settings.credentials_file))
-        self.redis = aioredis.Redis.from_url(settings.redis)
-        self.redis_sync = redis.Redis.from_url(settings.redis)
+        self.redis = async_client(settings)
+        self.redis_sync = sync_client(settings)
         self.store = SubscriptionStore(self.redis)
         self.producer = DurableProducer(settings)
         self.http = httpx.AsyncClient(timeout=10)
@@ -120,6 +121,12 @@ class DeliveryService:
 def build_app(service: DeliveryService) -> FastAPI:
     app = FastAPI(title="carebus delivery", docs_url=None, redoc_url=None)
     caller = authenticator(service.credentials)
+
+    @app.exception_handler(RedisError)
+    async def store_unavailable(_request: Request, exc: RedisError) -> JSONResponse:
+        # Redis away longer than the client's retries: "not now", never a bare 500.
+        return JSONResponse({"detail": f"store unavailable ({type(exc).__name__}); retry shortly"}, status_code=503,
+                            headers={"Retry-After": "5"})
 
     def require(client: Client, role: str) -> None:
         if not client.has(role):

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import signal
 
-import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -22,6 +21,7 @@ from carebus.api_auth import store_for
 from carebus.config import Settings
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
+from carebus.redis_connection import async_client
 from producers.fhir_endpoint import fhir_router
 from producers.file_drop import FileDrop, emis_and_vision
 from producers.ingest_pipeline import IngestPipeline
@@ -60,8 +60,7 @@ async def serve(settings: Settings) -> None:
     # A bounded pool that waits for a free connection: hundreds of concurrent senders share a few
     # dozen connections instead of failing past a limit; a Redis outage costs a duplicate check,
     # never an answer (ingest_pipeline).
-    redis_client = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-        settings.redis, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5))
+    redis_client = async_client(settings, max_connections=64, socket_timeout=5)
     pipeline = IngestPipeline(producer, redis_client)
     ready = {"mllp": False, "http": False}
     limits = {"idle_timeout": settings.mllp_idle_timeout, "message_timeout": settings.mllp_message_timeout,

@@ -27,6 +27,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from carebus.config import Settings
+from carebus.redis_connection import sync_client
 from carebus.durable_producer import DurableProducer
 from schemas.topics import LINK_REVIEW, SOURCE_EVENTS
 from streams.fellegi_sunter import Parameters
@@ -58,7 +59,7 @@ def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:
 
 
 def create_stage(settings: Settings) -> LinkStage:
-    client = redis.Redis.from_url(settings.redis, socket_timeout=30, health_check_interval=10)
+    client = sync_client(settings, socket_timeout=30)
     return LinkStage(RedisGraphStore(client), RedisRecordStore(client),
                      DurableProducer(settings, **{"linger.ms": 2}), Parameters.load(settings.linkage_parameters_in_use))
 

@@ -1,0 +1,215 @@
+"""Faults and limits, through the real interfaces: oversized input, many and misbehaving
+senders, file drops that cannot be loaded, and a Redis outage while traffic flows."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+
+import httpx
+import pytest
+
+from carebus import redis_server
+from schemas import codec
+from schemas.topics import DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, RAW
+from simulator.traffic import MllpClient, ack_code, vision_csv, write_drop_file
+from tests.conftest import ServiceProcess
+from tests.kafka_reading import read_all
+from tests.test_connectors_e2e import adt, mllp_send
+
+pytestmark = pytest.mark.integration
+EMIS = {"Authorization": "Bearer dev-emis-token", "X-Ods-Code": "F84001"}
+
+
+def wait_for(predicate, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def dead_letters(settings, needle: str) -> list[dict]:
+    found = read_all(settings, DLQ_CONNECTORS.name, timeout=15,
+                     predicate=lambda m: needle.encode() in (m.value() or b""))
+    return [codec.decode(m.value(), "DeadLetter") for m in found]
+
+
+def segment(ack: bytes, name: bytes) -> list[bytes]:
+    return next((s.split(b"|") for s in ack.split(b"\r") if s.startswith(name + b"|")), [])
+
+
+# ---- sizes ---------------------------------------------------------------------------------------
+def test_a_message_over_the_old_one_megabyte_kafka_default_is_stored(bus_settings, connectors, unique):
+    note = "NTE|1||" + "long clinical report text " * 100_000 + "\r"      # about 2.5 MB
+    ack = mllp_send(bus_settings.mllp_port, adt(f"BIG{unique}", f"BIG{unique}", extra=note))[0]
+    assert ack_code(ack) == "AA", ack[:300]
+    raw = read_all(bus_settings, RAW.name, expect=1, timeout=60, predicate=lambda m: f"BIG{unique}".encode() in m.value())
+    assert len(codec.decode(raw[0].value(), "RawMessage")["payload"]) > 2_000_000
+
+
+def test_an_mllp_message_over_the_limit_is_refused_parked_and_the_connection_goes_on(bus_settings, connectors, unique):
+    huge = adt(f"HUGE{unique}", f"HUGE{unique}", extra="NTE|1||" + "x" * (MAX_INBOUND_BYTES + 1000) + "\r")
+
+    async def go() -> tuple[bytes, bytes]:
+        client = MllpClient("127.0.0.1", bus_settings.mllp_port)
+        refused = await client.send(huge, timeout=120)
+        after = await client.send(adt(f"AFTER{unique}", f"AFTER{unique}"))     # same connection
+        await client.close()
+        return refused, after
+
+    refused, after = asyncio.run(go())
+    assert ack_code(refused) == "AR" and b"TOO_LARGE" in refused
+    assert segment(refused, b"MSA")[2] == f"HUGE{unique}".encode(), "the AR names the refused message"
+    assert ack_code(after) == "AA"
+    parked = dead_letters(bus_settings, f"HUGE{unique}")
+    assert parked and parked[0]["error_code"] == "TOO_LARGE"
+    assert parked[0]["payload"].startswith(b"MSH|") and len(parked[0]["payload"]) == DEAD_LETTER_HEAD_BYTES
+    assert "exceeds" in parked[0]["reason"]
+
+
+def test_a_fhir_body_over_the_limit_gets_413_and_is_parked(bus_settings, connectors, unique):
+    body = json.dumps({"resourceType": "Bundle", "id": f"huge{unique}", "type": "collection",
+                       "entry": [{"resource": {"resourceType": "Basic", "id": "x" * (MAX_INBOUND_BYTES + 10)}}]})
+    r = httpx.post(f"http://127.0.0.1:{bus_settings.http_port}/fhir/emis", content=body, headers=EMIS, timeout=120)
+    assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
+    assert dead_letters(bus_settings, f"huge{unique}")[0]["error_code"] == "TOO_LARGE"
+
+
+def test_deeply_nested_json_is_a_fhir_error_and_parked(bus_settings, connectors, unique):
+    body = '{"resourceType": "Bundle", "id": "nest' + unique + '", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = httpx.post(f"http://127.0.0.1:{bus_settings.http_port}/fhir/emis", content=body, headers=EMIS, timeout=60)
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+    assert dead_letters(bus_settings, f"nest{unique}")[0]["error_code"] == "FHIR_NOT_JSON"
+
+
+def test_a_transaction_response_has_one_entry_per_request_entry_in_order(bus_settings, connectors, unique):
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:p", "resource": {"resourceType": "Patient", "id": f"T{unique}",
+                                               "name": [{"family": "Entry", "given": ["Three"]}],
+                                               "birthDate": "1970-01-01", "gender": "male"}},
+        {"resource": {"resourceType": "Condition", "id": f"c1{unique}", "subject": {"reference": "urn:uuid:p"},
+                      "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]}}},
+        {"resource": {"resourceType": "Condition", "id": f"c2{unique}", "subject": {"reference": "urn:uuid:p"},
+                      "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]}}}]}
+    r = httpx.post(f"http://127.0.0.1:{bus_settings.http_port}/fhir/emis", json=bundle, headers=EMIS, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["type"] == "transaction-response"
+    assert len(body["entry"]) == 3 and all(e["response"]["status"].startswith("201") for e in body["entry"])
+
+
+# ---- many and misbehaving senders -------------------------------------------------------------------
+def test_every_one_of_150_concurrent_senders_gets_an_ack(bus_settings, connectors, unique):
+    async def one(i: int) -> bytes:
+        client = MllpClient("127.0.0.1", bus_settings.mllp_port)
+        try:
+            return await client.send(adt(f"C{i}{unique}", f"C{i}{unique}"), timeout=120)
+        finally:
+            await client.close()
+
+    async def go() -> list[bytes]:
+        return await asyncio.gather(*(one(i) for i in range(150)))
+
+    assert [ack_code(a) for a in asyncio.run(go())] == ["AA"] * 150
+
+
+@pytest.fixture(scope="module")
+def strict_connectors(bus_settings, service_env, tmp_path_factory):
+    """A second connector process with tight MLLP limits (its own ports and drop folder)."""
+    env = {**service_env, "CAREBUS_MLLP_PORT": "22675", "CAREBUS_HTTP_PORT": "28180",
+           "CAREBUS_DROP_DIR": str(tmp_path_factory.mktemp("strict-drop")),
+           "CAREBUS_MLLP_IDLE_TIMEOUT": "2", "CAREBUS_MLLP_MESSAGE_TIMEOUT": "2", "CAREBUS_MLLP_MAX_CONNECTIONS": "5"}
+    service = ServiceProcess(["connectors"], env, "http://127.0.0.1:28180/ready",
+                             bus_settings.data_dir / "strict-connectors.log").start()
+    yield service
+    service.stop()
+
+
+def closed_by_peer(sock: socket.socket, within: float = 20.0) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_idle_and_stalled_connections_are_closed(strict_connectors):
+    idle = socket.create_connection(("127.0.0.1", 22675))
+    stalled = socket.create_connection(("127.0.0.1", 22675))
+    stalled.sendall(b"\x0bMSH|^~\\&|CERNER|RAL|")      # a message that never finishes
+    assert closed_by_peer(idle) and closed_by_peer(stalled)
+    idle.close()
+    stalled.close()
+
+
+def test_past_the_connection_cap_a_sender_is_told_to_retry(strict_connectors, unique):
+    held = [socket.create_connection(("127.0.0.1", 22675)) for _ in range(5)]
+    try:
+        time.sleep(0.3)
+        extra = mllp_send(22675, adt(f"CAP{unique}", f"CAP{unique}"))[0]
+        assert ack_code(extra) == "AE" and b"TOO_MANY_CONNECTIONS" in extra
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.3)
+    assert ack_code(mllp_send(22675, adt(f"CAP2{unique}", f"CAP2{unique}"))[0]) == "AA"
+
+
+# ---- file drops -----------------------------------------------------------------------------------
+def test_unloadable_files_go_to_failed_with_a_reason_and_later_files_still_load(bus_settings, connectors, unique,
+                                                                                tmp_path):
+    vision = bus_settings.data_dir / "drop" / "vision"
+    write_drop_file(vision / "incoming", f"bad-header-{unique}.csv", b"who,what\n1,2\n")
+    outside = tmp_path / "secret.csv"
+    outside.write_bytes(vision_csv([{"record_type": "PATIENT", "patient_id": f"LINK{unique}", "practice_ods": "E87001",
+                                     "family": "Link", "given": "Sym", "birth_date": "1950-01-01", "sex": "F"}]))
+    os.symlink(outside, vision / "incoming" / f"link-{unique}.csv")
+    rows = [{"record_type": "PATIENT", "patient_id": f"L{i}{unique}", "practice_ods": "E87001", "family": "Large",
+             "given": "Extract", "birth_date": "1960-02-03", "sex": "M", "postcode": "N1 1AA"} for i in range(15_000)]
+    big = vision_csv(rows)
+    assert len(big) > 1_000_000
+    write_drop_file(vision / "incoming", f"large-{unique}.csv", big)
+
+    wait_for(lambda: (vision / "processed" / f"large-{unique}.csv").exists(), timeout=180)
+    assert (vision / "failed" / f"bad-header-{unique}.csv").exists()
+    assert "header" in (vision / "failed" / f"bad-header-{unique}.csv.reason").read_text()
+    assert not (vision / "processed" / f"bad-header-{unique}.csv").exists()
+    assert "SYMLINK_REFUSED" in (vision / "failed" / f"link-{unique}.csv.reason").read_text()
+    assert outside.exists(), "the link's target is not touched"
+    assert not read_all(bus_settings, RAW.name, timeout=5, predicate=lambda m: f"LINK{unique}".encode() in m.value())
+
+
+# ---- a Redis outage -------------------------------------------------------------------------------
+def test_a_redis_outage_costs_no_ack_and_no_event(bus_settings, connectors, link_workers, delivery, redis_client,
+                                                  unique):
+    """Redis stopped while HL7 traffic flows: every message is still ACKed (Kafka has it), the
+    link workers wait instead of parking, and when Redis is back every event reaches the record;
+    the connectors' file drop and the delivery API work again without a restart."""
+    from streams.identity_store import RedisGraphStore
+
+    redis_server.down(bus_settings)
+    try:
+        acks = mllp_send(bus_settings.mllp_port, *[adt(f"R{i}{unique}", f"R{i}{unique}") for i in range(20)])
+        assert [ack_code(a) for a in acks] == ["AA"] * 20
+        time.sleep(3)      # the link workers meet the outage
+    finally:
+        redis_server.up(bus_settings)
+    graph = RedisGraphStore(redis_client)
+    keys = [f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|R{i}{unique}" for i in range(20)]
+    wait_for(lambda: all(graph.persons_of(keys).get(k) for k in keys), timeout=120)
+    assert not dead_letters(bus_settings, f"R0{unique}")
+    write_drop_file(bus_settings.data_dir / "drop" / "vision" / "incoming", f"after-{unique}.csv",
+                    vision_csv([{"record_type": "PATIENT", "patient_id": f"A{unique}", "practice_ods": "E87001",
+                                 "family": "After", "given": "Outage", "birth_date": "1970-03-04", "sex": "F"}]))
+    wait_for(lambda: (bus_settings.data_dir / "drop" / "vision" / "processed" / f"after-{unique}.csv").exists())
+    assert httpx.get(f"http://127.0.0.1:{bus_settings.http_port}/ready", timeout=10).status_code == 200
+    auditor = {"Authorization": "Bearer dev-auditor-token"}
+    assert httpx.get(f"{delivery.base}/reviews", headers=auditor, timeout=30).status_code in (200, 403)
+    assert httpx.get(f"{delivery.base}/monitor", headers=auditor, timeout=30).status_code == 200
