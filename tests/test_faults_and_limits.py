@@ -18,19 +18,10 @@ from simulator.traffic import MllpClient, ack_code, vision_csv, write_drop_file
 from tests.conftest import ServiceProcess
 from tests.kafka_reading import read_all
 from tests.test_connectors_e2e import adt, mllp_send
+from tests.test_delivery_e2e import wait_for
 
 pytestmark = pytest.mark.integration
 EMIS = {"Authorization": "Bearer dev-emis-token", "X-Ods-Code": "F84001"}
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out")
 
 
 def dead_letters(settings, needle: str) -> list[dict]:
