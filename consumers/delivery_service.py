@@ -54,7 +54,10 @@ class SubscriptionRequest(BaseModel):
     ods_codes: list[str] = []
     persons: list[str] = []
     sections: list[str] = []
-    max_attempts: int = Field(6, ge=1, le=50)
+    # 0 (the default): a failing subscriber's deliveries wait, retried with capped backoff, and
+    # nothing is skipped. n: after n attempts a change is parked (and the patient's later changes
+    # are held behind it until redelivery), so other patients' changes go on.
+    max_attempts: int = Field(0, ge=0, le=50)
 
 
 class TimeRange(BaseModel):
@@ -233,18 +236,38 @@ def build_app(service: DeliveryService) -> FastAPI:
         sub, secret, created = await service.owned(subscription_id, client)
         dispatcher = Dispatcher(service.settings, service.store, service.producer, service.http, sub, secret, created,
                                 scope_of(client), service.retry)
-        msgs = await asyncio.to_thread(lambda: list(read_range(service.settings, DLQ_DELIVERY.name, 0, 2**62,
-                                                               key=subscription_id)))
+        done_key = f"carebus:redelivered:{subscription_id}"
         outcomes: dict[str, int] = {}
-        for m in msgs:
-            dead = codec.decode(m.value(), "DeadLetter")
-            if await service.redis.sismember(f"carebus:redelivered:{subscription_id}", dead["dead_letter_id"]):
-                continue
-            outcome = await dispatcher.handle(dead["payload"])
-            await service.redis.sadd(f"carebus:redelivered:{subscription_id}", dead["dead_letter_id"])
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        failing: set[str] = set()      # patients whose oldest parked change failed again: the rest wait
+        total = 0
+        # Passes until nothing new: changes parked by the live dispatcher meanwhile are taken too.
+        while True:
+            msgs = await asyncio.to_thread(lambda: list(read_range(service.settings, DLQ_DELIVERY.name, 0, 2**62,
+                                                                   key=subscription_id)))
+            total = len(msgs)
+            progress = False
+            for m in msgs:
+                dead = codec.decode(m.value(), "DeadLetter")
+                if await service.redis.sismember(done_key, dead["dead_letter_id"]):
+                    continue
+                person = codec.decode(dead["payload"], "RecordChange")["person_id"]
+                if person in failing:
+                    continue           # stays parked, in its place, behind the one that failed
+                outcome = await dispatcher.handle(dead["payload"], redelivery=True)
+                if outcome == "failed":
+                    failing.add(person)
+                    continue
+                await service.redis.sadd(done_key, dead["dead_letter_id"])
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                progress = True
+            if not progress:
+                break
+        # Every parked change left belongs to a failing patient: the others are held no longer.
+        released = {m.decode() for m in await service.redis.smembers(dispatcher.held_key)} - failing
+        if released:
+            await service.redis.srem(dispatcher.held_key, *released)
         await dispatcher.close()
-        return {"parked": len(msgs), "outcomes": outcomes}
+        return {"parked": total, "outcomes": outcomes, "still_parked_patients": len(failing)}
 
     # ---- records, reviews, audit --------------------------------------------------------------
     @app.get("/records/{person_id}")

@@ -9,6 +9,12 @@ backoff and full jitter; after `max_attempts` the change is parked on carebus.dl
 (key = subscription id) with the reason, the subscription is marked degraded, and delivery goes
 on. Nothing is dropped silently: parked changes can be redelivered, and any time range can be
 replayed. The offset is committed only after a change was delivered, filtered out or parked.
+
+By default (max_attempts 0) nothing is parked: a failing subscriber's deliveries wait, retried
+with capped backoff, while its status says `degraded` and carebus_delivery_waiting is 1 (alert on
+it); they resume in order when it recovers. With parking chosen (max_attempts n), once one of a
+patient's changes is parked, that patient's later changes are parked behind it ("held") until
+redelivery sends them in their order: a patient's changes are never delivered out of order.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ from typing import Any
 import aiohttp
 import httpx
 from confluent_kafka import Consumer
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from carebus.config import Settings
 from carebus.durable_producer import DurableProducer
@@ -40,6 +46,9 @@ from schemas.topics import DLQ_DELIVERY, PATIENT_CHANGES
 
 log = logging.getLogger("carebus.delivery")
 DELIVERED = Counter("carebus_delivery_total", "Deliveries by subscription and outcome", ["subscription", "outcome"])
+WAITING = Gauge("carebus_delivery_waiting", "1 while a subscription's deliveries wait for a failing endpoint",
+                ["subscription"])
+DEGRADED_AFTER = 3   # failed attempts on one change before the subscription reads "degraded"
 LATENCY = Histogram("carebus_delivery_seconds", "Change recorded to subscriber acknowledged", ["subscription"],
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 
@@ -57,6 +66,10 @@ class RetryPolicy:
 LANES = 16          # patients delivered in parallel per subscription
 BATCH = 500         # changes taken from the log per batch
 IDLE_WAIT = 0.5     # seconds an idle dispatcher waits for a change before looking again
+
+
+class DeliveryStopped(Exception):
+    """The dispatcher was stopped while a delivery waited: leave the batch uncommitted."""
 
 
 class Dispatcher:
@@ -150,6 +163,10 @@ class Dispatcher:
             await self._session.close()
         self._thread.shutdown(wait=False)
 
+    @property
+    def held_key(self) -> str:
+        return f"carebus:delivery:{self.sub.subscription_id}:held"
+
     async def handle(self, value: bytes, redelivery: bool = False) -> str:
         change = codec.decode(value, "RecordChange")
         visible = visible_change(change, self.sub, self.scope)
@@ -157,32 +174,61 @@ class Dispatcher:
             DELIVERED.labels(self.sub.subscription_id, "filtered").inc()
             self._tally["filtered"] = self._tally.get("filtered", 0) + 1
             return "filtered"
-        return await self.deliver(visible, value)
+        if not redelivery and self.sub.max_attempts and await self.store.r.sismember(self.held_key, change["person_id"]):
+            await self._park(value, "held behind an earlier parked change for this patient", change["person_id"])
+            return "held"
+        return await self.deliver(visible, value, park=not redelivery)
 
-    async def deliver(self, change: dict[str, Any], original: bytes) -> str:
+    async def deliver(self, change: dict[str, Any], original: bytes, park: bool = True) -> str:
+        """"delivered", or after max_attempts "parked" (or "failed", not parked, if `park` is False)."""
         last_error = ""
-        for attempt in range(self.sub.max_attempts):
-            if attempt:
-                await asyncio.sleep(self.retry.delay(attempt))
-            try:
-                status = await self._post(change)
-                if 200 <= status < 300:
-                    DELIVERED.labels(self.sub.subscription_id, "delivered").inc()
-                    LATENCY.labels(self.sub.subscription_id).observe(max(0.0, time.time() - change["changed_at"] / 1000))
-                    self._tally["delivered"] = self._tally.get("delivered", 0) + 1
-                    self._last_delivered_at = int(time.time() * 1000)
-                    return "delivered"
-                last_error = f"HTTP {status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                last_error = type(exc).__name__
-            except Exception as exc:  # noqa: BLE001 - any failure to hand over counts as a failed attempt,
-                last_error = type(exc).__name__  # never as a reason to stall the whole subscription
-                log.warning("subscription %s: unexpected %s while posting", self.sub.subscription_id,
-                            type(exc).__name__, exc_info=True)
-            DELIVERED.labels(self.sub.subscription_id, "failed_attempt").inc()
-            await self.store.record(self.sub.subscription_id, failed_attempts=1)
-        await self._park(original, f"{last_error} after {self.sub.max_attempts} attempts")
+        attempt = 0
+        try:
+            while not self.sub.max_attempts or attempt < self.sub.max_attempts:
+                if attempt:
+                    try:      # the backoff, cut short if the dispatcher is stopped meanwhile
+                        await asyncio.wait_for(self._stop.wait(), self.retry.delay(attempt))
+                        raise DeliveryStopped()
+                    except asyncio.TimeoutError:
+                        pass
+                outcome, last_error = await self._attempt(change, last_error)
+                if outcome:
+                    if attempt >= DEGRADED_AFTER:
+                        await self.store.note(self.sub.subscription_id, status="active")
+                    return outcome
+                attempt += 1
+                if attempt == DEGRADED_AFTER:
+                    WAITING.labels(self.sub.subscription_id).set(1)
+                    await self.store.note(self.sub.subscription_id, status="degraded", last_error=last_error)
+        finally:
+            if attempt >= DEGRADED_AFTER:
+                WAITING.labels(self.sub.subscription_id).set(0)
+        if not park:
+            return "failed"
+        await self._park(original, f"{last_error} after {self.sub.max_attempts} attempts", change["person_id"])
         return "parked"
+
+    async def _attempt(self, change: dict[str, Any], last_error: str) -> tuple[str, str]:
+        """("delivered", "") or ("", why it failed)."""
+        try:
+            status = await self._post(change)
+            if 200 <= status < 300:
+                DELIVERED.labels(self.sub.subscription_id, "delivered").inc()
+                LATENCY.labels(self.sub.subscription_id).observe(max(0.0, time.time() - change["changed_at"] / 1000))
+                self._tally["delivered"] = self._tally.get("delivered", 0) + 1
+                self._last_delivered_at = int(time.time() * 1000)
+                return "delivered", ""
+            # Only the status: an endpoint's error text can echo what it was sent.
+            last_error = f"HTTP {status}"
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            last_error = type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 - any failure to hand over counts as a failed attempt
+            last_error = type(exc).__name__
+            log.warning("subscription %s: unexpected %s while posting", self.sub.subscription_id,
+                        type(exc).__name__, exc_info=True)
+        DELIVERED.labels(self.sub.subscription_id, "failed_attempt").inc()
+        await self.store.record(self.sub.subscription_id, failed_attempts=1)
+        return "", last_error
 
     async def _post(self, change: dict[str, Any]) -> int:
         if self.sub.channel == "fhir-rest-hook":
@@ -202,7 +248,9 @@ class Dispatcher:
             await resp.read()
             return resp.status
 
-    async def _park(self, original: bytes, reason: str) -> None:
+    async def _park(self, original: bytes, reason: str, person: str) -> None:
+        # Held first: from now on this patient's later changes queue behind this one.
+        await self.store.r.sadd(self.held_key, person)
         dead_id = str(uuid.uuid4())
         await self.producer.send(DLQ_DELIVERY.name, codec.encode("DeadLetter", {
             "dead_letter_id": dead_id, "stage": f"delivery:{self.sub.subscription_id}", "source_system": "CAREBUS",

@@ -33,7 +33,7 @@ class Subscription:
     persons: frozenset[str] = frozenset()        # empty = all
     sections: frozenset[str] = frozenset()       # empty = all
     status: str = "active"
-    max_attempts: int = 6
+    max_attempts: int = 0             # 0: never give up (wait for the subscriber); n: park after n attempts
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,69 @@ def test_a_redis_outage_costs_no_ack_and_no_event(bus_settings, connectors, link
     auditor = {"Authorization": "Bearer dev-auditor-token"}
     assert httpx.get(f"{delivery.base}/reviews", headers=auditor, timeout=30).status_code in (200, 403)
     assert httpx.get(f"{delivery.base}/monitor", headers=auditor, timeout=30).status_code == 200
+
+
+# ---- a subscriber outage ------------------------------------------------------------------------
+def delivery_stats(redis_client, subscription_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in redis_client.hgetall(f"carebus:delivery:{subscription_id}").items()}
+
+
+def test_by_default_a_subscriber_outage_waits_and_loses_nothing_and_no_order(bus_settings, connectors, link_workers,
+                                                                            delivery, redis_client, unique):
+    from tests.test_delivery_e2e import SUB2, cerner_key, person_of, send_story, subscribe
+    from tests.webhook_receiver import Receiver
+
+    down = Receiver()
+    path = f"/outage/{unique}"
+    sub = subscribe(delivery, SUB2, channel="webhook", endpoint=down.url(path))
+    down.failing = True
+    try:
+        send_story(bus_settings, unique)
+        person = person_of(redis_client, cerner_key(f"S{unique}"))
+        wait_for(lambda: delivery_stats(redis_client, sub["id"]).get("status") == "degraded", what="degraded")
+    finally:
+        down.failing = False
+
+    def all_delivered():
+        final = int(redis_client.hget(f"carebus:record_meta:{person}", "version") or 0)
+        got = [r["json"]["version"] for r in down.for_path(path) if r["json"]["person_id"] == person]
+        return got if got and got[-1] == final else None
+
+    versions = wait_for(all_delivered, what="delivery after the outage")
+    assert versions == list(range(1, versions[-1] + 1)), "every change, once, in order"
+    stats = delivery_stats(redis_client, sub["id"])
+    assert int(stats.get("parked", 0)) == 0 and int(stats["failed_attempts"]) >= 3
+    wait_for(lambda: delivery_stats(redis_client, sub["id"]).get("status") == "active", what="active again")
+    down.close()
+
+
+def test_with_parking_chosen_a_patients_later_changes_wait_behind_the_parked_one(bus_settings, connectors,
+                                                                               link_workers, delivery, redis_client,
+                                                                               unique):
+    from tests.test_delivery_e2e import SUB2, cerner_key, person_of, subscribe, unique_nhs
+    from tests.webhook_receiver import Receiver
+
+    down = Receiver()
+    path = f"/parking/{unique}"
+    sub = subscribe(delivery, SUB2, channel="webhook", endpoint=down.url(path), max_attempts=2)
+    nhs = unique_nhs(unique)
+    down.failing = True
+    try:
+        assert ack_code(mllp_send(bus_settings.mllp_port, adt(f"S{unique}", f"S{unique}0", nhs=nhs))[0]) == "AA"
+        person = person_of(redis_client, cerner_key(f"S{unique}"))
+        wait_for(lambda: int(delivery_stats(redis_client, sub["id"]).get("parked", 0)) >= 1, what="parked")
+    finally:
+        down.failing = False
+    # The endpoint is back, but this patient's next change must not overtake the parked one.
+    assert ack_code(mllp_send(bus_settings.mllp_port, adt(f"S{unique}", f"S{unique}1", nhs=nhs, trigger="A08"))[0]) == "AA"
+    wait_for(lambda: int(delivery_stats(redis_client, sub["id"]).get("parked", 0)) >= 2, what="held behind")
+    assert not [r for r in down.for_path(path) if r["json"]["person_id"] == person]
+    resp = httpx.post(f"{delivery.base}/subscriptions/{sub['id']}/dead-letters/redeliver", headers=SUB2, timeout=120)
+    assert resp.status_code == 200, resp.text
+    versions = [r["json"]["version"] for r in down.for_path(path) if r["json"]["person_id"] == person]
+    assert versions == [1, 2]
+    # Released: the patient's next change goes straight through.
+    assert ack_code(mllp_send(bus_settings.mllp_port, adt(f"S{unique}", f"S{unique}2", nhs=nhs, trigger="A03"))[0]) == "AA"
+    wait_for(lambda: [r for r in down.for_path(path) if r["json"]["person_id"] == person and r["json"]["version"] == 3],
+             what="the next change delivered directly")
+    down.close()
