@@ -1,6 +1,6 @@
 """Loads the canonical Avro schemas in schemas/avro and every earlier version kept in history/.
 
-Named types live one per file (Envelope.avsc, PatientIdentity.avsc, ...) and refer to each other
+Named types live one per file, named by full name (carebus.Envelope.avsc, ...), and refer to each other
 by full name; the message schemas (the ones that travel on topics) are listed in MESSAGE_TYPES.
 """
 from __future__ import annotations
@@ -34,7 +34,8 @@ class SchemaVersion:
 
 def _load_named_types() -> dict[str, dict]:
     """Raw JSON of every named type, by short name."""
-    return {p.stem: json.loads(p.read_text()) for p in sorted(AVRO_DIR.glob("*.avsc"))}
+    # Files are named by full name (carebus.Envelope.avsc), as fastavro.schema.load_schema expects.
+    return {p.stem.rsplit(".", 1)[-1]: json.loads(p.read_text()) for p in sorted(AVRO_DIR.glob("*.avsc"))}
 
 
 def _inline(node: Any, raw: dict[str, dict], seen: set[str]) -> Any:

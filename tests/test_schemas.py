@@ -109,3 +109,22 @@ def test_old_writer_is_read_by_current_reader():
               "original_offset": None, "content_type": "text/plain", "payload": b"x", "attempts": 1}
     schemaless_writer(buf, old.parsed, record)
     assert codec.decode(buf.getvalue(), "DeadLetter")["payload"] == b"x"
+
+
+@pytest.mark.parametrize("message_type", registry.MESSAGE_TYPES)
+def test_fastavro_alone_loads_each_schema_file_and_reads_our_bytes(message_type):
+    """An outside consumer with only fastavro and the .avsc files can read what carebus writes."""
+    import io
+
+    import fastavro
+
+    schema = fastavro.schema.load_schema(str(registry.AVRO_DIR / f"carebus.{message_type}.avsc"))
+
+    @hsettings(max_examples=10, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+    @given(for_schema(registry.current()[message_type].expanded))
+    def readable(record):
+        body = codec.body(message_type, record)
+        ours = registry.current()[message_type].parsed      # with logical types, as an outside reader has
+        assert fastavro.schemaless_reader(io.BytesIO(body), schema) == fastavro.schemaless_reader(io.BytesIO(body), ours)
+
+    readable()
