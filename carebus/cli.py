@@ -125,11 +125,14 @@ def simulate(
 
 
 @app.command("link-worker")
-def link_worker(worker_id: str = typer.Option("", help="a name for this worker in Kafka's client id")) -> None:
+def link_worker(worker_id: str = typer.Option("", help="a name for this worker in Kafka's client id"),
+                status_port: int = typer.Option(-1, help="serve /health, /ready, /metrics on 127.0.0.1:PORT "
+                                                         "(default CAREBUS_LINK_WORKER_STATUS_PORT; 0 off)")) -> None:
     """Run one identity-linking / shared-record worker (batched, lock-free). Start several to scale out."""
     from streams.link_worker import run_worker
 
-    run_worker(_settings(), worker_id)
+    settings = _settings()
+    run_worker(settings, worker_id, settings.link_worker_status_port if status_port < 0 else status_port)
 
 
 @app.command()

@@ -73,6 +73,8 @@ class Settings:
     # larger batches amortise round trips, the wait bounds the latency added at low traffic.
     link_batch_size: int = 500
     link_batch_wait_ms: int = 20
+    # A link worker's /health, /ready, /metrics on 127.0.0.1 (0: off; give each worker its own).
+    link_worker_status_port: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -140,6 +142,7 @@ ENVIRONMENT = {
     "CAREBUS_LINKAGE_PARAMETERS": "linkage_parameters",
     "CAREBUS_LINK_BATCH_SIZE": "link_batch_size",
     "CAREBUS_LINK_BATCH_WAIT_MS": "link_batch_wait_ms",
+    "CAREBUS_LINK_WORKER_STATUS_PORT": "link_worker_status_port",
 }
 
 _PORT_FIELDS = {"kafka_port", "kafka_controller_port", "redis_port", "mllp_port", "http_port", "delivery_port"}
@@ -156,6 +159,8 @@ def load_settings() -> Settings:
         if isinstance(default, int):
             if name in _PORT_FIELDS:
                 values[name] = _env_int(var, default, 1, 65535)
+            elif name == "link_worker_status_port":
+                values[name] = _env_int(var, default, 0, 65535)
             elif name == "kafka_brokers":
                 values[name] = _env_int(var, default, 1, 9)
             else:

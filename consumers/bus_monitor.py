@@ -14,6 +14,7 @@ from prometheus_client import Gauge
 from carebus.config import Settings
 from consumers.stream_lag import consumer_lag
 from schemas import codec
+from streams.worker_status import worker_states
 from schemas.topics import CATALOGUE, DLQ_CONNECTORS, DLQ_DELIVERY, DLQ_STREAMS, PATIENT_CHANGES, SOURCE_EVENTS
 
 LAG = Gauge("carebus_consumer_lag", "Messages behind the end of the topic", ["group", "topic", "partition"])
@@ -104,4 +105,4 @@ class BusMonitor:
         return {"at": int(time.time() * 1000), "topics": {t: {"messages": n, "per_second": round(rates.get(t, 0.0), 1)}
                                                           for t, n in ends.items()},
                 "lag": lags, "dead_letters": {t: {"count": ends.get(t, 0), "reasons": r} for t, r in reasons.items()},
-                "linkage": linkage, "delivery": delivery}
+                "linkage": linkage, "delivery": delivery, "link_workers": worker_states(redis_client)}

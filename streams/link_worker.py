@@ -19,7 +19,9 @@ batch is retried with capped backoff and its offsets are not committed until it 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import time
 from functools import partial
 
@@ -34,6 +36,7 @@ from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
 from streams.link_stage import InboundMessage, LinkStage, StageUnavailable
 from streams.record_store import RedisRecordStore
+from streams.worker_status import WorkerStatus
 
 log = logging.getLogger("carebus.link_worker")
 GROUP = "carebus-linker"
@@ -75,41 +78,48 @@ def _offsets(batch: list[InboundMessage]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
 
 
-def _until_done(action, what: str, stopping) -> bool:  # noqa: ANN001 - callables
+def _until_done(action, what: str, stopping, status: WorkerStatus | None = None) -> bool:  # noqa: ANN001
     """Run `action` until it succeeds (True) or the worker is asked to stop (False), waiting with
-    capped backoff while Redis or Kafka is unavailable. Any other error is the caller's to handle."""
+    capped backoff while Redis or Kafka is unavailable (reported on /ready). Any other error is
+    the caller's to handle."""
     backoff = 0.2
     while True:
         try:
             action()
             return True
         except INFRASTRUCTURE_ERRORS as exc:
-            log.warning("%s waits: %s unavailable (%s); retrying in %.1f s", what,
-                        "Redis" if isinstance(exc, redis.RedisError) else "Kafka", type(exc).__name__, backoff)
+            service = "Redis" if isinstance(exc, redis.RedisError) else "Kafka"
+            log.warning("%s waits: %s unavailable (%s); retrying in %.1f s", what, service, type(exc).__name__, backoff)
+            if status is not None:
+                status.waiting(service)
         if stopping():
             return False
         time.sleep(backoff)
         backoff = min(backoff * 2, 10.0)
 
 
-def process_with_retry(stage: LinkStage, batch: list[InboundMessage], stopping) -> bool:  # noqa: ANN001
+def process_with_retry(stage: LinkStage, batch: list[InboundMessage], stopping,  # noqa: ANN001
+                       status: WorkerStatus | None = None) -> bool:
     """Process until it succeeds (True) or the worker is asked to stop (False)."""
     try:
-        return _until_done(lambda: stage.process(batch), f"batch of {len(batch)}", stopping)
+        return _until_done(lambda: stage.process(batch), f"batch of {len(batch)}", stopping, status)
     except Exception as exc:  # noqa: BLE001 - a bug on some message: find it, park it, go on
         if len(batch) == 1:
             log.exception("message %s:%d:%d cannot be processed", batch[0].topic, batch[0].partition,
                           batch[0].offset)
-            return _until_done(partial(stage.park, batch[0], exc), "parking a message", stopping)
+            return _until_done(partial(stage.park, batch[0], exc), "parking a message", stopping, status)
         log.exception("batch failed; processing its %d messages one by one", len(batch))
-        return all(process_with_retry(stage, [m], stopping) for m in batch)
+        return all(process_with_retry(stage, [m], stopping, status) for m in batch)
 
 
-def run_worker(settings: Settings, worker_id: str = "") -> None:
+def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) -> None:
     from carebus.log_privacy import configure_logging
 
     configure_logging()
     stage = create_stage(settings)
+    status = WorkerStatus(worker=f"{socket.gethostname()}:{worker_id or os.getpid()}", redis_client=stage.records.r)
+    if status_port:
+        status.serve(status_port)
     consumer = Consumer(consumer_config(settings, worker_id))
     # Offsets processed but not yet committed (a commit can fail while the group rebalances):
     # committed with the next batch, or dropped when the partition moves (its new owner replays).
@@ -140,8 +150,9 @@ def run_worker(settings: Settings, worker_id: str = "") -> None:
                     batch.append(m)
             if batch:
                 inbound = _inbound(batch)
-                if not process_with_retry(stage, inbound, lambda: stop["now"]):
+                if not process_with_retry(stage, inbound, lambda: stop["now"], status):
                     break
+                status.processed(len(inbound))
                 for tp in _offsets(inbound):
                     pending[(tp.topic, tp.partition)] = tp.offset
             if pending:

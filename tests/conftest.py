@@ -129,10 +129,14 @@ def connectors(bus_settings, service_env):
     service.stop()
 
 
+LINK_WORKER_STATUS_PORTS = (28070, 28071)
+
+
 @pytest.fixture(scope="session")
 def link_workers(bus_settings, service_env):
     """Two `carebus link-worker` processes sharing the source-events partitions."""
-    workers = [ServiceProcess(["link-worker", "--worker-id", f"w{i}"], service_env, None,
+    workers = [ServiceProcess(["link-worker", "--worker-id", f"w{i}", "--status-port", str(LINK_WORKER_STATUS_PORTS[i])],
+                              service_env, f"http://127.0.0.1:{LINK_WORKER_STATUS_PORTS[i]}/health",
                               bus_settings.data_dir / f"link-worker-{i}.log").start() for i in range(2)]
     yield workers
     for w in workers:

@@ -185,17 +185,29 @@ def test_a_redis_outage_costs_no_ack_and_no_event(bus_settings, connectors, link
     the connectors' file drop and the delivery API work again without a restart."""
     from streams.identity_store import RedisGraphStore
 
+    from tests.conftest import LINK_WORKER_STATUS_PORTS
+
+    def readiness() -> list[tuple[int, dict]]:
+        out = []
+        for port in LINK_WORKER_STATUS_PORTS:
+            r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=10)
+            out.append((r.status_code, r.json()))
+        return out
+
     redis_server.down(bus_settings)
     try:
         acks = mllp_send(bus_settings.mllp_port, *[adt(f"R{i}{unique}", f"R{i}{unique}") for i in range(20)])
         assert [ack_code(a) for a in acks] == ["AA"] * 20
-        time.sleep(3)      # the link workers meet the outage
+        # The workers that met the outage say so on /ready.
+        waiting = wait_for(lambda: [body for code, body in readiness() if code == 503], what="a worker waiting")
+        assert waiting[0]["waiting_for"] == "Redis" and waiting[0]["state"] == "waiting"
     finally:
         redis_server.up(bus_settings)
     graph = RedisGraphStore(redis_client)
     keys = [f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|R{i}{unique}" for i in range(20)]
     wait_for(lambda: all(graph.persons_of(keys).get(k) for k in keys), timeout=120)
     assert not dead_letters(bus_settings, f"R0{unique}")
+    wait_for(lambda: all(code == 200 for code, _ in readiness()), what="workers ready again")
     write_drop_file(bus_settings.data_dir / "drop" / "vision" / "incoming", f"after-{unique}.csv",
                     vision_csv([{"record_type": "PATIENT", "patient_id": f"A{unique}", "practice_ods": "E87001",
                                  "family": "After", "given": "Outage", "birth_date": "1970-03-04", "sex": "F"}]))
@@ -203,7 +215,9 @@ def test_a_redis_outage_costs_no_ack_and_no_event(bus_settings, connectors, link
     assert httpx.get(f"http://127.0.0.1:{bus_settings.http_port}/ready", timeout=10).status_code == 200
     auditor = {"Authorization": "Bearer dev-auditor-token"}
     assert httpx.get(f"{delivery.base}/reviews", headers=auditor, timeout=30).status_code in (200, 403)
-    assert httpx.get(f"{delivery.base}/monitor", headers=auditor, timeout=30).status_code == 200
+    monitor = httpx.get(f"{delivery.base}/monitor", headers=auditor, timeout=30)
+    assert monitor.status_code == 200
+    assert {w["state"] for w in monitor.json()["link_workers"].values()} == {"running"}
 
 
 # ---- a subscriber outage ------------------------------------------------------------------------
