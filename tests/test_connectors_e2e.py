@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A01", extra: str = "",
-        dob: str | None = None) -> bytes:
+        dob: str | None = None, family: str = "SMITH") -> bytes:
     # Each test patient gets its own given name and birth date (from its id), so patients of
     # different tests never look alike to the probabilistic linker.
     digest = hashlib.sha256(local_id.encode()).digest()
@@ -31,7 +31,7 @@ def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A0
     dob = dob or f"{1930 + digest[1] % 80}{1 + digest[2] % 12:02d}{1 + digest[3] % 28:02d}"
     return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^{trigger}^ADT_A01|{control}|P|2.4\r"
             f"EVN|{trigger}|20261124101000\r"
-            f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||SMITH^{given}||{dob}|M|||1 HIGH ST^^LONDON^^NW1 2AB\r"
+            f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||{family}^{given}||{dob}|M|||1 HIGH ST^^LONDON^^NW1 2AB\r"
             f"PV1|1|I|WARD1^BED2||||||||||||||||V{control}\r{extra}").encode()
 
 
