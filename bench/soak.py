@@ -144,7 +144,8 @@ def main() -> None:
             services.start(name)
         subscribe(sink.url)
         seconds = args.minutes * 60
-        records = [r for r in pop.build(int(args.rate * seconds * 1.2) + 100, seed=11, practices=500).records
+        # About a third of source records are Cerner (the MLLP feed): build enough people for the whole run.
+        records = [r for r in pop.build(int(args.rate * seconds * 3.5) + 100, seed=11, practices=500).records
                    if r.system == "CERNER_MILLENNIUM"]
         stop = threading.Event()
         sender = threading.Thread(target=lambda: asyncio.run(traffic(settings.mllp_port, args.rate, stop, acked, records)))
