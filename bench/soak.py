@@ -209,6 +209,9 @@ def main() -> None:
         services.stop_all()
         sink.close()
         bus.stop()
+        # A broker restarted mid-run can outlive `down` (its pid file was rewritten): end
+        # whatever still runs from this run's data folder.
+        subprocess.run(["pkill", "-f", str(bus.data)], check=False)
 
 
 if __name__ == "__main__":
