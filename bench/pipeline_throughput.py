@@ -38,6 +38,7 @@ from rich.table import Table
 from bench import private_bus
 from bench.measurement import peak_rss_mb, percentile
 from bench.webhook_sink import WebhookSink
+from carebus.process_control import stop_children
 from consumers.stream_lag import total_lag
 from schemas import codec
 from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS, source_event_key
@@ -108,16 +109,6 @@ def drain(settings, workers: list[subprocess.Popen], records: list[pop.SourceRec
         peak = max([peak] + [peak_rss_mb(w.pid) for w in workers])
         time.sleep(0.1)
     return time.perf_counter() - started, max([peak] + [peak_rss_mb(w.pid) for w in workers])
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def passthrough(settings, expected: int) -> float:
@@ -288,7 +279,7 @@ def main() -> None:
         console.print(f"preloading {len(pre):,} source records through {args.workers} link workers")
         workers = start_workers(args.workers, env, logs)
         secs, rss = drain(settings, workers, pre, 0)
-        stop(workers)
+        stop_children(workers)
         rows.append(("preload: link stage, index growing 0 → " + f"{len(pre):,}", str(args.workers), f"{len(pre) / secs:,.0f}",
                      f"{rss:.0f}"))
         console.print(rows[-1])
@@ -305,11 +296,11 @@ def main() -> None:
         delivery = start_delivery(delivery_env, logs)
         subscription = subscribe(sink.url)
         time.sleep(3)          # its dispatcher records its starting position
-        stop([delivery])
+        stop_children([delivery])
         for run, (n, batch) in enumerate(((1, back1), (args.workers, back2))):
             workers = start_workers(n, env, logs)
             secs, rss = drain(settings, workers, batch, 10_000_000 * n)
-            stop(workers)
+            stop_children(workers)
             rows.append((f"backlog of {len(batch):,} on an index of {len(pre) + run * len(back1):,}", str(n),
                          f"{len(batch) / secs:,.0f}", f"{rss:.0f} (per worker, max)"))
             console.print(rows[-1])
@@ -359,7 +350,7 @@ def main() -> None:
             time.sleep(5)
             lat = change_latencies(settings, since, sent_at)
             webhook = first_arrival_latencies(sink.arrivals()[received_before:], sent_at)
-            stop(workers + [connectors, delivery])
+            stop_children(workers + [connectors, delivery])
             t = Table(title=f"end to end: {args.rate} HL7 ADT/s offered for {args.seconds} s over 16 MLLP connections, "
                             f"{args.workers} link workers")
             for col in ("measure", "n", "p50 ms", "p95 ms", "p99 ms"):
@@ -375,7 +366,7 @@ def main() -> None:
                           f"{lag_after} at the end of sending")
     finally:
         if delivery is not None:
-            stop([delivery])
+            stop_children([delivery])
         bus.stop()
 
 

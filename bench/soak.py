@@ -75,13 +75,7 @@ class Services:
         self.start(name)
 
     def stop_all(self) -> None:
-        for p in self.procs.values():
-            p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        process_control.stop_children(list(self.procs.values()))
 
 
 async def traffic(port: int, rate: int, stop: threading.Event, acked: dict[str, int], records: list[pop.SourceRecord]

@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from carebus import local_bus
-from carebus.process_control import wait_http_ready
+from carebus.process_control import stop_children, wait_http_ready
 from carebus.config import Settings
 from consumers.notification_format import verify
 from simulator import population as pop
@@ -161,10 +161,4 @@ def run(settings: Settings, people: int, batch: int, duration: float, live: bool
         if created:
             # The sample subscriber dies with the demo; leave no subscription behind to fail forever.
             httpx.delete(f"{api}/subscriptions/{created['id']}", headers={"Authorization": f"Bearer {SUBSCRIBER}"})
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_children(procs, timeout=20)

@@ -81,6 +81,17 @@ def stop(pid_file: Path, marker: str | tuple[str, ...], timeout: float = 30.0, h
     return True
 
 
+def stop_children(procs: list[subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGTERM every child we started, then wait for each (SIGKILL if it outstays `timeout`)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def _reap(pid: int) -> None:
     # A child of this very process stays a zombie (and "alive" in /proc) until waited on.
     try:
