@@ -263,9 +263,7 @@ def build_app(service: DeliveryService) -> FastAPI:
             if not progress:
                 break
         # Every parked change left belongs to a failing patient: the others are held no longer.
-        released = {m.decode() for m in await service.redis.smembers(dispatcher.held_key)} - failing
-        if released:
-            await service.redis.srem(dispatcher.held_key, *released)
+        await service.store.release_all_but(subscription_id, failing)
         await dispatcher.close()
         return {"parked": total, "outcomes": outcomes, "still_parked_patients": len(failing)}
 

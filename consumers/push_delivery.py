@@ -163,10 +163,6 @@ class Dispatcher:
             await self._session.close()
         self._thread.shutdown(wait=False)
 
-    @property
-    def held_key(self) -> str:
-        return f"carebus:delivery:{self.sub.subscription_id}:held"
-
     async def handle(self, value: bytes, redelivery: bool = False) -> str:
         change = codec.decode(value, "RecordChange")
         visible = visible_change(change, self.sub, self.scope)
@@ -174,7 +170,8 @@ class Dispatcher:
             DELIVERED.labels(self.sub.subscription_id, "filtered").inc()
             self._tally["filtered"] = self._tally.get("filtered", 0) + 1
             return "filtered"
-        if not redelivery and self.sub.max_attempts and await self.store.r.sismember(self.held_key, change["person_id"]):
+        if not redelivery and self.sub.max_attempts and await self.store.is_held(self.sub.subscription_id,
+                                                                                 change["person_id"]):
             await self._park(value, "held behind an earlier parked change for this patient", change["person_id"])
             return "held"
         return await self.deliver(visible, value, park=not redelivery)
@@ -191,7 +188,7 @@ class Dispatcher:
                         raise DeliveryStopped()
                     except asyncio.TimeoutError:
                         pass
-                outcome, last_error = await self._attempt(change, last_error)
+                outcome, last_error = await self._attempt(change)
                 if outcome:
                     if attempt >= DEGRADED_AFTER:
                         await self.store.note(self.sub.subscription_id, status="active")
@@ -208,7 +205,7 @@ class Dispatcher:
         await self._park(original, f"{last_error} after {self.sub.max_attempts} attempts", change["person_id"])
         return "parked"
 
-    async def _attempt(self, change: dict[str, Any], last_error: str) -> tuple[str, str]:
+    async def _attempt(self, change: dict[str, Any]) -> tuple[str, str]:
         """("delivered", "") or ("", why it failed)."""
         try:
             status = await self._post(change)
@@ -250,7 +247,7 @@ class Dispatcher:
 
     async def _park(self, original: bytes, reason: str, person: str) -> None:
         # Held first: from now on this patient's later changes queue behind this one.
-        await self.store.r.sadd(self.held_key, person)
+        await self.store.hold(self.sub.subscription_id, person)
         dead_id = str(uuid.uuid4())
         await self.producer.send(DLQ_DELIVERY.name, codec.encode("DeadLetter", {
             "dead_letter_id": dead_id, "stage": f"delivery:{self.sub.subscription_id}", "source_system": "CAREBUS",

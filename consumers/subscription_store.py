@@ -75,5 +75,22 @@ class SubscriptionStore:
         raw = await self.r.hgetall(f"carebus:delivery:{subscription_id}")
         return {k.decode(): v.decode() for k, v in raw.items()}
 
+    # Patients whose changes queue behind a parked one (subscriptions that chose parking).
+    @staticmethod
+    def _held(subscription_id: str) -> str:
+        return f"carebus:delivery:{subscription_id}:held"
+
+    async def hold(self, subscription_id: str, person: str) -> None:
+        await self.r.sadd(self._held(subscription_id), person)
+
+    async def is_held(self, subscription_id: str, person: str) -> bool:
+        return bool(await self.r.sismember(self._held(subscription_id), person))
+
+    async def release_all_but(self, subscription_id: str, still_held: set[str]) -> None:
+        key = self._held(subscription_id)
+        released = {m.decode() for m in await self.r.smembers(key)} - still_held
+        if released:
+            await self.r.srem(key, *released)
+
     async def next_event_number(self, subscription_id: str) -> int:
         return int(await self.r.hincrby(f"carebus:delivery:{subscription_id}", "events_since_start", 1))
