@@ -48,17 +48,22 @@ class FileDrop:
         """To failed/ with a .reason file, and on the dead-letter topic; later files go on."""
         await self.pipeline.reject(raw, self.profile, "file", self.content_type, f"{path.name}: {reason}"[:1000],
                                    error_code)
-        shutil.move(path, self.failed / path.name)
+        self._set_aside(path, error_code, reason)
+
+    def _set_aside(self, path: Path, error_code: str, reason: str) -> None:
+        """Out of incoming/ into failed/, with a .reason file beside it. A symbolic link is removed,
+        not moved: failed/ must not point anywhere else on the machine either."""
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.move(path, self.failed / path.name)
         (self.failed / f"{path.name}.reason").write_text(f"{error_code}: {reason}\n")
 
     async def process_file(self, path: Path) -> tuple[int, int]:
         """Returns (events published, items rejected)."""
         if path.is_symlink():
             # Only files put here are loaded, never what a link points at (anywhere on the machine).
-            path.unlink()
-            (self.failed / f"{path.name}.reason").write_text("SYMLINK_REFUSED: symbolic links are not loaded\n")
-            await self.pipeline.reject(b"", self.profile, "file", self.content_type,
-                                       f"{path.name}: symbolic link refused", "SYMLINK_REFUSED")
+            await self.fail(path, "symbolic link refused", "SYMLINK_REFUSED")
             return 0, 1
         size = path.stat().st_size
         if size > MAX_INBOUND_BYTES:
@@ -105,9 +110,8 @@ class FileDrop:
                         published, rejected = await self.process_file(path)
                         log.info("%s: a file published %d events, rejected %d", self.profile.connector,
                                  published, rejected)
-                    except MessageTooLarge:
-                        shutil.move(path, self.failed / path.name)
-                        (self.failed / f"{path.name}.reason").write_text("TOO_LARGE: an event exceeds the limit\n")
+                    except MessageTooLarge:     # already parked by the pipeline
+                        self._set_aside(path, "TOO_LARGE", "an event exceeds the size limit")
                     except StoreUnavailable:
                         self.healthy, self.last_error = False, "Kafka unavailable"
                         log.warning("%s: Kafka unavailable, the file will be retried", self.profile.connector)
