@@ -51,10 +51,7 @@ def ensure_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOG
 
 def _correct_drift(settings: Settings, catalogue: tuple[TopicSpec, ...], existing: set[str], admin: AdminClient) -> None:
     specs = [t for t in catalogue if t.name in existing]
-    if not specs:
-        return
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, t.name) for t in specs]
-    actual = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    actual = _configs(admin, [t.name for t in specs])
     fixes = []
     for spec in specs:
         wanted = spec.config(settings.replication)
@@ -66,12 +63,17 @@ def _correct_drift(settings: Settings, catalogue: tuple[TopicSpec, ...], existin
         future.result()
 
 
+def _configs(admin: AdminClient, topics: list[str]) -> dict[str, dict]:
+    """Each topic's current configuration (name -> ConfigEntry), one request for all."""
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in topics]
+    return {r.name: f.result() for r, f in admin.describe_configs(resources).items()} if resources else {}
+
+
 def verify_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOGUE,
                   created: set[str] | None = None, admin: AdminClient | None = None) -> list[TopicState]:
     admin = admin or admin_client(settings)
     metadata = admin.list_topics(timeout=15).topics
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, t.name) for t in catalogue if t.name in metadata]
-    configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()} if resources else {}
+    configs = _configs(admin, [t.name for t in catalogue if t.name in metadata])
     states = []
     for spec in catalogue:
         problems = []
