@@ -40,6 +40,11 @@ class Frame:
     def too_large(self) -> bool:
         return self.size > MAX_INBOUND_BYTES
 
+    @property
+    def header(self) -> bytes:
+        """The MSH segment alone: enough for an ACK to name the message, whatever follows it."""
+        return self.message.split(b"\r", 1)[0]
+
 
 async def read_frame(reader: asyncio.StreamReader, prefix: bytes = b"") -> Frame:
     """One frame (`prefix`: bytes of it already read). Holds at most the size limit in memory,
@@ -126,14 +131,13 @@ class MllpListener:
         return hl7v2_mapper.build_ack(raw, "AA")
 
     async def refuse_oversized(self, f: Frame) -> bytes:
-        header = f.message.split(b"\r", 1)[0]      # MSH only: enough for the ACK to name the message
         try:
             await self.pipeline.refuse_oversized(f.message, f.size, self.profile, "mllp", "application/hl7-v2")
         except MessageTooLarge as exc:
-            return hl7v2_mapper.build_ack(header, "AR", str(exc), "TOO_LARGE")
+            return hl7v2_mapper.build_ack(f.header, "AR", str(exc), "TOO_LARGE")
         except StoreUnavailable:
             pass
-        return hl7v2_mapper.build_ack(header, "AE", "temporarily unable to record the rejection; retry",
+        return hl7v2_mapper.build_ack(f.header, "AE", "temporarily unable to record the rejection; retry",
                                       "STORE_UNAVAILABLE")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -150,7 +154,7 @@ class MllpListener:
                     log.info("%s: closing an idle or stalled connection", self.profile.connector)
                     return
                 if over_cap:
-                    ack = hl7v2_mapper.build_ack(f.message.split(b"\r", 1)[0], "AE",
+                    ack = hl7v2_mapper.build_ack(f.header, "AE",
                                                  f"connection limit reached ({self.max_connections}); retry later",
                                                  "TOO_MANY_CONNECTIONS")
                     writer.write(frame(ack))
