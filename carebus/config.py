@@ -65,6 +65,8 @@ class Settings:
     delivery_backoff_base: str = "0.5"   # seconds; retry n waits up to base * 2**n (full jitter)
     # Where bulk extracts are dropped for the file connectors.
     drop_dir: Path = REPO_ROOT / ".carebus" / "drop"
+    # How often each drop folder is looked at for new files (Mirth's File Reader polling frequency).
+    file_drop_poll_ms: int = 1000
     # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
     log_pseudonym_key: str = "carebus-dev-log-key"
     credentials_file: Path = REPO_ROOT / "deploy" / "dev-credentials.json"
@@ -137,6 +139,7 @@ ENVIRONMENT = {
     "CAREBUS_MLLP_MESSAGE_TIMEOUT": "mllp_message_timeout",
     "CAREBUS_MLLP_MAX_CONNECTIONS": "mllp_max_connections",
     "CAREBUS_DROP_DIR": "drop_dir",
+    "CAREBUS_FILE_DROP_POLL_MS": "file_drop_poll_ms",
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
     "CAREBUS_CREDENTIALS_FILE": "credentials_file",
     "CAREBUS_LINKAGE_PARAMETERS": "linkage_parameters",

@@ -71,7 +71,7 @@ async def serve(settings: Settings) -> None:
         await listener.start()
     ready["mllp"] = True
     drops = emis_and_vision(settings.drop_dir, pipeline)
-    tasks = [asyncio.create_task(d.run()) for d in drops]
+    tasks = [asyncio.create_task(d.run(settings.file_drop_poll_ms / 1000)) for d in drops]
 
     async def supervise() -> None:
         # A drop loop outlives its errors; should one end anyway it is restarted and reported.
@@ -82,7 +82,7 @@ async def serve(settings: Settings) -> None:
                     d.healthy, d.last_error = False, "restarted after the task ended"
                     log.error("%s drop task ended (%s); restarting", d.profile.connector,
                               type(t.exception()).__name__ if not t.cancelled() and t.exception() else "no error")
-                    tasks[i] = asyncio.create_task(d.run())
+                    tasks[i] = asyncio.create_task(d.run(settings.file_drop_poll_ms / 1000))
 
     supervisor = asyncio.create_task(supervise())
     config = uvicorn.Config(build_app(pipeline, settings, ready, drops), host="0.0.0.0", port=settings.http_port,

@@ -82,11 +82,10 @@ class FileDrop:
             for err in result.errors:
                 await self.pipeline.reject(err.row, self.profile, "file", "text/csv",
                                            f"{path.name}: {err.reason}", "VISION_BAD_ROW")
-            by_ods: dict[str, list] = {}
-            for event in result.events:
-                by_ods.setdefault(event["envelope"]["source_ods_code"], []).append(event)
-            for ods, events in by_ods.items():
-                await self.pipeline.publish(raw, self.profile, ods, "file", "text/csv", events, received)
+            # The file is kept once, whatever practices it covers; each event carries its own ODS code.
+            practices = {event["envelope"]["source_ods_code"] for event in result.events}
+            ods = practices.pop() if len(practices) == 1 else self.default_ods
+            await self.pipeline.publish(raw, self.profile, ods, "file", "text/csv", result.events, received)
             published, rejected = len(result.events), len(result.errors)
         else:
             try:
@@ -125,7 +124,7 @@ class FileDrop:
             except Exception as exc:  # noqa: BLE001 - the drop must outlive any error (Redis blip, disk)
                 self.healthy, self.last_error = False, type(exc).__name__
                 log.warning("%s drop: %s; retrying", self.profile.connector, type(exc).__name__, exc_info=True)
-            await asyncio.sleep(poll_seconds)
+            await asyncio.sleep(max(poll_seconds, 0.01))
 
 
 def emis_and_vision(root: Path, pipeline: IngestPipeline) -> list[FileDrop]:

@@ -1,6 +1,7 @@
 """HL7 v2 (ADT and ORU) to the canonical SourcePatientEvent. Pure: no I/O.
 
-Parsing is the `hl7` library's; this module knows which fields carry what in the UK flavour of
+Fields are read through `hl7v2_message` (python-hl7's rules, without its per-message tree of
+containers); this module knows which fields carry what in the UK flavour of
 v2.4 that Cerner Millennium and RiO send (NHS number in PID-3 with type NH, its trace status
 in PID-32, the registered GP practice in PD1-3), and turns each message into one event.
 """
@@ -12,9 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import hl7
-
 from producers import birth_date, nhs_number
+from producers.hl7v2_message import HL7v2Message
 from producers.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
 
 EVENT_NAMESPACE = uuid.UUID("6f1f5d1c-1d4e-4c1b-9b8e-2b7f5e0c0a11")
@@ -46,7 +46,7 @@ class HL7MappingError(ValueError):
 @dataclass(frozen=True)
 class MappedHL7:
     event: dict[str, Any]
-    message: hl7.Message
+    message: HL7v2Message
     control_id: str
     message_type: str
 
@@ -60,44 +60,27 @@ def decode_bytes(raw: bytes) -> str:
     return text.replace("\r\n", "\r").replace("\n", "\r").strip("\r\x0b\x1c ")
 
 
-def parse(raw: bytes) -> hl7.Message:
+def parse(raw: bytes) -> HL7v2Message:
     text = decode_bytes(raw)
     if not text.startswith("MSH"):
         raise HL7MappingError("message does not start with an MSH segment", "AR", "HL7_NO_MSH")
     if len(text) < 8:
         raise HL7MappingError("MSH segment too short to hold its encoding characters", "AR", "HL7_BAD_MSH")
-    try:
-        return hl7.parse(text)
-    except Exception as exc:  # noqa: BLE001 - the library raises many types for bad input
-        raise HL7MappingError(f"unparseable HL7: {type(exc).__name__}", "AR", "HL7_UNPARSEABLE") from None
+    return HL7v2Message(text)
 
 
-def field(msg: hl7.Message | hl7.Segment, segment: str, number: int, rep: int = 1, comp: int = 1,
+def field(msg: HL7v2Message, segment: str, number: int, rep: int = 1, comp: int = 1,
           sub: int = 1, occurrence: int = 1) -> str:
     """One value, '' when absent. `number` counts HL7-style (PID-3 is 3, MSH-9 is 9)."""
-    try:
-        value = msg.extract_field(segment, occurrence, number, rep, comp, sub)
-    except (KeyError, IndexError, AttributeError, TypeError):
-        return ""
-    return (value or "").strip() if isinstance(value, str) else ""
+    return msg.value(segment, number, rep, comp, sub, occurrence).strip()
 
 
-def repetitions(msg: hl7.Message, segment: str, number: int, occurrence: int = 1) -> int:
-    try:
-        seg = msg.segments(segment)[occurrence - 1]
-        if segment == "MSH":
-            number -= 1  # MSH-1 is the field separator itself
-        value = seg[number]
-    except (KeyError, IndexError):
-        return 0
-    return len(value) if isinstance(value, hl7.Field) else (1 if str(value) else 0)
+def repetitions(msg: HL7v2Message, segment: str, number: int, occurrence: int = 1) -> int:
+    return msg.repetitions(segment, number, occurrence)
 
 
-def segment_count(msg: hl7.Message, segment: str) -> int:
-    try:
-        return len(msg.segments(segment))
-    except KeyError:
-        return 0
+def segment_count(msg: HL7v2Message, segment: str) -> int:
+    return msg.count(segment)
 
 
 def parse_ts(value: str, what: str) -> int | None:
@@ -132,7 +115,7 @@ def event_id(system: str, ods: str, control_id: str, raw: bytes) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{system}|{ods}|{control_id}|{digest}"))
 
 
-def _identity(msg: hl7.Message, profile: SourceSystemProfile, ods: str) -> tuple[dict[str, Any], list[str]]:
+def _identity(msg: HL7v2Message, profile: SourceSystemProfile, ods: str) -> tuple[dict[str, Any], list[str]]:
     flags: list[str] = []
     local: dict[str, str] | None = None
     others: list[dict[str, str]] = []
@@ -314,7 +297,8 @@ def build_ack(raw: bytes, ack_code: str, text: str = "", error_code: str = "") -
     now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     ack_id = uuid.uuid4().hex[:20]
     try:
-        msg = parse(raw)
+        # The ACK needs only the MSH segment: do not parse the whole message a second time.
+        msg = parse(raw.split(b"\r", 1)[0])
         control = field(msg, "MSH", 10)
         sender_app, sender_fac = field(msg, "MSH", 3), field(msg, "MSH", 4)
         trigger = field(msg, "MSH", 9, 1, 2)

@@ -10,7 +10,6 @@ redelivered message be acknowledged again without publishing it twice.
 """
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -22,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from prometheus_client import Counter, Histogram
 
-from carebus.durable_producer import DurableProducer
+from carebus.durable_producer import DurableProducer, OutgoingRecord
 from carebus.log_privacy import pseudonym
 from producers.source_systems import SourceSystemProfile
 from schemas import codec
@@ -36,6 +35,9 @@ MESSAGES = Counter("carebus_connector_messages_total", "Inbound messages by conn
 EVENTS = Counter("carebus_connector_events_total", "Canonical events published", ["connector"])
 LATENCY = Histogram("carebus_connector_ingest_seconds", "Receive to durable-in-Kafka time", ["connector", "channel"])
 SEEN_TTL_SECONDS = 30 * 24 * 3600
+# Events of one bulk file produced and awaited together: large enough to stream, small enough
+# that the connector's other senders are not held up while a chunk is encoded.
+BULK_CHUNK_EVENTS = 2000
 
 
 class StoreUnavailable(RuntimeError):
@@ -90,48 +92,59 @@ class IngestPipeline:
 
     async def publish(self, raw: bytes, profile: SourceSystemProfile, ods: str, channel: str,
                       content_type: str, events: list[dict[str, Any]], received_at_ms: int) -> IngestResult:
-        """Store raw + events durably. Raises StoreUnavailable if Kafka does not confirm."""
+        """Store raw + events durably. Raises StoreUnavailable if Kafka does not confirm.
+
+        A bulk file's events go in chunks of BULK_CHUNK_EVENTS, each produced at once and awaited
+        once; the original goes with the first chunk. A crash part-way repeats only the chunks
+        not yet marked as published."""
         started = time.perf_counter()
         ids = [e["envelope"]["event_id"] for e in events]
         if len(raw) > MAX_INBOUND_BYTES:
             await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
-        if await self._seen(ids):
-            MESSAGES.labels(profile.connector, channel, "duplicate").inc()
-            return IngestResult(True, ids, duplicate=True)
         sha = hashlib.sha256(raw).hexdigest()
         raw_id = hashlib.sha256(f"{profile.code}|{sha}".encode()).hexdigest()[:32]
-        # The original and its events go out together and are awaited together: one round trip
-        # to the in-sync replicas, not two. The events find the original by its key (raw_id) from
-        # their recorded_at, so they need not wait for its offset (partition/offset -1).
+        # The events find the original by its key (raw_id) from their recorded_at, so they need
+        # not wait for its offset (partition/offset -1): both go out in one round trip.
         ref = {"raw_id": raw_id, "sha256": sha, "topic": RAW.name, "partition": -1, "offset": -1}
-        raw_value = codec.encode("RawMessage", {
-            "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
-            "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw})
-        values = []
-        for event in events:
-            event["envelope"]["raw_message"] = ref
-            values.append(codec.encode("SourcePatientEvent", event))
-        if max(len(v) for v in [raw_value, *values]) > MAX_RECORD_BYTES:
-            await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
-        sends = [self.producer.send(RAW.name, raw_value, key=raw_id, headers=codec.headers("RawMessage"),
-                                    timestamp_ms=received_at_ms)]
-        sends += [self.producer.send(SOURCE_EVENTS.name, value, key=source_event_key(event),
-                                     headers=codec.headers("SourcePatientEvent"),
-                                     timestamp_ms=event["envelope"]["occurred_at"])
-                  for event, value in zip(events, values)]
-        try:
-            await asyncio.gather(*sends)
-        except Exception as exc:  # noqa: BLE001 - any Kafka failure means "not stored"
-            MESSAGES.labels(profile.connector, channel, "unavailable").inc()
-            log.error("Kafka did not confirm a %s message: %s", profile.connector, type(exc).__name__)
-            raise StoreUnavailable("message not stored: the event store did not confirm, please retry") from exc
-        await self._mark(ids)
+        published = 0
+        for first in range(0, max(len(events), 1), BULK_CHUNK_EVENTS):
+            chunk = events[first:first + BULK_CHUNK_EVENTS]
+            chunk_ids = ids[first:first + BULK_CHUNK_EVENTS]
+            if await self._seen(chunk_ids):
+                continue
+            records = []
+            if first == 0:
+                records.append(OutgoingRecord(RAW.name, codec.encode("RawMessage", {
+                    "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
+                    "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
+                    raw_id, codec.headers("RawMessage"), received_at_ms))
+            for event in chunk:
+                event["envelope"]["raw_message"] = ref
+                records.append(OutgoingRecord(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event),
+                                              source_event_key(event), codec.headers("SourcePatientEvent"),
+                                              event["envelope"]["occurred_at"]))
+            if max(len(r.value) for r in records) > MAX_RECORD_BYTES:
+                await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
+            try:
+                await self.producer.send_all(records)
+            except Exception as exc:  # noqa: BLE001 - any Kafka failure means "not stored"
+                MESSAGES.labels(profile.connector, channel, "unavailable").inc()
+                log.error("Kafka did not confirm a %s message: %s", profile.connector, type(exc).__name__)
+                raise StoreUnavailable("message not stored: the event store did not confirm, please retry") from exc
+            await self._mark(chunk_ids)
+            published += len(chunk)
+        if events and not published:
+            MESSAGES.labels(profile.connector, channel, "duplicate").inc()
+            return IngestResult(True, ids, duplicate=True)
         MESSAGES.labels(profile.connector, channel, "accepted").inc()
-        EVENTS.labels(profile.connector).inc(len(events))
+        EVENTS.labels(profile.connector).inc(published)
         LATENCY.labels(profile.connector, channel).observe(time.perf_counter() - started)
-        for event in events:
-            log.info("accepted %s %s for %s", profile.connector, event["envelope"]["event_type"],
-                     pseudonym(event["patient"]["local_identifier"]["value"]))
+        if len(events) == 1:
+            log.info("accepted %s %s for %s", profile.connector, events[0]["envelope"]["event_type"],
+                     pseudonym(events[0]["patient"]["local_identifier"]["value"]))
+        else:   # a bulk file: one line, not one per patient
+            log.info("accepted %s %s message: %d events (%d already published)", profile.connector, channel,
+                     len(events), len(events) - published)
         return IngestResult(True, ids)
 
     async def refuse_oversized(self, head: bytes, size: int, profile: SourceSystemProfile, channel: str,
