@@ -37,6 +37,7 @@ from simulator.run import Target, drive
 from streams.batch_linkage import link_events
 from streams.fellegi_sunter import Parameters
 from streams.identity_graph import MemoryGraphStore
+from streams.identity_store import RedisGraphStore
 from streams.linkage_quality import pairwise_quality
 from tests.kafka_reading import read_all
 
@@ -67,7 +68,7 @@ def main() -> None:
         asyncio.run(drive(population, Target("127.0.0.1", settings.mllp_port, settings.http_port, settings.drop_dir),
                           seed=seed, show_progress=True))
         keys = list(truth)
-        while sum(1 for v in r.mget([f"carebus:person_of:{k}" for k in keys]) if v) < len(keys) or \
+        while len(RedisGraphStore(r).persons_of(keys)) < len(keys) or \
                 total_lag(settings, "carebus-linker", SOURCE_EVENTS.name) > 0:
             time.sleep(0.5)
         stream_seconds = time.time() - started
@@ -76,7 +77,7 @@ def main() -> None:
         for p in procs:
             p.terminate()
             p.wait()
-    streamed = {k: v.decode() for k, v in zip(keys, r.mget([f"carebus:person_of:{k}" for k in keys])) if v}
+    streamed = RedisGraphStore(r).persons_of(keys)
     stream_reviews = int(r.hget("carebus:stats", "reviews") or 0) - reviews_before
 
     ours = set(keys)

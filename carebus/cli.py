@@ -129,10 +129,14 @@ def link_worker(worker_id: str = typer.Option("", help="a name for this worker i
                 status_port: int = typer.Option(-1, help="serve /health, /ready, /metrics on 127.0.0.1:PORT "
                                                          "(default CAREBUS_LINK_WORKER_STATUS_PORT; 0 off)")) -> None:
     """Run one identity-linking / shared-record worker (batched, lock-free). Start several to scale out."""
+    from streams.identity_store import IndexLayoutError
     from streams.link_worker import run_worker
 
     settings = _settings()
-    run_worker(settings, worker_id, settings.link_worker_status_port if status_port < 0 else status_port)
+    try:
+        run_worker(settings, worker_id, settings.link_worker_status_port if status_port < 0 else status_port)
+    except IndexLayoutError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -236,6 +240,28 @@ def relink(batch: int = typer.Option(500, help="records re-decided per batch")) 
             progress.advance(task, len(keys))
     stage.producer.close()
     console.print(f"relinked with {settings.linkage_parameters_in_use}; {changed:,} shared records changed")
+
+
+@app.command("rebuild-index")
+def rebuild_index(yes: bool = typer.Option(False, "--yes", help="confirm: the index is rebuilt from Kafka")) -> None:
+    """Forget the identity index and shared records in Redis and replay them from Kafka.
+
+    For an index written by an older carebus, or one you no longer trust. Stop the link workers
+    first; when they start again they replay carebus.source-events.v1 and the review decisions
+    from the beginning. Subscribers then receive records again from version 1.
+    """
+    from carebus.redis_connection import sync_client
+    from streams.index_rebuild import WorkersStillRunning, rebuild
+
+    if not yes:
+        console.print("This removes the identity index and shared records from Redis; rerun with --yes.")
+        raise typer.Exit(1)
+    settings = _settings()
+    try:
+        removed = rebuild(settings, sync_client(settings))
+    except WorkersStillRunning as exc:
+        _fail(exc)
+    console.print(f"removed {removed:,} index keys; start the link workers to replay the source events")
 
 
 dead_letters_app = typer.Typer(help="List, show and replay dead letters (connectors, streams, delivery).",

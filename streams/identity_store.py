@@ -6,17 +6,24 @@ system of record. There is no lock: `ingest` and `apply` are Lua scripts, each a
 each one round trip for a whole batch, implementing the versioned rules of
 identity_graph.MemoryGraphStore (read that first; change both together).
 
-Layout (prefix carebus:), chosen to stay small per source record:
-  nid:<source key>       -> node id (an integer, so block sets are compact intsets)
+Layout 2 (prefix carebus:), chosen to stay small per source record: a Redis key costs some 70
+bytes before its value, so small things live as fields of hashes shared by many records (kept
+compact by the listpack settings in carebus/redis_server.py):
+  nid:<4 hex>            hash: source key -> node id; the bucket is the first 4 hex digits of the
+                         key's SHA-1 (65,536 buckets)
   n:<id>                 hash: k source key, d packed demographics, v version, h person-id hash,
-                           b block keys (0x1e-separated)
-  b:<block key>          set of node ids
+                         p person id, b the node's block digests (8 bytes each, concatenated)
+  b:<4 hex>              hash: block -> ",id,id,...,"; a block is the 8-byte BLAKE2b digest of
+                         its key (blocking.keys), bucketed by its first two bytes, the other six
+                         the field. Two keys that collide only add candidates, never a link.
   e:<id>                 hash: neighbour id -> "<kind>|<own version when decided>"
   f:<id>                 set of forbidden neighbour ids
-  person_of:<source key> -> person id;  members:<person id> -> set of source keys
+  members:<person id>    set of source keys
+  layout                 "2"
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from datetime import date
@@ -30,10 +37,58 @@ from streams.record_comparison import Demographics
 
 P = "carebus:"
 SEP = "\x1f"
+LAYOUT = "2"
+# Every key of the index in this layout and the last (`carebus rebuild-index` removes them).
+KEY_PATTERNS = ("nid:*", "person_of:*", "n:*", "b:*", "e:*", "f:*", "members:*", "review:*", "reviews:open",
+                "nodeseq", "layout", "stats", "candidates_hist")
 
-# ARGV: prefix, cap, then per node: key, hash, packed demographics, n blocks, blocks...
-_INGEST = """
-local P, cap = ARGV[1], tonumber(ARGV[2])
+
+class IndexLayoutError(RuntimeError):
+    """Redis holds an index in an older layout: it must be rebuilt from the source-events topic."""
+
+
+def block_digest(block: str) -> bytes:
+    return hashlib.blake2b(block.encode(), digest_size=8).digest()
+
+
+def nid_bucket(key: str) -> str:
+    return f"{P}nid:{hashlib.sha1(key.encode()).hexdigest()[:4]}"
+
+
+# Shared by the scripts: node ids by source key, block membership strings.
+_LUA_COMMON = """
+local P = ARGV[1]
+local function nid_bucket(key) return P..'nid:'..string.sub(redis.sha1hex(key), 1, 4) end
+local function get_id(key) return redis.call('HGET', nid_bucket(key), key) end
+local function new_id(key, h)
+  local id = tostring(redis.call('INCR', P..'nodeseq'))
+  if id == '1' then redis.call('SET', P..'layout', '""" + LAYOUT + """') end
+  redis.call('HSET', nid_bucket(key), key, id)
+  redis.call('HSET', P..'n:'..id, 'k', key, 'h', h)
+  return id
+end
+local function block_loc(dg)
+  return P..'b:'..string.format('%02x%02x', string.byte(dg, 1, 2)), string.sub(dg, 3, 8)
+end
+local function block_add(dg, id)
+  local bk, f = block_loc(dg)
+  local v = redis.call('HGET', bk, f) or ','
+  if not string.find(v, ','..id..',', 1, true) then redis.call('HSET', bk, f, v..id..',') end
+end
+local function block_remove(dg, id)
+  local bk, f = block_loc(dg)
+  local v = redis.call('HGET', bk, f)
+  if not v then return end
+  local s, e = string.find(v, ','..id..',', 1, true)
+  if not s then return end
+  v = string.sub(v, 1, s)..string.sub(v, e + 1)
+  if v == ',' then redis.call('HDEL', bk, f) else redis.call('HSET', bk, f, v) end
+end
+"""
+
+# ARGV: prefix, cap, then per node: key, hash, packed demographics, n blocks, block digests...
+_INGEST = _LUA_COMMON + """
+local cap = tonumber(ARGV[2])
 local out = {}
 local i = 3
 while i <= #ARGV do
@@ -41,12 +96,7 @@ while i <= #ARGV do
   local blocks = {}
   for j = 1, nb do blocks[j] = ARGV[i+3+j] end
   i = i + 4 + nb
-  local id = redis.call('GET', P..'nid:'..key)
-  if not id then
-    id = tostring(redis.call('INCR', P..'nodeseq'))
-    redis.call('SET', P..'nid:'..key, id)
-    redis.call('HSET', P..'n:'..id, 'k', key, 'h', h)
-  end
+  local id = get_id(key) or new_id(key, h)
   local nk = P..'n:'..id
   local cur = redis.call('HMGET', nk, 'd', 'v', 'b')
   local version = tonumber(cur[2] or '0')
@@ -55,21 +105,24 @@ while i <= #ARGV do
     local newset = {}
     for _, b in ipairs(blocks) do newset[b] = true end
     if cur[3] then
-      for old in string.gmatch(cur[3], '[^\\30]+') do
-        if not newset[old] then redis.call('SREM', P..'b:'..old, id) end
+      for j = 1, #cur[3], 8 do
+        local old = string.sub(cur[3], j, j + 7)
+        if not newset[old] then block_remove(old, id) end
       end
     end
-    for _, b in ipairs(blocks) do redis.call('SADD', P..'b:'..b, id) end
-    redis.call('HSET', nk, 'd', d, 'v', version, 'b', table.concat(blocks, '\\30'))
+    for _, b in ipairs(blocks) do block_add(b, id) end
+    redis.call('HSET', nk, 'd', d, 'v', version, 'b', table.concat(blocks))
   end
   local seen, cands, skipped = {}, {}, 0
   seen[id] = true
   for _, b in ipairs(blocks) do
-    local bk = P..'b:'..b
-    if redis.call('SCARD', bk) > cap then
+    local bk, f = block_loc(b)
+    local members = redis.call('HGET', bk, f) or ','
+    local _, commas = string.gsub(members, ',', ',')
+    if commas - 1 > cap then
       skipped = skipped + 1
     else
-      for _, c in ipairs(redis.call('SMEMBERS', bk)) do
+      for c in string.gmatch(members, '%d+') do
         if not seen[c] then
           seen[c] = true
           if redis.call('SISMEMBER', P..'f:'..id, c) == 0 then
@@ -88,20 +141,25 @@ end
 return out
 """
 
+# ARGV: prefix, field, keys... Returns the field of each key's node ('' when the key is unknown).
+_NODE_FIELD = _LUA_COMMON + """
+local out = {}
+for i = 3, #ARGV do
+  local id = get_id(ARGV[i])
+  out[#out+1] = id and (redis.call('HGET', P..'n:'..id, ARGV[2]) or '') or ''
+end
+return out
+"""
+
 # ARGV: prefix, n versions, (key, version)..., n decisions, (a, b, version_b, kind or '')...,
 #       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
 # Returns, per relabelled component: person, n members, (member, old person or '')...; then
 # the persons left empty, after a '' marker.
-_APPLY = """
-local P = ARGV[1]
+_APPLY = _LUA_COMMON + """
 local i = 2
 local function node_id(key, h)
-  local id = redis.call('GET', P..'nid:'..key)
-  if not id and h then
-    id = tostring(redis.call('INCR', P..'nodeseq'))
-    redis.call('SET', P..'nid:'..key, id)
-    redis.call('HSET', P..'n:'..id, 'k', key, 'h', h)
-  end
+  local id = get_id(key)
+  if not id and h then id = new_id(key, h) end
   return id
 end
 local function ver(id) return tonumber(redis.call('HGET', P..'n:'..id, 'v') or '0') end
@@ -179,19 +237,19 @@ for _, s in ipairs(seed_list) do
         if not done[n] then done[n] = true; comp[#comp+1] = n; todo[#todo+1] = n end
       end
     end
-    local keys, best = {}, nil
+    local keys, was, best = {}, {}, nil
     for j, id in ipairs(comp) do
-      local kh = redis.call('HMGET', P..'n:'..id, 'k', 'h')
-      keys[j] = kh[1]
-      if best == nil or kh[2] < best then best = kh[2] end
+      local khp = redis.call('HMGET', P..'n:'..id, 'k', 'h', 'p')
+      keys[j], was[j] = khp[1], khp[3]
+      if best == nil or khp[2] < best then best = khp[2] end
     end
     local person = 'PER-'..best
     local moved = {}
-    for _, k in ipairs(keys) do
-      local old = redis.call('GET', P..'person_of:'..k)
+    for j, k in ipairs(keys) do
+      local old = was[j]
       if old ~= person then
         if old then redis.call('SREM', P..'members:'..old, k); olds[old] = true end
-        redis.call('SET', P..'person_of:'..k, person)
+        redis.call('HSET', P..'n:'..comp[j], 'p', person)
         redis.call('SADD', P..'members:'..person, k)
         moved[#moved+1] = k; moved[#moved+1] = old or ''
       end
@@ -234,11 +292,25 @@ class RedisGraphStore:
         self.r = client
         self._ingest = client.register_script(_INGEST)
         self._apply = client.register_script(_APPLY)
+        self._node_field = client.register_script(_NODE_FIELD)
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        layout = self.r.get(f"{P}layout")
+        if layout is None and self.r.exists(f"{P}nodeseq"):
+            raise IndexLayoutError(
+                "Redis holds an identity index written by an older carebus (layout 1). Rebuild it from "
+                "Kafka: stop the link workers, run `carebus rebuild-index`, start them again.")
+        if layout is None:
+            self.r.setnx(f"{P}layout", LAYOUT)
+        elif layout.decode() != LAYOUT:
+            raise IndexLayoutError(f"Redis holds identity index layout {layout.decode()}, this carebus "
+                                   f"reads layout {LAYOUT}: run `carebus rebuild-index`")
 
     def ingest(self, demos: Sequence[Demographics]) -> dict[str, Ingested]:
         args: list[Any] = [P, BLOCK_CAP]
         for d in demos:
-            blocks = sorted(blocking.keys(d))
+            blocks = sorted({block_digest(b) for b in blocking.keys(d)})
             args += [d.key, node_hash(d.key), pack(d), len(blocks), *blocks]
         raw = [_s(x) for x in self._ingest(args=args)]
         out, i = {}, 0
@@ -278,32 +350,31 @@ class RedisGraphStore:
 
     # --- read-only views (the delivery service, monitor and benchmarks call these) ----------------
     def person_of(self, key: str) -> str | None:
-        raw = self.r.get(f"{P}person_of:{key}")
-        return raw.decode() if raw else None
+        return self.persons_of([key]).get(key)
 
     def persons_of(self, keys: Sequence[str]) -> dict[str, str]:
-        values = self.r.mget([f"{P}person_of:{k}" for k in keys]) if keys else []
-        return {k: v.decode() for k, v in zip(keys, values) if v}
+        """The person each key belongs to now (keys not yet linked are left out)."""
+        if not keys:
+            return {}
+        values = self._node_field(args=[P, "p", *keys])
+        return {k: _s(v) for k, v in zip(keys, values) if v}
 
     def demographics(self, keys: Sequence[str]) -> list[Demographics]:
         """The stored matching view of each key that has one (for relinking)."""
         if not keys:
             return []
-        ids = self.r.mget([f"{P}nid:{k}" for k in keys])
-        pipe = self.r.pipeline(transaction=False)
-        known = [(k, i.decode()) for k, i in zip(keys, ids) if i]
-        for _, i in known:
-            pipe.hget(f"{P}n:{i}", "d")
-        return [unpack(k, d.decode()) for (k, _), d in zip(known, pipe.execute()) if d]
+        values = self._node_field(args=[P, "d", *keys])
+        return [unpack(k, _s(d)) for k, d in zip(keys, values) if d]
 
     def all_keys(self, batch: int = 1000):  # noqa: ANN201 - an iterator of source-key lists
-        """Every source key in the index, `batch` at a time (SCAN: safe on a live Redis)."""
+        """Every source key in the index, `batch` at a time (SCAN and HSCAN: safe on a live Redis)."""
         keys: list[str] = []
-        for raw in self.r.scan_iter(match=f"{P}nid:*", count=batch):
-            keys.append(raw.decode()[len(P) + 4:])
-            if len(keys) >= batch:
-                yield keys
-                keys = []
+        for bucket in self.r.scan_iter(match=f"{P}nid:*", count=batch):
+            for raw in self.r.hscan_iter(bucket, count=batch):
+                keys.append(_s(raw[0]))
+                if len(keys) >= batch:
+                    yield keys
+                    keys = []
         if keys:
             yield keys
 

@@ -24,8 +24,9 @@ same bytes whatever order its sources arrived in.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
+
+import orjson
 
 SECTIONS = ("encounters", "problems", "medications", "allergies", "observations", "referrals", "documents")
 DEMOGRAPHIC_FIELDS = ("nhs_number", "names", "birth_date", "sex", "addresses", "telecom",
@@ -171,7 +172,7 @@ def build_record(person_id: str, states: list[dict[str, Any]], version: int, upd
 def content_hash(record: dict[str, Any]) -> str:
     """Hash of what the record says, ignoring version and time: unchanged content, no new version."""
     body = {k: v for k, v in record.items() if k not in ("version", "updated_at")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
 
 
 def changed_sections(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:

@@ -14,15 +14,16 @@ same few strings, so they shrink about four times, for microseconds of CPU:
 """
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 
 P = "carebus:"
+KEY_PATTERNS = ("source:*", "record:*", "record_meta:*")
 
 # ARGV: per write: person, expected version, new version, record JSON ('' = retire), hash, change JSON.
 # Returns the persons whose version had moved (their writes were not made).
@@ -69,11 +70,12 @@ end
 
 
 def pack(value: dict[str, Any]) -> bytes:
-    return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 1)
+    # orjson: the same compact JSON as the standard library, several times faster on the hot path.
+    return zlib.compress(orjson.dumps(value), 1)
 
 
 def unpack(raw: bytes) -> dict[str, Any]:
-    return json.loads(zlib.decompress(raw))
+    return orjson.loads(zlib.decompress(raw))
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class RedisRecordStore:
             record = raw[i + 5 + n]
             i += 6 + n
             out[p] = StoredPerson(p, members, int(version or "0"), digest or None, emitted == "1",
-                                  json.loads(change or "{}"), unpack(record) if record else None)
+                                  orjson.loads(change or "{}"), unpack(record) if record else None)
         return out
 
     def write(self, writes: Sequence[RecordWrite]) -> set[str]:
@@ -138,7 +140,7 @@ class RedisRecordStore:
             version = (w.record or {}).get("version", w.expected_version + 1)
             args += [w.person_id, str(w.expected_version), str(version),
                      pack(w.record) if w.record else "", w.content_hash,
-                     json.dumps(w.change, separators=(",", ":"))]
+                     orjson.dumps(w.change)]
         return {x.decode() if isinstance(x, bytes) else x for x in self._write(args=args)}
 
     def mark_emitted(self, versions: dict[str, int]) -> None:

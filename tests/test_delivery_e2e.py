@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from consumers.notification_format import verify
+from streams.identity_store import RedisGraphStore
 from tests.test_connectors_e2e import adt, mllp_send
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def wait_for(predicate, timeout=180.0, what="condition"):
 
 
 def person_of(redis_client, key: str) -> str:
-    return wait_for(lambda: (redis_client.get(f"carebus:person_of:{key}") or b"").decode(), what="linking")
+    return wait_for(lambda: RedisGraphStore(redis_client).person_of(key) or "", what="linking")
 
 
 def delivery_state(redis_client, subscription_id: str, person: str, key: str) -> str:
@@ -42,7 +43,7 @@ def delivery_state(redis_client, subscription_id: str, person: str, key: str) ->
         return {k.decode(): v.decode()[:80] for k, v in h.items()}
     return (f"delivery of {person}: subscription {text(redis_client.hgetall(f'carebus:delivery:{subscription_id}'))}, "
             f"record {text(redis_client.hgetall(f'carebus:record_meta:{person}'))}, "
-            f"person of the source now {redis_client.get('carebus:person_of:' + key)}")
+            f"person of the source now {RedisGraphStore(redis_client).person_of(key)}")
 
 
 def cerner_key(local_id: str) -> str:

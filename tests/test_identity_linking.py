@@ -73,16 +73,9 @@ def _batches(records, rnd, workers):
     return out
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**32), st.integers(1, 3))
-def test_concurrent_workers_without_a_lock_reach_the_batch_result(seed, workers):
-    """Workers interleave their ingest and apply steps in any order; no lock; same people."""
-    rnd = random.Random(seed)
-    records = list(POPULATION.records)
-    baseline = link_all(records)
-    store = MemoryGraphStore()
+def run_interleaved(store, records, rnd: random.Random, workers: int) -> None:
+    """Each worker alternates ingest -> (decide) -> apply; the scheduler picks who moves next."""
     queues = _batches(records, rnd, workers)
-    # Each worker alternates ingest -> (decide) -> apply; the scheduler picks who moves next.
     pending: list = [None] * workers
     while any(queues) or any(p is not None for p in pending):
         w = rnd.choice([i for i in range(workers) if queues[i] or pending[i] is not None])
@@ -94,7 +87,17 @@ def test_concurrent_workers_without_a_lock_reach_the_batch_result(seed, workers)
             decisions = [x for d in batch for x in decide(d, ingested[d.key], PARAMS)]
             store.apply({k: i.version for k, i in ingested.items()}, decisions)
             pending[w] = None
-    assert store.persons() == baseline
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 3))
+def test_concurrent_workers_without_a_lock_reach_the_batch_result(seed, workers):
+    """Workers interleave their ingest and apply steps in any order; no lock; same people."""
+    rnd = random.Random(seed)
+    records = list(POPULATION.records)
+    store = MemoryGraphStore()
+    run_interleaved(store, records, rnd, workers)
+    assert store.persons() == link_all(records)
 
 
 @settings(max_examples=15, deadline=None)

@@ -14,11 +14,17 @@ from simulator.run import Target, drive
 from streams.batch_linkage import link_events
 from streams.fellegi_sunter import Parameters
 from streams.linkage_quality import pairwise_quality
+from streams.identity_store import RedisGraphStore
 from streams.record_store import RedisRecordStore
 from tests.kafka_reading import read_all
 
 pytestmark = pytest.mark.integration
 GROUP = "carebus-linker"
+
+
+def graph(redis_client) -> RedisGraphStore:
+    """The index, read through its own views (its Redis layout is the store's business)."""
+    return RedisGraphStore(redis_client)
 
 
 def wait_until_caught_up(settings, timeout: float = 240.0) -> None:
@@ -41,8 +47,7 @@ def all_source_events(settings):
 
 
 def stream_persons(redis_client, keys):
-    values = redis_client.mget([f"carebus:person_of:{k}" for k in keys])
-    return {k: v.decode() for k, v in zip(keys, values) if v}
+    return graph(redis_client).persons_of(keys)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,7 @@ def test_shared_record_merges_sources_with_provenance(bus_settings, redis_client
         by_person.setdefault(r.person_id, []).append(r)
     multi = next(rs for rs in by_person.values() if {r.system for r in rs} >= {"CERNER_MILLENNIUM"} and len(rs) >= 2
                  and all(r.nhs_number and not r.faults for r in rs))
-    person = redis_client.get(f"carebus:person_of:{pop.source_key(multi[0])}").decode()
+    person = graph(redis_client).person_of(pop.source_key(multi[0]))
     record = RedisRecordStore(redis_client).record(person)
     assert {s["system"] for s in record["sources"]} == {r.system for r in multi}
     gp = next(r for r in multi if r.system in ("EMIS_WEB", "INPS_VISION"))
@@ -91,7 +96,7 @@ def test_shared_record_merges_sources_with_provenance(bus_settings, redis_client
 
 
 def test_identity_events_explain_the_links(bus_settings, redis_client, linked_population):
-    person = redis_client.get(f"carebus:person_of:{pop.source_key(linked_population.records[0])}").decode()
+    person = graph(redis_client).person_of(pop.source_key(linked_population.records[0]))
     events = [codec.decode(m.value(), "IdentityEvent") for m in
               read_all(bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == person.encode())]
     assert any(e["type"] == "LINKED" for e in events)
@@ -158,26 +163,26 @@ def test_review_queue_accept_links_and_reject_unlinks(bus_settings, redis_client
     while review is None and time.monotonic() < deadline:
         review = review_for_pair()
         time.sleep(0.5)
-    assert review is not None, ("the uncertain pair is queued for review", redis_client.get(f"carebus:person_of:{key_a}"),
-                                redis_client.get(f"carebus:person_of:{key_b}"), redis_client.scard("carebus:reviews:open"))
-    assert redis_client.get(f"carebus:person_of:{key_a}") != redis_client.get(f"carebus:person_of:{key_b}")
+    assert review is not None, ("the uncertain pair is queued for review", graph(redis_client).person_of(key_a),
+                                graph(redis_client).person_of(key_b), redis_client.scard("carebus:reviews:open"))
+    assert graph(redis_client).person_of(key_a) != graph(redis_client).person_of(key_b)
     assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/accept",
                       headers={"Authorization": "Bearer dev-subscriber-token"}).status_code == 403
     assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/accept", headers=auditor).status_code == 202
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and redis_client.get(f"carebus:person_of:{key_a}") != redis_client.get(f"carebus:person_of:{key_b}"):
+    while time.monotonic() < deadline and graph(redis_client).person_of(key_a) != graph(redis_client).person_of(key_b):
         time.sleep(0.3)
-    person = redis_client.get(f"carebus:person_of:{key_a}")
-    assert person == redis_client.get(f"carebus:person_of:{key_b}"), "accepting the review linked them"
+    person = graph(redis_client).person_of(key_a)
+    assert person == graph(redis_client).person_of(key_b), "accepting the review linked them"
     events = [codec.decode(m.value(), "IdentityEvent") for m in
-              read_all(bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == person)]
-    assert any(e["type"] == "REVIEW_ACCEPTED" for e in events) or any(e["method"] == "review" for e in events)
+              read_all(bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == person.encode())]
+    assert any(e["type"] == "REVIEW_ACCEPTED" for e in events) or any(e["method"] == "review" for e in events), [(e["type"], e["method"], e["reasons"]) for e in events]
     # A reviewer who changes their mind rejects the pair: an unmerge, which splits them for good.
     assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/reject", headers=auditor).status_code == 202
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and redis_client.get(f"carebus:person_of:{key_a}") == redis_client.get(f"carebus:person_of:{key_b}"):
+    while time.monotonic() < deadline and graph(redis_client).person_of(key_a) == graph(redis_client).person_of(key_b):
         time.sleep(0.3)
-    assert redis_client.get(f"carebus:person_of:{key_a}") != redis_client.get(f"carebus:person_of:{key_b}")
+    assert graph(redis_client).person_of(key_a) != graph(redis_client).person_of(key_b)
 
 
 def test_estimate_linkage_fits_parameters_from_the_topic(bus_settings, linked_population, tmp_path):
@@ -299,12 +304,12 @@ def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings
     assert dead_id in listed and "PROCESSING_FAILED" in listed and "Olwen" not in listed, "lists never show content"
     assert "OLWEN" in cli("show", dead_id, "--topic", "streams").upper()
     key = source_event_key(event)
-    assert redis_client.get(f"carebus:person_of:{key}") is None
+    assert graph(redis_client).person_of(key) is None
     assert "1 replayed" in cli("replay", "--topic", "streams", "--id", dead_id)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and redis_client.get(f"carebus:person_of:{key}") is None:
+    while time.monotonic() < deadline and graph(redis_client).person_of(key) is None:
         time.sleep(0.3)
-    person = redis_client.get(f"carebus:person_of:{key}").decode()
+    person = graph(redis_client).person_of(key)
     record = RedisRecordStore(redis_client).record(person)
     assert record is not None and record["demographics"]["names"][0]["given"] == ["Olwen"]
     assert "1 skipped" in cli("replay", "--topic", "streams", "--id", dead_id), "replay sends nothing twice"

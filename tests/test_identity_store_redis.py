@@ -1,0 +1,108 @@
+"""The Redis identity index (Lua, compact layout) reaches exactly the reference store's people.
+
+Runs on the session's real Redis server, in a database of its own so the running link workers'
+index is untouched: two interleaved workers, records that change (their old blocks must be left),
+merges and unmerges, and the index read back through the store's own views.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from datetime import date
+
+import pytest
+import redis
+
+from simulator import population as pop
+from streams.identity_graph import MemoryGraphStore, link_batch
+from streams.identity_store import IndexLayoutError, RedisGraphStore, block_digest
+from streams.index_rebuild import forget_index
+from streams.blocking import keys as block_keys
+from tests.test_identity_linking import PARAMS, POPULATION, demo, link_all, run_interleaved
+
+pytestmark = pytest.mark.integration
+INDEX_DB = 7
+
+
+@pytest.fixture
+def index(bus_settings):
+    client = redis.Redis.from_url(bus_settings.redis, db=INDEX_DB)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def redis_persons(store: RedisGraphStore, records) -> dict[str, str]:
+    return store.persons_of([pop.source_key(r) for r in records])
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_two_interleaved_workers_on_redis_reach_the_reference_people(index, seed):
+    rnd = random.Random(seed)
+    records = list(POPULATION.records)
+    store = RedisGraphStore(index)
+    run_interleaved(store, records, rnd, 2)
+    assert redis_persons(store, records) == link_all(records)
+    assert sorted(k for batch in store.all_keys(batch=97) for k in batch) == sorted(
+        pop.source_key(r) for r in records)
+
+
+def test_changed_records_leave_their_old_blocks_and_relink(index):
+    records = list(POPULATION.records)
+    faulty = [r for r in records if r.faults][:30]
+    wrong = {pop.source_key(r): replace(r, given="Zebedee", birth_date=date(1901, 2, 3)) for r in faulty}
+    store, reference = RedisGraphStore(index), MemoryGraphStore()
+    for s in (store, reference):
+        link_batch(s, [demo(wrong.get(pop.source_key(r), r)) for r in records], PARAMS)
+        link_batch(s, [demo(r) for r in faulty], PARAMS)
+    assert redis_persons(store, records) == reference.persons() == link_all(records)
+    # The corrected records are in the blocks of what they now say, and in no block they left.
+    for r in faulty:
+        key = pop.source_key(r)
+        node = index.hget("carebus:nid:" + __import__("hashlib").sha1(key.encode()).hexdigest()[:4], key).decode()
+        now = {block_digest(b) for b in block_keys(demo(r))}
+        before = {block_digest(b) for b in block_keys(demo(wrong[key]))} - now
+        for digest, should_hold in [*((d, True) for d in now), *((d, False) for d in before)]:
+            members = index.hget(f"carebus:b:{digest[:2].hex()}", digest[2:]) or b","
+            assert (f",{node},".encode() in members) == should_hold
+
+
+def test_merge_then_unmerge_on_redis(index):
+    a = POPULATION.records[0]
+    b = next(r for r in POPULATION.records if r.person_id != a.person_id)
+    store = RedisGraphStore(index)
+    link_batch(store, [demo(a), demo(b)], PARAMS)
+    ka, kb = pop.source_key(a), pop.source_key(b)
+    before = store.persons_of([ka, kb])
+    assert before[ka] != before[kb]
+    merged = link_batch(store, [], PARAMS, forced=[(ka, kb)])
+    assert store.person_of(ka) == store.person_of(kb) and merged.emptied
+    link_batch(store, [], PARAMS, forbidden=[(ka, kb)])
+    assert store.persons_of([ka, kb]) == before
+
+
+def test_an_index_in_the_old_layout_is_refused_with_what_to_do(index):
+    index.set("carebus:nodeseq", 12)
+    with pytest.raises(IndexLayoutError, match="rebuild-index"):
+        RedisGraphStore(index)
+
+
+def test_forgetting_the_index_removes_it_and_nothing_else(index):
+    store = RedisGraphStore(index)
+    link_batch(store, [demo(r) for r in POPULATION.records[:50]], PARAMS)
+    index.set("carebus:subscription:keep-me", 1)
+    assert forget_index(index) > 0
+    assert index.keys("carebus:*") == [b"carebus:subscription:keep-me"]
+
+
+def test_rebuild_index_refuses_while_link_workers_run(bus_settings, link_workers, redis_client):
+    import os
+    import subprocess
+    import sys
+
+    before = redis_client.dbsize()
+    result = subprocess.run([sys.executable, "-m", "carebus.cli", "rebuild-index", "--yes"], capture_output=True,
+                            text=True, timeout=120, env=os.environ.copy())
+    assert result.returncode == 1 and "stop them first" in result.stdout
+    assert redis_client.dbsize() >= before
