@@ -91,7 +91,6 @@ class BusMonitor:
                 LAG.labels(g, topic, str(p.partition)).set(p.lag)
         linkage = {k.decode(): int(v) for k, v in redis_client.hgetall("carebus:stats").items()}
         linkage["open_reviews"] = int(redis_client.scard("carebus:reviews:open"))
-        linkage["persons_with_records"] = sum(1 for _ in redis_client.scan_iter("carebus:record:*", count=1000))
         for k, v in linkage.items():
             LINKAGE.labels(k).set(v)
         for t, n in ends.items():

@@ -76,6 +76,7 @@ class DeliveryService:
         self.redis = async_client(settings)
         self.redis_sync = sync_client(settings)
         self.store = SubscriptionStore(self.redis)
+        self.records = record_store.AsyncRecordReader(self.redis)
         self.producer = DurableProducer(settings)
         self.http = httpx.AsyncClient(timeout=10)
         self.retry = retry or RetryPolicy()
@@ -270,10 +271,9 @@ def build_app(service: DeliveryService) -> FastAPI:
     # ---- records, reviews, audit --------------------------------------------------------------
     @app.get("/records/{person_id}")
     async def record(person_id: str, client: Client = Depends(caller)) -> dict[str, Any]:
-        raw = await service.redis.get(f"carebus:record:{person_id}")
-        if raw is None:
+        rec = await service.records.record(person_id)
+        if rec is None:
             raise HTTPException(404, "no such person")
-        rec = record_store.unpack(raw)
         if client.has("auditor"):
             return rec
         require(client, "subscriber")

@@ -29,7 +29,7 @@ from streams import identity_graph, record_builder
 from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
 from streams.record_comparison import Demographics, from_patient
-from streams.record_store import RecordWrite, RedisRecordStore, StoredPerson
+from streams.record_store import RETIRED, RecordWrite, RedisRecordStore, StoredPerson
 
 log = logging.getLogger("carebus.linker")
 NS = uuid.UUID("0b9d1c9e-5a43-4b8e-9f55-4c1d7e2e8a01")
@@ -301,23 +301,25 @@ class LinkStage:
                ods: dict[str, set[str]], out: _Outputs) -> RecordWrite | None:
         member_states = [states[m] for m in sorted(sp.members) if m in states]
         if not member_states:
-            if sp.version and sp.content_hash != "retired":
-                return RecordWrite(sp.person_id, sp.version, None, "retired", {})
+            if sp.version and not sp.retired:
+                return RecordWrite(sp.person_id, sp.version, None, RETIRED, {})
             if sp.version and not sp.emitted:      # a replay: the retirement was never published
                 out.changes.append((self._change(sp.person_id, None, {}, sp.version), None))
                 out.emitted[sp.person_id] = sp.version
             return None
         record = record_builder.build_record(sp.person_id, member_states, sp.version + 1, now_ms())
-        digest = record_builder.content_hash(record)
-        if digest == sp.content_hash:
-            if not sp.emitted and sp.record is not None:   # a replay: stored but never published
-                out.changes.append((self._change(sp.person_id, sp.record, sp.change, sp.version), sp.record))
+        digests = record_builder.part_digests(record)
+        if digests == sp.digests:
+            if not sp.emitted:   # a replay: written but never published; the same states give the same record
+                stored = record_builder.build_record(sp.person_id, member_states, sp.version, sp.updated_at)
+                out.changes.append((self._change(sp.person_id, stored, sp.change, sp.version), stored))
                 out.emitted[sp.person_id] = sp.version
             return None
         why = sorted({c for m in sp.members for c in causes.get(m, [])})
         where = sorted({o for m in sp.members for o in ods.get(m, set()) if o})
-        change = {"changed": record_builder.changed_sections(sp.record, record), "causes": why, "ods": where}
-        return RecordWrite(sp.person_id, sp.version, record, digest, change)
+        change = {"changed": record_builder.changed_sections(sp.digests, record, digests), "causes": why,
+                  "ods": where}
+        return RecordWrite(sp.person_id, sp.version, record, digests, change)
 
     def _change(self, person: str, record: dict[str, Any] | None, change: dict[str, Any], version: int
                 ) -> dict[str, Any]:

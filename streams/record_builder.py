@@ -169,17 +169,28 @@ def build_record(person_id: str, states: list[dict[str, Any]], version: int, upd
             "demographics": demographics, "demographics_provenance": field_provenance, **sections}
 
 
-def content_hash(record: dict[str, Any]) -> str:
-    """Hash of what the record says, ignoring version and time: unchanged content, no new version."""
-    body = {k: v for k, v in record.items() if k not in ("version", "updated_at")}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+# The parts of a record that are digested separately, in this order: an unchanged digest string
+# means the record says nothing new (no new version); the parts that differ are what changed.
+DIGESTED_PARTS = ("demographics", "demographics_provenance", *SECTIONS)
+DIGEST_BYTES = 8
 
 
-def changed_sections(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    if old is None:
+def _part(record: dict[str, Any], name: str) -> Any:
+    if name == "demographics":
+        return [record["demographics"], record["sources"]]
+    return record[name]
+
+
+def part_digests(record: dict[str, Any]) -> bytes:
+    """What the record says, part by part, ignoring version and time (8-byte BLAKE2b each)."""
+    return b"".join(hashlib.blake2b(orjson.dumps(_part(record, name), option=orjson.OPT_SORT_KEYS, default=str),
+                                    digest_size=DIGEST_BYTES).digest() for name in DIGESTED_PARTS)
+
+
+def changed_sections(old_digests: bytes | None, new: dict[str, Any], new_digests: bytes) -> list[str]:
+    """The sections a subscriber is told changed ("demographics" and the clinical sections)."""
+    if not old_digests or len(old_digests) != len(new_digests):
         return ["demographics", *[s for s in SECTIONS if new[s]]]
-    out = []
-    if old["demographics"] != new["demographics"] or old["sources"] != new["sources"]:
-        out.append("demographics")
-    out += [s for s in SECTIONS if old[s] != new[s]]
-    return out
+    n = DIGEST_BYTES
+    return [name for i, name in enumerate(DIGESTED_PARTS) if name != "demographics_provenance"
+            and old_digests[i * n:(i + 1) * n] != new_digests[i * n:(i + 1) * n]]

@@ -9,6 +9,7 @@ import tempfile
 import httpx
 import pytest
 
+from streams.record_store import RedisRecordStore
 from tests.test_delivery_e2e import cerner_key, person_of, send_story, wait_for
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,7 @@ def render(url: str) -> str:
 def test_dashboard_renders_live_figures(bus_settings, connectors, link_workers, delivery, redis_client, unique):
     send_story(bus_settings, unique, n=1)
     person = person_of(redis_client, cerner_key(f"S{unique}"))
-    wait_for(lambda: redis_client.exists(f"carebus:record:{person}"), what="a shared record")
+    wait_for(lambda: RedisRecordStore(redis_client).record(person), what="a shared record")
     expected = httpx.get(f"{delivery.base}/monitor", headers={"Authorization": "Bearer dev-auditor-token"},
                          timeout=60).json()
     dom = render(f"{delivery.base}/dashboard#token=dev-auditor-token")

@@ -106,3 +106,37 @@ def test_rebuild_index_refuses_while_link_workers_run(bus_settings, link_workers
                             text=True, timeout=120, env=os.environ.copy())
     assert result.returncode == 1 and "stop them first" in result.stdout
     assert redis_client.dbsize() >= before
+
+
+def test_a_record_written_but_never_published_is_published_by_the_replay(bus_settings, index, unique):
+    """Kafka refuses the batch's outputs after the record version is written (as in a crash
+    before publishing): the replayed batch publishes that version, rebuilt from the same states."""
+    from dataclasses import replace as with_fields
+
+    from carebus.durable_producer import DurableProducer
+    from producers import hl7v2_mapper
+    from producers.source_systems import CERNER
+    from schemas import codec
+    from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS
+    from streams.link_stage import InboundMessage, LinkStage, StageUnavailable
+    from streams.record_store import RedisRecordStore
+    from tests.kafka_reading import read_all
+    from tests.test_connectors_e2e import adt
+
+    event = hl7v2_mapper.map_message(adt(f"RP{unique}", f"C{unique}", nhs="9990000026"), CERNER, "RAL", 1).event
+    message = InboundMessage(SOURCE_EVENTS.name, 0, 0, codec.encode("SourcePatientEvent", event))
+    nowhere = DurableProducer(with_fields(bus_settings, kafka_bootstrap_servers="127.0.0.1:9"),
+                              **{"message.timeout.ms": 1500, "log_level": 0})
+    with pytest.raises(StageUnavailable):
+        LinkStage(RedisGraphStore(index), RedisRecordStore(index), nowhere, PARAMS).process([message])
+    person = RedisGraphStore(index).person_of(f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|RP{unique}")
+    assert index.hget(f"carebus:record_meta:{person}", "emitted") == b"0"
+    producer = DurableProducer(bus_settings)
+    LinkStage(RedisGraphStore(index), RedisRecordStore(index), producer, PARAMS).process([message])
+    producer.close()
+    published = read_all(bus_settings, PATIENT_CHANGES.name, timeout=30, predicate=lambda m: m.key() == person.encode())
+    assert len(published) == 1
+    change = codec.decode(published[0].value(), "RecordChange")
+    assert change["version"] == 1 and change["caused_by"] == [event["envelope"]["event_id"]]
+    assert change["record"] == RedisRecordStore(index).record(person)
+    assert index.hget(f"carebus:record_meta:{person}", "emitted") == b"1"
