@@ -332,7 +332,7 @@ def main() -> None:
                       f"blocks skipped as over the cap: {graph.stats().get('blocks_over_cap', 0):,}")
         console.print(f"Redis: {used / 2**20:,.0f} MiB for {indexed:,} source records = "
                       f"{(used - baseline_mem) / max(indexed, 1):,.0f} bytes per source record "
-                      f"(graph, blocks, source states and shared records)")
+                      f"(graph, blocks, source states, record metadata)")
 
         if args.rate:
             received_before = sink.count()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -262,6 +263,69 @@ def rebuild_index(yes: bool = typer.Option(False, "--yes", help="confirm: the in
     except WorkersStillRunning as exc:
         _fail(exc)
     console.print(f"removed {removed:,} index keys; start the link workers to replay the source events")
+
+
+audit_app = typer.Typer(help="Audit a person's data through the delivery API: who they are in the index, their "
+                             "timeline across systems, their record at any moment. Every read is recorded.",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+_NHS = typer.Option("", "--nhs-number", help="find the person by NHS number")
+_IDENT = typer.Option("", "--identifier", help="find the person by a local identifier: <identifier system>|<value>")
+_PERSON = typer.Option("", "--person", help="a carebus person id")
+_WHY = typer.Option(..., "--why", help="the reason for this read (recorded with it)")
+_TOKEN = typer.Option("", "--token", envvar="CAREBUS_API_TOKEN", help="an API token with the auditor role")
+_URL = typer.Option("", "--url", help="the delivery service (default http://127.0.0.1:CAREBUS_DELIVERY_PORT)")
+_OUT = typer.Option(None, "--output", "-o", help="write to this file instead of the terminal")
+
+
+_FMT = typer.Option("json", "--format", help="json | csv")
+
+
+def _audit(url: str, token: str, read):  # noqa: ANN001, ANN202 - read: AuditClient -> the answer
+    """Run one read through the API; a refusal or an unreachable service exits 1 with its reason."""
+    from carebus.audit_client import AuditClient, AuditError
+
+    if not token:
+        _fail(ValueError("an API token is needed: --token or CAREBUS_API_TOKEN"))
+    try:
+        return read(AuditClient(url or f"http://127.0.0.1:{_settings().delivery_port}", token))
+    except AuditError as exc:
+        _fail(exc)
+
+
+def _write(text: str, output) -> None:  # noqa: ANN001 - Path | None
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        output.write_text(text)
+        console.print(f"written to {output}")
+
+
+@audit_app.command("find")
+def audit_find(nhs_number: str = _NHS, identifier: str = _IDENT, person: str = _PERSON, why: str = _WHY,
+               token: str = _TOKEN, url: str = _URL) -> None:
+    """Who the person is in the index: person ids and the source records linked to each."""
+    found = _audit(url, token, lambda api: api.find(nhs_number, identifier, person, why))
+    table = Table("person id", "source records")
+    for p in found:
+        table.add_row(p["person_id"], "\n".join(p["sources"]))
+    console.print(table if found else "no person found")
+
+
+@audit_app.command("timeline")
+def audit_timeline(nhs_number: str = _NHS, identifier: str = _IDENT, person: str = _PERSON, why: str = _WHY,
+                   since: str = typer.Option("0", help="from this time (ISO 8601 or epoch ms)"),
+                   fmt: str = _FMT, output: Path = _OUT, token: str = _TOKEN, url: str = _URL) -> None:
+    """Everything that happened to the person across systems, from the retained log."""
+    _write(_audit(url, token, lambda api: api.timelines(nhs_number, identifier, person, why, since, fmt)), output)
+
+
+@audit_app.command("as-of")
+def audit_as_of(at: str = typer.Option(..., "--at", help="the moment (ISO 8601 or epoch ms)"),
+                nhs_number: str = _NHS, identifier: str = _IDENT, person: str = _PERSON, why: str = _WHY,
+                fmt: str = _FMT, output: Path = _OUT, token: str = _TOKEN, url: str = _URL) -> None:
+    """The person's shared record as it stood at a moment: the version subscribers had then."""
+    _write(_audit(url, token, lambda api: api.records_as_of(nhs_number, identifier, person, why, at, fmt)), output)
 
 
 dead_letters_app = typer.Typer(help="List, show and replay dead letters (connectors, streams, delivery).",

@@ -30,15 +30,16 @@ from carebus.config import Settings
 from carebus.redis_connection import async_client, sync_client
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
-from consumers import audit_trail
+from consumers import access_audit, audit_trail
 from consumers.bus_monitor import BusMonitor
 from consumers.change_reader import open_subscription_consumer, read_range, time_ms as _ms
 from consumers.notification_format import webhook_body
 from consumers.push_delivery import Dispatcher, RetryPolicy
 from streams import record_store
+from streams.identity_store import RedisGraphStore
 from consumers.subscription_scope import CLINICAL_SECTIONS, ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
-from schemas import codec
+from schemas import codec, registry
 from schemas.topics import DLQ_DELIVERY, LINK_REVIEW, PATIENT_CHANGES
 
 log = logging.getLogger("carebus.delivery_service")
@@ -83,6 +84,13 @@ class DeliveryService:
         self.dispatchers: dict[str, tuple[Dispatcher, asyncio.Task]] = {}
         self.monitor = BusMonitor(settings)
         self.ready = False
+        self._graph: RedisGraphStore | None = None
+
+    def graph(self) -> RedisGraphStore:
+        """The identity index's read-only views (made on first use: the service runs without it)."""
+        if self._graph is None:
+            self._graph = RedisGraphStore(self.redis_sync)
+        return self._graph
 
     def _client_scope(self, client_id: str) -> ClientScope:
         client = self.credentials.client(client_id)
@@ -135,6 +143,15 @@ def build_app(service: DeliveryService) -> FastAPI:
     def require(client: Client, role: str) -> None:
         if not client.has(role):
             raise HTTPException(403, f"this client lacks the {role} role")
+
+    async def audited(client: Client, action: str, persons: list[str], why: str | None,
+                      query: dict[str, str], outcome: str = "shown") -> None:
+        """The read is on carebus.access-audit.v1 before anything is returned (else 503, no data)."""
+        try:
+            await access_audit.record_access(service.producer, access_audit.access_event(
+                client, action, persons, why, query, outcome))
+        except Exception as exc:  # noqa: BLE001 - no audit record, no data
+            raise HTTPException(503, "the access could not be recorded; retry shortly") from exc
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -270,19 +287,22 @@ def build_app(service: DeliveryService) -> FastAPI:
 
     # ---- records, reviews, audit --------------------------------------------------------------
     @app.get("/records/{person_id}")
-    async def record(person_id: str, client: Client = Depends(caller)) -> dict[str, Any]:
+    async def record(person_id: str, why: str | None = None, client: Client = Depends(caller)) -> dict[str, Any]:
+        if not client.has("auditor"):
+            require(client, "subscriber")
         rec = await service.records.record(person_id)
         if rec is None:
             raise HTTPException(404, "no such person")
         if client.has("auditor"):
+            await audited(client, "record", [person_id], why, {})
             return rec
-        require(client, "subscriber")
         everything = Subscription("direct-read", client.client_id, "sse", "")
         visible = visible_change({"event_id": "", "person_id": person_id, "version": rec["version"],
                                   "change_type": "updated", "changed_sections": [], "changed_at": rec["updated_at"],
                                   "record": rec}, everything, scope_of(client))
         if visible is None:
             raise HTTPException(403, "this person is outside the client's scope")
+        await audited(client, "record", [person_id], why, {})
         return visible["record"]
 
     @app.get("/reviews")
@@ -313,20 +333,51 @@ def build_app(service: DeliveryService) -> FastAPI:
                                     headers=codec.headers("IdentityEvent"))
         return {"status": "queued", "event_id": event["event_id"]}
 
+    def find_persons(nhs_number: str, identifier: str, person_id: str) -> dict[str, list[str]]:
+        graph = service.graph()
+        if nhs_number:
+            keys = graph.keys_with_nhs_number(nhs_number.replace(" ", ""))
+        elif identifier:
+            system, _, value = identifier.rpartition("|")
+            keys = [f"{code}|{system}|{value}" for code in registry.source_systems()] if system and value else []
+        else:
+            members = service.redis_sync.smembers(f"carebus:members:{person_id}")
+            return {person_id: sorted(m.decode() for m in members)} if members else {}
+        found: dict[str, list[str]] = {}
+        for key, person in graph.persons_of(keys).items():
+            found.setdefault(person, []).append(key)
+        return {p: sorted(k) for p, k in sorted(found.items())}
+
+    @app.get("/audit/persons")
+    async def audit_find(nhs_number: str = "", identifier: str = Query("", description="<identifier system>|<value>"),
+                         person_id: str = "", why: str | None = None,
+                         client: Client = Depends(caller)) -> list[dict[str, Any]]:
+        """Who a person is in the index: by NHS number, by a local identifier, or by person id."""
+        require(client, "auditor")
+        if sum(bool(x) for x in (nhs_number, identifier, person_id)) != 1:
+            raise HTTPException(400, "give exactly one of nhs_number, identifier (system|value), person_id")
+        found = await asyncio.to_thread(find_persons, nhs_number, identifier, person_id)
+        await audited(client, "find", list(found), why,
+                      {"nhs_number": nhs_number, "identifier": identifier, "person_id": person_id},
+                      "shown" if found else "not-found")
+        return [{"person_id": p, "sources": keys} for p, keys in found.items()]
+
     @app.get("/audit/persons/{person_id}/timeline")
     async def audit_timeline(person_id: str, format: str = Query("json"), since: str = Query("0"),
-                             client: Client = Depends(caller)) -> Response:
+                             why: str | None = None, client: Client = Depends(caller)) -> Response:
         require(client, "auditor")
         members = {b.decode() for b in await service.redis.smembers(f"carebus:members:{person_id}")}
+        await audited(client, "timeline", [person_id], why, {"since": since, "format": format})
         entries = await asyncio.to_thread(audit_trail.timeline, service.settings, person_id, members, _ms(since))
         if format == "csv":
             return PlainTextResponse(audit_trail.to_csv(entries), media_type="text/csv")
         return Response(audit_trail.to_json(entries), media_type="application/json")
 
     @app.get("/audit/persons/{person_id}/as-of")
-    async def audit_as_of(person_id: str, at: str, subscription_id: str | None = None,
+    async def audit_as_of(person_id: str, at: str, subscription_id: str | None = None, why: str | None = None,
                           client: Client = Depends(caller)) -> dict[str, Any]:
         require(client, "auditor")
+        await audited(client, "as-of", [person_id], why, {"at": at, "subscription_id": subscription_id or ""})
         change = await asyncio.to_thread(audit_trail.record_as_of, service.settings, person_id, _ms(at))
         if change is None:
             raise HTTPException(404, "no record for this person at that time")

@@ -19,6 +19,7 @@ HISTORY_DIR = AVRO_DIR / "history"
 NAMESPACE = "carebus"
 MESSAGE_TYPES = (
     "SourcePatientEvent", "RawMessage", "DeadLetter", "IdentityEvent", "SharedRecord", "RecordChange",
+    "AccessEvent",
 )
 
 
@@ -113,3 +114,9 @@ def by_fingerprint() -> dict[bytes, SchemaVersion]:
     table = {v.fingerprint: v for versions in history().values() for v in versions}
     table.update({v.fingerprint: v for v in current().values()})
     return table
+
+
+def source_systems() -> tuple[str, ...]:
+    """The source systems the contract knows (the SourceSystem enum), e.g. to expand a local
+    identifier into the source keys it may belong to."""
+    return tuple(_load_named_types()["SourceSystem"]["symbols"])

@@ -76,9 +76,11 @@ DLQ_STREAMS = TopicSpec("carebus.dlq.streams.v1", "DeadLetter", "dead letter id"
                         "events the stream processors could not process", partitions=1)
 DLQ_DELIVERY = TopicSpec("carebus.dlq.delivery.v1", "DeadLetter", "subscription id",
                          "changes a subscriber could not take after every retry", partitions=1)
+ACCESS_AUDIT = TopicSpec("carebus.access-audit.v1", "AccessEvent", "client id",
+                         "every audit and record read: who looked at whom, when and why")
 
 CATALOGUE: tuple[TopicSpec, ...] = (
     RAW, SOURCE_EVENTS, IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SHARED_RECORDS,
-    DLQ_CONNECTORS, DLQ_STREAMS, DLQ_DELIVERY,
+    DLQ_CONNECTORS, DLQ_STREAMS, DLQ_DELIVERY, ACCESS_AUDIT,
 )
 BY_NAME = {t.name: t for t in CATALOGUE}

@@ -31,10 +31,15 @@ def _sound(name: str) -> str:
     return jellyfish.soundex(name) if name else ""
 
 
+def nhs_number_key(nhs: str) -> str:
+    """The block of a valid NHS number: also the index's way to find records by NHS number."""
+    return f"nhs:{nhs}"
+
+
 def keys(d: Demographics) -> set[str]:
     out: set[str] = set()
     if d.nhs:
-        out.add(f"nhs:{d.nhs}")
+        out.add(nhs_number_key(d.nhs))
     fam = _sound(d.family_parts[0]) if d.family_parts else ""
     giv = _sound(canonical_given(d.given)) if d.given else ""
     dob = d.birth_date.strftime("%Y%m%d") if d.birth_date is not None else ""

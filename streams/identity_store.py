@@ -141,6 +141,17 @@ end
 return out
 """
 
+# ARGV: prefix, block digest. Returns key, packed demographics of each node in the block.
+_BLOCK_NODES = _LUA_COMMON + """
+local bk, f = block_loc(ARGV[2])
+local out = {}
+for id in string.gmatch(redis.call('HGET', bk, f) or '', '%d+') do
+  local kd = redis.call('HMGET', P..'n:'..id, 'k', 'd')
+  if kd[1] then out[#out+1] = kd[1]; out[#out+1] = kd[2] or '' end
+end
+return out
+"""
+
 # ARGV: prefix, field, keys... Returns the field of each key's node ('' when the key is unknown).
 _NODE_FIELD = _LUA_COMMON + """
 local out = {}
@@ -293,6 +304,7 @@ class RedisGraphStore:
         self._ingest = client.register_script(_INGEST)
         self._apply = client.register_script(_APPLY)
         self._node_field = client.register_script(_NODE_FIELD)
+        self._block_nodes = client.register_script(_BLOCK_NODES)
         self._check_layout()
 
     def _check_layout(self) -> None:
@@ -365,6 +377,11 @@ class RedisGraphStore:
             return []
         values = self._node_field(args=[P, "d", *keys])
         return [unpack(k, _s(d)) for k, d in zip(keys, values) if d]
+
+    def keys_with_nhs_number(self, nhs: str) -> list[str]:
+        """Source records that hold this (valid) NHS number: its block is the index by NHS number."""
+        raw = [_s(x) for x in self._block_nodes(args=[P, block_digest(blocking.nhs_number_key(nhs))])]
+        return sorted(key for key, packed in zip(raw[::2], raw[1::2]) if packed and unpack(key, packed).nhs == nhs)
 
     def all_keys(self, batch: int = 1000):  # noqa: ANN201 - an iterator of source-key lists
         """Every source key in the index, `batch` at a time (SCAN and HSCAN: safe on a live Redis)."""

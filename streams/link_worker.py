@@ -56,7 +56,11 @@ def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:
         # A crashed worker's partitions move to the others within seconds, not a minute.
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,
-        "partition.assignment.strategy": "cooperative-sticky",
+        # Range, per topic: every worker gets its share of source-events. A strategy that balances
+        # partition counts over both topics (cooperative-sticky) gave one worker all six
+        # source-events partitions and the other all six link-review ones: two workers ran at the
+        # speed of one. (Restart all workers together when changing it: a group has one strategy.)
+        "partition.assignment.strategy": "range",
         "fetch.wait.max.ms": 20,
     }
 
