@@ -50,6 +50,11 @@ class AuditClient:
             raise AuditError("no person found")
         return [p["person_id"] for p in found]
 
+    def records(self, nhs_number: str, identifier: str, person: str, why: str) -> list[dict[str, Any]]:
+        """The current shared record of every person found."""
+        persons = self._persons(nhs_number, identifier, person, why)
+        return self._each(persons, "reading records", lambda p: self._get(f"/records/{p}", why=why).json())
+
     def _each(self, persons: list[str], description: str, read) -> list[Any]:  # noqa: ANN001
         """`read(person)` for every person, with a progress bar; None answers are left out."""
         out = []

@@ -328,6 +328,28 @@ def audit_as_of(at: str = typer.Option(..., "--at", help="the moment (ISO 8601 o
     _write(_audit(url, token, lambda api: api.records_as_of(nhs_number, identifier, person, why, at, fmt)), output)
 
 
+records_app = typer.Typer(help="Read shared records through the delivery API (every read is recorded).",
+                          no_args_is_help=True)
+app.add_typer(records_app, name="records")
+
+
+@records_app.command("show")
+def records_show(nhs_number: str = _NHS, identifier: str = _IDENT, person: str = _PERSON, why: str = _WHY,
+                 as_json: bool = typer.Option(False, "--json", help="the SharedRecord as JSON instead of tables"),
+                 token: str = _TOKEN, url: str = _URL) -> None:
+    """The person's current shared record: demographics with their sources, then each section."""
+    import json
+
+    from carebus.record_view import render
+
+    records = _audit(url, token, lambda api: api.records(nhs_number, identifier, person, why))
+    if as_json:
+        _write(json.dumps(records, indent=1), None)
+        return
+    for record in records:
+        console.print(render(record))
+
+
 dead_letters_app = typer.Typer(help="List, show and replay dead letters (connectors, streams, delivery).",
                                no_args_is_help=True)
 app.add_typer(dead_letters_app, name="dead-letters")

@@ -156,9 +156,13 @@ def ack_code(ack: bytes) -> str:
     return ""
 
 
+# carebus's contract: AE with one of these ERR codes is worth resending (after TOO_MANY_CONNECTIONS
+# the connector has closed the connection: the sender reconnects); anything else will fail again.
+TRANSIENT_ERRORS = (b"STORE_UNAVAILABLE", b"TOO_MANY_CONNECTIONS", b"INTERNAL")
+
+
 def is_transient(ack: bytes) -> bool:
-    """carebus's contract: only AE with ERR code STORE_UNAVAILABLE is worth resending."""
-    return b"|STORE_UNAVAILABLE|" in ack
+    return ack_code(ack) == "AE" and any(b"|" + code + b"|" in ack for code in TRANSIENT_ERRORS)
 
 
 def write_drop_file(folder: Path, name: str, data: bytes) -> Path:
@@ -196,6 +200,8 @@ async def send_hl7_with_retry(client: MllpClient, message: bytes, stats: Traffic
         if not is_transient(ack):
             stats.rejected += 1
             return code
+        if b"|TOO_MANY_CONNECTIONS|" in ack:
+            await client.close()
         stats.retried += 1
         await asyncio.sleep(0.2)
     return "GAVE_UP"

@@ -83,3 +83,19 @@ def test_a_subscriber_token_cannot_audit(delivery, patient):
     result = carebus_audit(delivery, "timeline", "--person", patient["person"], "--why", "curious",
                            token="dev-subscriber-token")
     assert result.returncode == 1 and "403" in result.stdout
+
+
+def test_records_show_prints_the_record_as_tables_and_as_json(delivery, patient):
+    shown = carebus_audit_records(delivery, "--nhs-number", patient["nhs"], "--why", "clinical query")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert patient["person"] in shown.stdout and "Encounters" in shown.stdout
+    assert "CERNER_MILLENNIUM RAL" in shown.stdout
+    as_json = carebus_audit_records(delivery, "--person", patient["person"], "--why", "clinical query", "--json")
+    [record] = json.loads(as_json.stdout)
+    assert record["person_id"] == patient["person"] and record["encounters"]
+
+
+def carebus_audit_records(delivery, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carebus.cli", "records", "show", *args, "--url", delivery.base],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CAREBUS_API_TOKEN": "dev-auditor-token", "COLUMNS": "200"})

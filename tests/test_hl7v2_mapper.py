@@ -122,3 +122,13 @@ def test_fuzzed_input_either_maps_or_fails_with_a_mapping_error(raw):
         assert exc.ack_code in ("AE", "AR") and exc.reason
     ack = hl7v2_mapper.build_ack(raw, "AE", "x")
     assert ack.startswith(b"MSH|") and b"\rMSA|AE|" in ack
+
+
+def test_a_sender_resends_only_what_may_succeed_later():
+    from simulator.traffic import is_transient
+
+    for code in ("STORE_UNAVAILABLE", "TOO_MANY_CONNECTIONS", "INTERNAL"):
+        assert is_transient(hl7v2_mapper.build_ack(ADT, "AE", "try again", code))
+    assert not is_transient(hl7v2_mapper.build_ack(ADT, "AE", "no PID segment", "HL7_NO_PID"))
+    assert not is_transient(hl7v2_mapper.build_ack(ADT, "AR", "too large", "TOO_LARGE"))
+    assert not is_transient(hl7v2_mapper.build_ack(ADT, "AA"))

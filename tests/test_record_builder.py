@@ -35,3 +35,4 @@ def test_a_first_version_reports_demographics_and_every_section_it_has():
     record = record_builder.build_record("PER-1", [state_of(adt("R1", "C1", extra=ALLERGY))], 1, 10)
     changed = record_builder.changed_sections(None, record, record_builder.part_digests(record))
     assert changed == ["demographics", "encounters", "allergies"]
+
