@@ -59,6 +59,9 @@ class Settings:
     # MLLP limits: an idle connection closes after this many seconds (senders reconnect), a
     # message must arrive whole within message_timeout of its first byte, and past
     # max_connections a new sender is answered AE and closed.
+    # The address the MLLP listeners and HTTP APIs listen on: this machine only, unless told
+    # otherwise (0.0.0.0 inside a container, or the interface the hospital network reaches).
+    bind_host: str = "127.0.0.1"
     mllp_idle_timeout: int = 600
     mllp_message_timeout: int = 30
     mllp_max_connections: int = 200
@@ -135,6 +138,7 @@ ENVIRONMENT = {
     "CAREBUS_HTTP_PORT": "http_port",
     "CAREBUS_DELIVERY_PORT": "delivery_port",
     "CAREBUS_DELIVERY_BACKOFF_BASE": "delivery_backoff_base",
+    "CAREBUS_BIND_HOST": "bind_host",
     "CAREBUS_MLLP_IDLE_TIMEOUT": "mllp_idle_timeout",
     "CAREBUS_MLLP_MESSAGE_TIMEOUT": "mllp_message_timeout",
     "CAREBUS_MLLP_MAX_CONNECTIONS": "mllp_max_connections",

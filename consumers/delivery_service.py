@@ -410,7 +410,7 @@ async def serve(settings: Settings, port: int | None = None) -> None:
     configure_logging()
     service = DeliveryService(settings, RetryPolicy(float(settings.delivery_backoff_base)))
     app = build_app(service)
-    server = uvicorn.Server(uvicorn.Config(app, host="0.0.0.0", port=port or settings.delivery_port,
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.bind_host, port=port or settings.delivery_port,
                                            log_level="warning", access_log=False))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -65,8 +65,8 @@ async def serve(settings: Settings) -> None:
     ready = {"mllp": False, "http": False}
     limits = {"idle_timeout": settings.mllp_idle_timeout, "message_timeout": settings.mllp_message_timeout,
               "max_connections": settings.mllp_max_connections}
-    listeners = [MllpListener(CERNER, "RAL", pipeline, "0.0.0.0", settings.mllp_port, **limits),
-                 MllpListener(RIO, "RAT", pipeline, "0.0.0.0", settings.mllp_port + 1, **limits)]
+    listeners = [MllpListener(CERNER, "RAL", pipeline, settings.bind_host, settings.mllp_port, **limits),
+                 MllpListener(RIO, "RAT", pipeline, settings.bind_host, settings.mllp_port + 1, **limits)]
     for listener in listeners:
         await listener.start()
     ready["mllp"] = True
@@ -85,7 +85,7 @@ async def serve(settings: Settings) -> None:
                     tasks[i] = asyncio.create_task(d.run(settings.file_drop_poll_ms / 1000))
 
     supervisor = asyncio.create_task(supervise())
-    config = uvicorn.Config(build_app(pipeline, settings, ready, drops), host="0.0.0.0", port=settings.http_port,
+    config = uvicorn.Config(build_app(pipeline, settings, ready, drops), host=settings.bind_host, port=settings.http_port,
                             log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     stop = asyncio.Event()

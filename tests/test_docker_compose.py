@@ -60,3 +60,12 @@ def test_dockerfile_copies_every_package():
     for package in ("carebus", "schemas", "producers", "streams", "consumers"):
         assert f"COPY {package} {package}" in dockerfile
         assert Path(REPO_ROOT / package).is_dir()
+
+
+def test_kafka_redis_and_the_registry_are_published_on_this_host_only():
+    for name in ("kafka", "redis", "schema-registry"):
+        for mapping in SERVICES[name].get("ports", []):
+            assert str(mapping).startswith("127.0.0.1:"), (name, mapping)
+    for name in ("connectors", "delivery"):
+        # In the container a service listens on every interface so that its published port works.
+        assert SERVICES[name]["environment"]["CAREBUS_BIND_HOST"] == "0.0.0.0"
