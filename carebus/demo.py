@@ -101,10 +101,26 @@ async def _inject_bad_messages(settings: Settings) -> None:
     await client.close()
 
 
+def _rebuild_an_old_index(settings: Settings, console: Console) -> None:
+    """The demo's own data, written by an older carebus: rebuild the index from Kafka rather
+    than let the link worker refuse it (outside the demo that is the operator's decision)."""
+    from carebus.redis_connection import sync_client
+    from streams.identity_store import IndexLayoutError, RedisGraphStore
+    from streams.index_rebuild import rebuild
+
+    client = sync_client(settings)
+    try:
+        RedisGraphStore(client)
+    except IndexLayoutError:
+        console.print("the demo's identity index is in an older layout: rebuilding it from Kafka")
+        rebuild(settings, client)
+
+
 def run(settings: Settings, people: int, batch: int, duration: float, live: bool, seed: int) -> int:
     console = Console()
     console.print("starting Kafka (KRaft) and Redis ...")
     local_bus.up(settings)
+    _rebuild_an_old_index(settings, console)
     logs = settings.data_dir / "logs"
     env = {**os.environ}
     procs = [_start(["connectors"], logs / "connectors.log", env), _start(["link-worker"], logs / "link-worker.log", env),

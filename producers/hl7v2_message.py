@@ -45,6 +45,8 @@ class HL7v2Message:
             fields = line.split(field_sep)
             if line.startswith(("MSH", "BHS", "FHS")):
                 fields.insert(1, field_sep)   # MSH-1 is the separator itself
+                if fields[3:] == [""]:        # "MSH|^~\&|" ends at MSH-2, as python-hl7 reads it
+                    del fields[3:]
             self._segments.setdefault(fields[0], []).append(fields)
 
     def count(self, segment: str) -> int:

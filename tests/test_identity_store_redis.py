@@ -26,7 +26,9 @@ INDEX_DB = 7
 
 @pytest.fixture
 def index(bus_settings):
-    client = redis.Redis.from_url(bus_settings.redis, db=INDEX_DB)
+    # The database goes in the URL: a path in the URL (".../0") wins over a db= argument.
+    client = redis.Redis.from_url(bus_settings.redis.rsplit("/", 1)[0] + f"/{INDEX_DB}")
+    assert client.connection_pool.connection_kwargs["db"] == INDEX_DB     # never flush the live index
     client.flushdb()
     yield client
     client.flushdb()
