@@ -30,7 +30,7 @@ from carebus.config import Settings
 from carebus.redis_connection import async_client, sync_client
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
-from consumers import access_audit, audit_trail
+from consumers import access_audit, audit_trail, fhir_read_api
 from consumers.bus_monitor import BusMonitor
 from consumers.change_reader import open_subscription_consumer, read_range, time_ms as _ms
 from consumers.notification_format import webhook_body
@@ -285,6 +285,16 @@ def build_app(service: DeliveryService) -> FastAPI:
         await dispatcher.close()
         return {"parked": total, "outcomes": outcomes, "still_parked_patients": len(failing)}
 
+    def readable(client: Client, rec: dict[str, Any]) -> dict[str, Any] | None:
+        """The record as this client may see it (auditors: whole), None when outside its scope."""
+        if client.has("auditor"):
+            return rec
+        everything = Subscription("direct-read", client.client_id, "sse", "")
+        visible = visible_change({"event_id": "", "person_id": rec["person_id"], "version": rec["version"],
+                                  "change_type": "updated", "changed_sections": [], "changed_at": rec["updated_at"],
+                                  "record": rec}, everything, scope_of(client))
+        return None if visible is None else visible["record"]
+
     # ---- records, reviews, audit --------------------------------------------------------------
     @app.get("/records/{person_id}")
     async def record(person_id: str, why: str | None = None, client: Client = Depends(caller)) -> dict[str, Any]:
@@ -293,17 +303,11 @@ def build_app(service: DeliveryService) -> FastAPI:
         rec = await service.records.record(person_id)
         if rec is None:
             raise HTTPException(404, "no such person")
-        if client.has("auditor"):
-            await audited(client, "record", [person_id], why, {})
-            return rec
-        everything = Subscription("direct-read", client.client_id, "sse", "")
-        visible = visible_change({"event_id": "", "person_id": person_id, "version": rec["version"],
-                                  "change_type": "updated", "changed_sections": [], "changed_at": rec["updated_at"],
-                                  "record": rec}, everything, scope_of(client))
+        visible = readable(client, rec)
         if visible is None:
             raise HTTPException(403, "this person is outside the client's scope")
         await audited(client, "record", [person_id], why, {})
-        return visible["record"]
+        return visible
 
     @app.get("/reviews")
     async def reviews(client: Client = Depends(caller)) -> list[dict[str, Any]]:
@@ -391,6 +395,46 @@ def build_app(service: DeliveryService) -> FastAPI:
                 raise HTTPException(404, "that subscriber was not sent this person")
             return json.loads(webhook_body(visible, subscription_id))
         return change
+
+    # ---- FHIR R4 read API (consumers/fhir_read_api.py) ----------------------------------------
+    def fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
+        return JSONResponse(body, status_code=status, media_type=fhir_read_api.FHIR_JSON)
+
+    def fhir_reader(client: Client) -> None:
+        if not (client.has("auditor") or client.has("subscriber")):
+            raise HTTPException(403, "this client lacks the subscriber or auditor role")
+
+    @app.get("/fhir/metadata")
+    async def fhir_metadata(request: Request) -> JSONResponse:
+        return fhir(fhir_read_api.capability_statement(str(request.base_url).rstrip("/") + "/fhir", "1"))
+
+    @app.get("/fhir/Patient")
+    async def fhir_search(request: Request, identifier: str = "", why: str | None = None,
+                          client: Client = Depends(caller)) -> JSONResponse:
+        fhir_reader(client)
+        system, _, value = identifier.rpartition("|")
+        if not system or not value:
+            return fhir(fhir_read_api.operation_outcome(
+                "required", "search by identifier=<system>|<value> (NHS number or a local identifier)"), 400)
+        if system == fhir_read_api.NHS_NUMBER_SYSTEM:
+            found = await asyncio.to_thread(find_persons, value, "", "")
+        else:
+            found = await asyncio.to_thread(find_persons, "", identifier, "")
+        records = [r for r in [await service.records.record(p) for p in found] if r is not None]
+        visible = [v for v in (readable(client, r) for r in records) if v is not None]
+        await audited(client, "fhir-search", [r["person_id"] for r in visible], why,
+                      {"identifier": identifier}, "shown" if visible else "not-found")
+        return fhir(fhir_read_api.searchset(visible, str(request.base_url).rstrip("/") + "/fhir"))
+
+    @app.get("/fhir/Patient/{person_id}")
+    async def fhir_read(person_id: str, why: str | None = None, client: Client = Depends(caller)) -> JSONResponse:
+        fhir_reader(client)
+        rec = await service.records.record(person_id)
+        visible = readable(client, rec) if rec is not None else None
+        if visible is None:    # absent and out of scope look alike: an id reveals nothing
+            return fhir(fhir_read_api.operation_outcome("not-found", f"no Patient/{person_id} for this client"), 404)
+        await audited(client, "fhir-read", [person_id], why, {})
+        return fhir(fhir_read_api.patient(visible))
 
     # ---- monitoring -------------------------------------------------------------------------
     @app.get("/monitor")
