@@ -426,6 +426,17 @@ def build_app(service: DeliveryService) -> FastAPI:
                       {"identifier": identifier}, "shown" if visible else "not-found")
         return fhir(fhir_read_api.searchset(visible, str(request.base_url).rstrip("/") + "/fhir"))
 
+    @app.get("/fhir/Patient/{person_id}/$everything")
+    async def fhir_everything(request: Request, person_id: str, why: str | None = None,
+                              client: Client = Depends(caller)) -> JSONResponse:
+        fhir_reader(client)
+        rec = await service.records.record(person_id)
+        visible = readable(client, rec) if rec is not None else None
+        if visible is None:
+            return fhir(fhir_read_api.operation_outcome("not-found", f"no Patient/{person_id} for this client"), 404)
+        await audited(client, "fhir-everything", [person_id], why, {})
+        return fhir(fhir_read_api.everything(visible, str(request.base_url).rstrip("/") + "/fhir"))
+
     @app.get("/fhir/Patient/{person_id}")
     async def fhir_read(person_id: str, why: str | None = None, client: Client = Depends(caller)) -> JSONResponse:
         fhir_reader(client)

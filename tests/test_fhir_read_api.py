@@ -12,7 +12,8 @@ from fhir.resources.R4B.patient import Patient
 from schemas import codec
 from schemas.topics import ACCESS_AUDIT
 from tests.kafka_reading import read_all
-from tests.test_delivery_e2e import AUDIT, RFH, SUB2, cerner_key, person_of, send_story, unique_nhs, wait_for
+from tests.test_delivery_e2e import (AUDIT, RFH, SUB2, cerner_key, own_identity, person_of, send_story, unique_nhs,
+                                     wait_for)
 
 pytestmark = pytest.mark.integration
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -34,6 +35,7 @@ def test_the_capability_statement_says_what_is_supported(delivery):
     [rest] = statement.rest
     assert [res.type for res in rest.resource] == ["Patient"]
     assert {i.code for i in rest.resource[0].interaction} == {"read", "search-type"}
+    assert [o.name for o in rest.resource[0].operation] == ["everything"]
 
 
 def test_search_by_nhs_number_and_by_local_identifier_then_read(delivery, patient):
@@ -46,6 +48,16 @@ def test_search_by_nhs_number_and_by_local_identifier_then_read(delivery, patien
     r = httpx.get(f"{delivery.base}/fhir/Patient/{patient['person']}", headers=SUB2, timeout=30)
     found = Patient.model_validate(r.json())
     assert any(i.system == NHS and i.value == patient["nhs"] for i in found.identifier)
+
+
+def test_everything_carries_the_clinical_items_with_their_provenance(delivery, patient):
+    r = httpx.get(f"{delivery.base}/fhir/Patient/{patient['person']}/$everything", headers=SUB2, timeout=30)
+    assert r.status_code == 200, r.text
+    bundle = Bundle.model_validate(r.json())
+    kinds = [e.resource.__resource_type__ for e in bundle.entry]
+    assert kinds[0] == "Patient" and "Encounter" in kinds and "Provenance" in kinds
+    encounter = next(e.resource for e in bundle.entry if e.resource.__resource_type__ == "Encounter")
+    assert encounter.meta.source.startswith("urn:carebus:source:CERNER_MILLENNIUM:RAL:")
 
 
 def test_unknown_and_unreadable_patients_answer_an_operation_outcome(delivery, patient):
@@ -67,8 +79,10 @@ def test_a_client_sees_only_its_scope(bus_settings, delivery, redis_client, pati
     """A RiO patient (RAT) is outside the Royal Free's scope (RAL only): not found, not readable."""
     from tests.test_connectors_e2e import adt, mllp_send
 
-    nhs = unique_nhs(f"rio{patient['unique']}")
-    message = adt(f"R{patient['unique']}", f"R{patient['unique']}", nhs=nhs).replace(b"CERNER", b"RIO").replace(b"RAL", b"RAT")
+    identity = own_identity(f"rio{patient['unique']}")      # its own NHS number and surname: linked to no one
+    nhs = identity["nhs"]
+    message = adt(f"R{patient['unique']}", f"R{patient['unique']}", **identity).replace(b"CERNER", b"RIO") \
+        .replace(b"RAL", b"RAT")
     [ack] = mllp_send(bus_settings.mllp_port + 1, message)
     assert b"MSA|AA" in ack, ack
     search = {"identifier": f"{NHS}|{nhs}"}

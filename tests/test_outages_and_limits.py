@@ -22,22 +22,10 @@ from simulator.traffic import MllpClient, ack_code, vision_csv, write_drop_file
 from tests.conftest import ServiceProcess
 from tests.kafka_reading import read_all
 from tests.test_connectors_e2e import adt, mllp_send
-from tests.test_delivery_e2e import wait_for
+from tests.test_delivery_e2e import own_identity, wait_for
 
 pytestmark = pytest.mark.integration
 EMIS = {"Authorization": "Bearer dev-emis-token", "X-Ods-Code": "F84001"}
-
-
-def own_identity(seed: str) -> dict[str, str]:
-    """A patient's own NHS number and surname for `adt`: its defaults would make every patient here
-    one person, or a crowd of Smiths at one address, and skew the linkage parameters later tests
-    estimate from the topic."""
-    import hashlib
-
-    from tests.test_delivery_e2e import unique_nhs
-
-    letters = "".join(chr(ord("A") + b % 26) for b in hashlib.sha256(seed.encode()).digest()[:7])
-    return {"nhs": unique_nhs(seed), "family": letters}
 
 
 def dead_letters(settings, needle: str) -> list[dict]:
