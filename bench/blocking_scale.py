@@ -34,13 +34,7 @@ def baseline_keys(d: Demographics) -> set[str]:
 
 
 def population(n: int) -> list[Demographics]:
-    records: list[pop.SourceRecord] = []
-    seed = 1
-    while len(records) < n:
-        records += pop.build(max(1000, (n - len(records)) // 2), seed=seed, practices=2000).records
-        seed += 1
-        records = list({pop.source_key(x): x for x in records}.values())
-    return [from_patient(pop.source_key(r), pop.patient_dict(r)) for r in records[:n]]
+    return [from_patient(pop.source_key(r), pop.patient_dict(r)) for r in pop.source_records(n)]
 
 
 def candidates(demos: list[Demographics], keys_of, sample: list[int], cap: float

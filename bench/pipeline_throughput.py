@@ -265,13 +265,7 @@ def main() -> None:
     try:
         need = args.preload + 2 * args.backlog + 3 * args.rate * args.seconds   # a third of records are Cerner
         with console.status(f"building a synthetic population of about {need:,} source records"):
-            records: list[pop.SourceRecord] = []
-            seed = 1
-            while len(records) < need:
-                records += pop.build(max(1000, (need - len(records)) // 2), seed=seed, practices=2000).records
-                seed += 1
-                # Every batch of people is its own population: keep local ids unique across them.
-                records = list({pop.source_key(x): x for x in records}.values())
+            records = pop.source_records(need)
         pre, back1, back2 = (records[:args.preload], records[args.preload:args.preload + args.backlog],
                              records[args.preload + args.backlog:args.preload + 2 * args.backlog])
         live = [x for x in records[args.preload + 2 * args.backlog:] if x.system == "CERNER_MILLENNIUM"]

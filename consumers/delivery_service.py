@@ -345,8 +345,8 @@ def build_app(service: DeliveryService) -> FastAPI:
             system, _, value = identifier.rpartition("|")
             keys = [f"{code}|{system}|{value}" for code in registry.source_systems()] if system and value else []
         else:
-            members = service.redis_sync.smembers(f"carebus:members:{person_id}")
-            return {person_id: sorted(m.decode() for m in members)} if members else {}
+            members = graph.members(person_id)
+            return {person_id: members} if members else {}
         found: dict[str, list[str]] = {}
         for key, person in graph.persons_of(keys).items():
             found.setdefault(person, []).append(key)
@@ -370,7 +370,7 @@ def build_app(service: DeliveryService) -> FastAPI:
     async def audit_timeline(person_id: str, format: str = Query("json"), since: str = Query("0"),
                              why: str | None = None, client: Client = Depends(caller)) -> Response:
         require(client, "auditor")
-        members = {b.decode() for b in await service.redis.smembers(f"carebus:members:{person_id}")}
+        members = set(await asyncio.to_thread(service.graph().members, person_id))
         await audited(client, "timeline", [person_id], why, {"since": since, "format": format})
         entries = await asyncio.to_thread(audit_trail.timeline, service.settings, person_id, members, _ms(since))
         if format == "csv":
@@ -404,6 +404,16 @@ def build_app(service: DeliveryService) -> FastAPI:
         if not (client.has("auditor") or client.has("subscriber")):
             raise HTTPException(403, "this client lacks the subscriber or auditor role")
 
+    async def fhir_patient_record(client: Client, person_id: str) -> dict[str, Any] | None:
+        """The record as this client may read it through FHIR, None if absent or out of scope."""
+        fhir_reader(client)
+        rec = await service.records.record(person_id)
+        return readable(client, rec) if rec is not None else None
+
+    def fhir_not_found(person_id: str) -> JSONResponse:
+        # Absent and out of scope look alike: an id reveals nothing.
+        return fhir(fhir_read_api.operation_outcome("not-found", f"no Patient/{person_id} for this client"), 404)
+
     @app.get("/fhir/metadata")
     async def fhir_metadata(request: Request) -> JSONResponse:
         return fhir(fhir_read_api.capability_statement(str(request.base_url).rstrip("/") + "/fhir", "1"))
@@ -429,23 +439,19 @@ def build_app(service: DeliveryService) -> FastAPI:
     @app.get("/fhir/Patient/{person_id}/$everything")
     async def fhir_everything(request: Request, person_id: str, why: str | None = None,
                               client: Client = Depends(caller)) -> JSONResponse:
-        fhir_reader(client)
-        rec = await service.records.record(person_id)
-        visible = readable(client, rec) if rec is not None else None
+        visible = await fhir_patient_record(client, person_id)
         if visible is None:
-            return fhir(fhir_read_api.operation_outcome("not-found", f"no Patient/{person_id} for this client"), 404)
+            return fhir_not_found(person_id)
         await audited(client, "fhir-everything", [person_id], why, {})
         return fhir(fhir_read_api.everything(visible, str(request.base_url).rstrip("/") + "/fhir"))
 
     @app.get("/fhir/Patient/{person_id}")
     async def fhir_read(person_id: str, why: str | None = None, client: Client = Depends(caller)) -> JSONResponse:
-        fhir_reader(client)
-        rec = await service.records.record(person_id)
-        visible = readable(client, rec) if rec is not None else None
-        if visible is None:    # absent and out of scope look alike: an id reveals nothing
-            return fhir(fhir_read_api.operation_outcome("not-found", f"no Patient/{person_id} for this client"), 404)
+        visible = await fhir_patient_record(client, person_id)
+        if visible is None:
+            return fhir_not_found(person_id)
         await audited(client, "fhir-read", [person_id], why, {})
-        return fhir(fhir_read_api.patient(visible))
+        return fhir(fhir_read_api.fhir_patient(visible))
 
     # ---- monitoring -------------------------------------------------------------------------
     @app.get("/monitor")

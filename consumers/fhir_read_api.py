@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+# The Patient is the one the rest-hook notifications carry: one mapping for both.
 from consumers.notification_format import fhir_patient
 
 NHS_NUMBER_SYSTEM = "https://fhir.nhs.uk/Id/nhs-number"
@@ -39,13 +40,9 @@ def capability_statement(base_url: str, software_version: str) -> dict[str, Any]
     }
 
 
-def patient(record: dict[str, Any]) -> dict[str, Any]:
-    return fhir_patient(record)
-
-
 def searchset(records: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "searchset", "total": len(records),
-            "entry": [{"fullUrl": f"{base_url}/Patient/{r['person_id']}", "resource": patient(r),
+            "entry": [{"fullUrl": f"{base_url}/Patient/{r['person_id']}", "resource": fhir_patient(r),
                        "search": {"mode": "match"}} for r in records]}
 
 
@@ -184,7 +181,7 @@ def everything(record: dict[str, Any], base_url: str) -> dict[str, Any]:
     the first system that sent it), and a Provenance per item naming every source organisation."""
     person = record["person_id"]
     subject = {"reference": f"Patient/{person}"}
-    entries = [{"fullUrl": f"{base_url}/Patient/{person}", "resource": patient(record), "search": {"mode": "match"}}]
+    entries = [{"fullUrl": f"{base_url}/Patient/{person}", "resource": fhir_patient(record), "search": {"mode": "match"}}]
     for section in ("encounters", "problems", "medications", "allergies", "observations", "referrals", "documents"):
         for item in record.get(section) or []:
             rid = _resource_id(person, section, item)

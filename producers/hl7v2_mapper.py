@@ -75,14 +75,6 @@ def field(msg: HL7v2Message, segment: str, number: int, rep: int = 1, comp: int 
     return msg.value(segment, number, rep, comp, sub, occurrence).strip()
 
 
-def repetitions(msg: HL7v2Message, segment: str, number: int, occurrence: int = 1) -> int:
-    return msg.repetitions(segment, number, occurrence)
-
-
-def segment_count(msg: HL7v2Message, segment: str) -> int:
-    return msg.count(segment)
-
-
 def parse_ts(value: str, what: str) -> int | None:
     """HL7 DTM (YYYY[MM[DD[HH[MM[SS]]]]][+ZZZZ]) to epoch millis, UTC when no offset is given."""
     if not value:
@@ -120,7 +112,7 @@ def _identity(msg: HL7v2Message, profile: SourceSystemProfile, ods: str) -> tupl
     local: dict[str, str] | None = None
     others: list[dict[str, str]] = []
     nhs: str | None = None
-    for rep in range(1, repetitions(msg, "PID", 3) + 1):
+    for rep in range(1, msg.repetitions("PID", 3) + 1):
         value = field(msg, "PID", 3, rep, 1)
         authority = field(msg, "PID", 3, rep, 4)
         id_type = field(msg, "PID", 3, rep, 5)
@@ -147,14 +139,14 @@ def _identity(msg: HL7v2Message, profile: SourceSystemProfile, ods: str) -> tupl
     else:
         status = "ABSENT"
     names = []
-    for rep in range(1, repetitions(msg, "PID", 5) + 1):
+    for rep in range(1, msg.repetitions("PID", 5) + 1):
         family = field(msg, "PID", 5, rep, 1)
         given = [g for g in (field(msg, "PID", 5, rep, 2), field(msg, "PID", 5, rep, 3)) if g]
         if family or given:
             names.append({"use": "official" if rep == 1 else "usual", "family": family, "given": given,
                           "prefix": field(msg, "PID", 5, rep, 5) or None})
     addresses = []
-    for rep in range(1, repetitions(msg, "PID", 11) + 1):
+    for rep in range(1, msg.repetitions("PID", 11) + 1):
         lines = [x for x in (field(msg, "PID", 11, rep, 1), field(msg, "PID", 11, rep, 2)) if x]
         postcode = field(msg, "PID", 11, rep, 5)
         if lines or postcode:
@@ -200,7 +192,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
         raise HL7MappingError("MSH-10 message control id is empty", "AR", "HL7_NO_CONTROL_ID")
     if (msg_type, trigger) not in SUPPORTED:
         raise HL7MappingError(f"unsupported message type {msg_type}^{trigger}", "AR", "HL7_UNSUPPORTED_TYPE")
-    if segment_count(msg, "PID") == 0:
+    if msg.count("PID") == 0:
         raise HL7MappingError("no PID segment", "AE", "HL7_NO_PID")
     ods = (field(msg, "MSH", 4) or default_ods).upper()
     patient, flags = _identity(msg, profile, ods)
@@ -225,7 +217,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
             raise HL7MappingError("A40 without MRG-1 prior patient identifier", "AE", "HL7_NO_MRG")
         event["action"] = "MERGE"
         event["merged_from"] = [{"system": profile.identifier_system(field(msg, "MRG", 1, 1, 4) or ods), "value": prior}]
-    if segment_count(msg, "PV1") and trigger not in ("A28", "A31", "A40"):
+    if msg.count("PV1") and trigger not in ("A28", "A31", "A40"):
         pclass = field(msg, "PV1", 2).upper()
         visit = field(msg, "PV1", 19) or control_id
         movement = ADT_MOVEMENTS.get(trigger, "update") if msg_type == "ADT" else "update"
@@ -239,7 +231,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
             "end": parse_ts(field(msg, "PV1", 45), "PV1-45 discharge time"),
             "care_provider_ods": ods, "episode_id": field(msg, "PV1", 19) or None, "provenance": [],
         })
-    for i in range(1, segment_count(msg, "AL1") + 1):
+    for i in range(1, msg.count("AL1") + 1):
         event["allergies"].append({
             "id": f"{control_id}-AL1-{i}",
             "substance": _coded(field(msg, "AL1", 3, 1, 1, occurrence=i), field(msg, "AL1", 3, 1, 2, occurrence=i),
@@ -248,7 +240,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
             "severity": field(msg, "AL1", 4, occurrence=i) or None,
             "status": "active", "recorded": parse_ts(field(msg, "AL1", 6, occurrence=i), "AL1-6"), "provenance": [],
         })
-    for i in range(1, segment_count(msg, "DG1") + 1):
+    for i in range(1, msg.count("DG1") + 1):
         event["problems"].append({
             "id": f"{control_id}-DG1-{i}",
             "code": _coded(field(msg, "DG1", 3, 1, 1, occurrence=i), field(msg, "DG1", 3, 1, 2, occurrence=i),
@@ -256,7 +248,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
             "status": "active", "onset": parse_ts(field(msg, "DG1", 5, occurrence=i), "DG1-5"), "abatement": None,
             "provenance": [],
         })
-    for i in range(1, segment_count(msg, "RF1") + 1):
+    for i in range(1, msg.count("RF1") + 1):
         event["referrals"].append({
             "id": field(msg, "RF1", 6, occurrence=i) or f"{control_id}-RF1-{i}",
             "service": _coded(field(msg, "RF1", 3, 1, 1, occurrence=i) or "unspecified",
@@ -266,7 +258,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
             "referred_at": parse_ts(field(msg, "RF1", 7, occurrence=i), "RF1-7 effective date"),
             "episode_id": field(msg, "PV1", 19) or None, "provenance": [],
         })
-    for i in range(1, segment_count(msg, "OBX") + 1):
+    for i in range(1, msg.count("OBX") + 1):
         value = field(msg, "OBX", 5, occurrence=i)
         vtype = field(msg, "OBX", 2, occurrence=i).upper()
         quantity = None

@@ -189,3 +189,16 @@ def patient_dict(rec: SourceRecord) -> dict:
             "birth_date": (rec.birth_date - date(1970, 1, 1)).days, "sex": "MALE" if rec.sex == "M" else "FEMALE",
             "addresses": [{"use": "home", "lines": [f"{rec.house} {rec.street}"], "city": "London", "postcode": rec.postcode}],
             "telecom": [], "registered_practice_ods": rec.practice_ods, "deceased_at": None, "sharing_objection": False}
+
+
+def source_records(n: int, practices: int = 2000) -> list[SourceRecord]:
+    """At least `n` source records (the first `n` returned) from successive populations, for
+    benchmarks larger than one population: seeds 1, 2, ..., local ids kept unique across them."""
+    records: list[SourceRecord] = []
+    seed = 1
+    while len(records) < n:
+        records += build(max(1000, (n - len(records)) // 2), seed=seed, practices=practices).records
+        seed += 1
+        records = list({source_key(x): x for x in records}.values())
+    return records[:n]
+

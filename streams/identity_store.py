@@ -378,6 +378,10 @@ class RedisGraphStore:
         values = self._node_field(args=[P, "d", *keys])
         return [unpack(k, _s(d)) for k, d in zip(keys, values) if d]
 
+    def members(self, person_id: str) -> list[str]:
+        """The source keys linked into this person (none: no such person)."""
+        return sorted(_s(m) for m in self.r.smembers(f"{P}members:{person_id}"))
+
     def keys_with_nhs_number(self, nhs: str) -> list[str]:
         """Source records that hold this (valid) NHS number: its block is the index by NHS number."""
         raw = [_s(x) for x in self._block_nodes(args=[P, block_digest(blocking.nhs_number_key(nhs))])]

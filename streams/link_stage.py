@@ -310,8 +310,8 @@ class LinkStage:
         record = record_builder.build_record(sp.person_id, member_states, sp.version + 1, now_ms())
         digests = record_builder.part_digests(record)
         if digests == sp.digests:
-            if not sp.emitted:   # a replay: written but never published; the same states give the same record
-                stored = record_builder.build_record(sp.person_id, member_states, sp.version, sp.updated_at)
+            if not sp.emitted:   # a replay: written but never published; the same states gave this record
+                stored = {**record, "version": sp.version, "updated_at": sp.updated_at}
                 out.changes.append((self._change(sp.person_id, stored, sp.change, sp.version), stored))
                 out.emitted[sp.person_id] = sp.version
             return None
