@@ -22,12 +22,15 @@ is shared by hundreds of Londoners, and a common pair of name sounds by dozens i
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import jellyfish
 
 from streams.nicknames import canonical_given
-from streams.record_comparison import Demographics
+from streams.record_comparison import Demographics, date_digits
 
 
+@lru_cache(maxsize=100_000)
 def _sound(name: str) -> str:
     return jellyfish.soundex(name) if name else ""
 
@@ -43,7 +46,7 @@ def keys(d: Demographics) -> set[str]:
         out.add(nhs_number_key(d.nhs))
     fam = _sound(d.family_parts[0]) if d.family_parts else ""
     giv = _sound(canonical_given(d.given)) if d.given else ""
-    dob = d.birth_date.strftime("%Y%m%d") if d.birth_date is not None else ""
+    dob = date_digits(d.birth_date) if d.birth_date is not None else ""
     if dob:
         if fam:
             out.add(f"fd:{fam}:{dob}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from streams.record_comparison import EXACT, FIELDS, LEVEL_NAMES, LEVELS
@@ -42,9 +43,33 @@ class Parameters:
             return math.log2(m / max(self.tf[field].get(value, self.tf_floor), self.tf_floor))
         return math.log2(m / max(self.u[field][level], EPS))
 
+    @cached_property
+    def _weights(self) -> dict[str, tuple[float, ...]]:
+        return {f: tuple(self.weight(f, lvl) for lvl in range(len(self.m[f]))) for f in self.m}
+
+    @cached_property
+    def _tf_weights(self) -> dict[str, dict[str, float]]:
+        return {f: {} for f in self.tf}
+
     def score(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> float:
-        values = values or {}
-        return sum(self.weight(f, lvl, values.get(f)) for f, lvl in vector.items() if lvl is not None and f in self.m)
+        # The hot path of linking (once per candidate pair): weights come from tables computed
+        # once per parameter set; equal to summing weight() over the fields.
+        weights, tf_weights, total = self._weights, self._tf_weights, 0.0
+        for f, lvl in vector.items():
+            if lvl is None or f not in weights:
+                continue
+            value = values.get(f) if values else None
+            if value and f in tf_weights and lvl == EXACT[f]:
+                cache = tf_weights[f]
+                w = cache.get(value)
+                if w is None:
+                    if len(cache) > 200_000:
+                        cache.clear()
+                    w = cache[value] = self.weight(f, lvl, value)
+                total += w
+            else:
+                total += weights[f][lvl]
+        return total
 
     def posterior(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> float:
         prior_odds = self.prevalence / (1 - self.prevalence)

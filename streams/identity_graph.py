@@ -57,6 +57,7 @@ class Candidate:
     key: str
     demo: Demographics
     version: int
+    linked: bool = False       # an edge joined the two when they were read
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,14 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()))
     for d in demos:
         outcome.decisions += decide(d, ingested[d.key], params)
+    # Most candidates are strangers, and a non-match between records with no edge changes nothing
+    # (an edge written since would have moved a version and made this decision stale anyway), so
+    # only links and non-matches that may remove an edge are written: the write costs what links
+    # cost, not what candidates cost.
+    linked = {(d.key, c.key) for d in demos for c in ingested[d.key].candidates if c.linked}
+    writes = [d for d in outcome.decisions if d.kind or (d.a, d.b) in linked]
     outcome.relabels, outcome.emptied = store.apply({k: i.version for k, i in ingested.items()},
-                                                    outcome.decisions, forced, forbidden)
+                                                    writes, forced, forbidden)
     return outcome
 
 
@@ -242,7 +249,8 @@ class MemoryGraphStore:
                     continue
                 seen |= members
             seen.discard(d.key)
-            cands = tuple(Candidate(c, self._nodes[c].demo, self._nodes[c].version)  # type: ignore[arg-type]
+            cands = tuple(Candidate(c, self._nodes[c].demo, self._nodes[c].version,  # type: ignore[arg-type]
+                                    c in node.edges)
                           for c in sorted(seen - node.forbidden))
             out[d.key] = Ingested(node.version, cands, skipped)
         return out

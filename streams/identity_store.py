@@ -37,6 +37,8 @@ from streams.record_comparison import Demographics
 
 P = "carebus:"
 SEP = "\x1f"
+RS, GS = "\x1e", "\x1d"     # record and group separators of the ingest reply
+ID_CACHE = 200_000          # node ids remembered between batches (about 20 MB at most)
 LAYOUT = "2"
 # Every key of the index in this layout and the last (`carebus rebuild-index` removes them).
 KEY_PATTERNS = ("nid:*", "person_of:*", "n:*", "b:*", "e:*", "f:*", "members:*", "review:*", "reviews:open",
@@ -87,6 +89,10 @@ end
 """
 
 # ARGV: prefix, cap, then per node: key, hash, packed demographics, n blocks, block digests...
+# Returns per node: key, node id, version, blocks skipped, and its candidates in one string (one
+# reply element per node, not five per candidate: parsing the reply was a third of the call):
+# candidates joined by RS, each "node id GS key GS version GS '1' if an edge joins it to the node
+# GS packed demographics".
 _INGEST = _LUA_COMMON + """
 local cap = tonumber(ARGV[2])
 local out = {}
@@ -113,8 +119,12 @@ while i <= #ARGV do
     for _, b in ipairs(blocks) do block_add(b, id) end
     redis.call('HSET', nk, 'd', d, 'v', version, 'b', table.concat(blocks))
   end
-  local seen, cands, skipped = {}, {}, 0
+  -- Forbidden neighbours are skipped and linked ones flagged: one read of each per node, not
+  -- one per candidate (most nodes have neither).
+  local seen, linked, cands, skipped = {}, {}, {}, 0
   seen[id] = true
+  for _, c in ipairs(redis.call('SMEMBERS', P..'f:'..id)) do seen[c] = true end
+  for _, c in ipairs(redis.call('HKEYS', P..'e:'..id)) do linked[c] = true end
   for _, b in ipairs(blocks) do
     local bk, f = block_loc(b)
     local members = redis.call('HGET', bk, f) or ','
@@ -125,18 +135,16 @@ while i <= #ARGV do
       for c in string.gmatch(members, '%d+') do
         if not seen[c] then
           seen[c] = true
-          if redis.call('SISMEMBER', P..'f:'..id, c) == 0 then
-            local cv = redis.call('HMGET', P..'n:'..c, 'k', 'd', 'v')
-            if cv[2] then
-              cands[#cands+1] = cv[1]; cands[#cands+1] = cv[2]; cands[#cands+1] = cv[3]
-            end
+          local cv = redis.call('HMGET', P..'n:'..c, 'k', 'd', 'v')
+          if cv[2] then
+            cands[#cands+1] = table.concat({c, cv[1], cv[3], linked[c] and '1' or '', cv[2]}, '\\29')
           end
         end
       end
     end
   end
-  out[#out+1] = key; out[#out+1] = version; out[#out+1] = skipped; out[#out+1] = #cands / 3
-  for _, x in ipairs(cands) do out[#out+1] = x end
+  out[#out+1] = key; out[#out+1] = id; out[#out+1] = version; out[#out+1] = skipped
+  out[#out+1] = table.concat(cands, '\\30')
 end
 return out
 """
@@ -168,7 +176,9 @@ return out
 # the persons left empty, after a '' marker.
 _APPLY = _LUA_COMMON + """
 local i = 2
+-- A record is named by its node id ('#' and the id, when the caller has read it) or its key.
 local function node_id(key, h)
+  if string.byte(key, 1) == 35 then return string.sub(key, 2) end
   local id = get_id(key)
   if not id and h then id = new_id(key, h) end
   return id
@@ -305,7 +315,14 @@ class RedisGraphStore:
         self._apply = client.register_script(_APPLY)
         self._node_field = client.register_script(_NODE_FIELD)
         self._block_nodes = client.register_script(_BLOCK_NODES)
+        # Node ids of keys read by the last ingests: a key's node id never changes, so apply can
+        # name records by id and spare Redis a key lookup per decision.
+        self._ids: dict[str, str] = {}
         self._check_layout()
+
+    def _named(self, key: str) -> str:
+        node = self._ids.get(key)
+        return f"#{node}" if node else key
 
     def _check_layout(self) -> None:
         layout = self.r.get(f"{P}layout")
@@ -324,15 +341,20 @@ class RedisGraphStore:
         for d in demos:
             blocks = sorted({block_digest(b) for b in blocking.keys(d)})
             args += [d.key, node_hash(d.key), pack(d), len(blocks), *blocks]
-        raw = [_s(x) for x in self._ingest(args=args)]
-        out, i = {}, 0
-        while i < len(raw):
-            key, version, skipped, n = raw[i], int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3])
-            i += 4
-            cands = tuple(Candidate(raw[i + 3 * j], unpack(raw[i + 3 * j], raw[i + 3 * j + 1]), int(raw[i + 3 * j + 2]))
-                          for j in range(n))
-            i += 3 * n
-            out[key] = Ingested(version, tuple(sorted(cands, key=lambda c: c.key)), skipped)
+        raw = self._ingest(args=args)
+        out, ids = {}, self._ids
+        for i in range(0, len(raw), 5):
+            key = raw[i].decode()
+            ids[key] = raw[i + 1].decode()
+            cands = []
+            for one in raw[i + 4].decode().split(RS) if raw[i + 4] else ():
+                node, ckey, version, linked, packed = one.split(GS, 4)
+                ids[ckey] = node
+                cands.append(Candidate(ckey, unpack(ckey, packed), int(version), linked == "1"))
+            cands.sort(key=lambda c: c.key)
+            out[key] = Ingested(int(raw[i + 2]), tuple(cands), int(raw[i + 3]))
+        if len(ids) > ID_CACHE:
+            self._ids = {}
         return out
 
     def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
@@ -343,7 +365,7 @@ class RedisGraphStore:
             args += [k, v]
         args.append(len(decisions))
         for d in decisions:
-            args += [d.a, d.b, d.version_b, d.kind or ""]
+            args += [d.a, self._named(d.b), d.version_b, d.kind or ""]
         for pairs in (forced, forbidden):
             args.append(len(pairs))
             for a, b in pairs:

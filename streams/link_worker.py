@@ -18,6 +18,7 @@ batch is retried with capped backoff and its offsets are not committed until it 
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -121,6 +122,13 @@ def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) ->
 
     configure_logging()
     stage = create_stage(settings)
+    # A batch allocates hundreds of thousands of short-lived dicts and tuples and makes no
+    # reference cycles worth chasing: with the default thresholds the cyclic collector ran every
+    # 700 allocations and took a tenth of the worker's CPU. What is loaded at start-up is frozen
+    # out of its view.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     status = WorkerStatus(worker=f"{socket.gethostname()}:{worker_id or os.getpid()}", redis_client=stage.records.r)
     if status_port:
         status.serve(status_port)

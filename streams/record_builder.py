@@ -37,7 +37,10 @@ EVENT_IDS_KEPT = 32
 
 
 def _empty(value: Any) -> bool:
-    return value in (None, "", [], {}, "UNKNOWN")
+    # Not `value in (None, "", [], {}, ...)`: that builds the list and dict on every call.
+    if isinstance(value, (list, dict)):
+        return not value
+    return value is None or value == "" or value == "UNKNOWN"
 
 
 def provenance(event: dict[str, Any]) -> dict[str, Any]:
