@@ -35,7 +35,8 @@ from consumers.bus_monitor import BusMonitor
 from consumers.change_reader import open_subscription_consumer, read_range, time_ms as _ms
 from consumers.notification_format import webhook_body
 from consumers.push_delivery import Dispatcher, RetryPolicy
-from streams import record_store
+from streams import demographic_search, record_store
+from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
 from consumers.subscription_scope import CLINICAL_SECTIONS, ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
@@ -85,6 +86,12 @@ class DeliveryService:
         self.monitor = BusMonitor(settings)
         self.ready = False
         self._graph: RedisGraphStore | None = None
+        self._parameters: Parameters | None = None
+
+    def linkage_parameters(self) -> Parameters:
+        if self._parameters is None:
+            self._parameters = Parameters.load(self.settings.linkage_parameters_in_use)
+        return self._parameters
 
     def graph(self) -> RedisGraphStore:
         """The identity index's read-only views (made on first use: the service runs without it)."""
@@ -418,23 +425,73 @@ def build_app(service: DeliveryService) -> FastAPI:
     async def fhir_metadata(request: Request) -> JSONResponse:
         return fhir(fhir_read_api.capability_statement(str(request.base_url).rstrip("/") + "/fhir", "1"))
 
+    def find_by_identifier(identifier: str) -> dict[str, list[str]]:
+        system, _, value = identifier.rpartition("|")
+        if system == fhir_read_api.NHS_NUMBER_SYSTEM:
+            return find_persons(value, "", "")
+        return find_persons("", identifier, "")
+
+    def find_by_demographics(query: demographic_search.Query) -> dict[str, float]:
+        """Person -> the best match score of its records (PDQm), at most 20 persons."""
+        graph = service.graph()
+        ranked = demographic_search.rank(query, graph.demographics_in_blocks(demographic_search.blocks_for(query)),
+                                         service.linkage_parameters())
+        persons = graph.persons_of([k for k, _ in ranked])
+        best: dict[str, float] = {}
+        for key, score in ranked:
+            if key in persons and persons[key] not in best:
+                best[persons[key]] = score
+        return dict(list(best.items())[:20])
+
+    async def visible_records(client: Client, persons: Any) -> list[dict[str, Any]]:
+        records = [r for r in [await service.records.record(p) for p in persons] if r is not None]
+        return [v for v in (readable(client, r) for r in records) if v is not None]
+
     @app.get("/fhir/Patient")
-    async def fhir_search(request: Request, identifier: str = "", why: str | None = None,
+    async def fhir_search(request: Request, identifier: str = "", family: str = "", given: str = "",
+                          birthdate: str = "", gender: str = "",
+                          postcode: str = Query("", alias="address-postalcode"), why: str | None = None,
                           client: Client = Depends(caller)) -> JSONResponse:
         fhir_reader(client)
-        system, _, value = identifier.rpartition("|")
+        base = str(request.base_url).rstrip("/") + "/fhir"
+        if identifier:
+            system, _, value = identifier.rpartition("|")
+            if not system or not value:
+                return fhir(fhir_read_api.operation_outcome(
+                    "required", "identifier=<system>|<value> (NHS number or a local identifier)"), 400)
+            visible = await visible_records(client, await asyncio.to_thread(find_by_identifier, identifier))
+            await audited(client, "fhir-search", [r["person_id"] for r in visible], why,
+                          {"identifier": identifier}, "shown" if visible else "not-found")
+            return fhir(fhir_read_api.searchset(visible, base))
+        try:
+            query = demographic_search.parse_query(family, given, birthdate, gender, postcode)
+        except demographic_search.SearchCriteriaError as exc:
+            return fhir(fhir_read_api.operation_outcome(
+                "required", f"search by identifier=<system>|<value>, or by demographics: {exc}"), 400)
+        scores = await asyncio.to_thread(find_by_demographics, query)
+        visible = await visible_records(client, scores)
+        # The criteria are identifying: the audit keeps that a search was made and what it found.
+        await audited(client, "fhir-search", [r["person_id"] for r in visible], why,
+                      {"demographic_search": "family,given,birthdate,gender,postcode"},
+                      "shown" if visible else "not-found")
+        return fhir(fhir_read_api.searchset(visible, base, scores))
+
+    @app.get("/fhir/Patient/$ihe-pix")
+    async def fhir_pix(request: Request, source_identifier: str = Query("", alias="sourceIdentifier"),
+                       why: str | None = None, client: Client = Depends(caller)) -> JSONResponse:
+        """PIXm: every identifier this caller may see of the person one identifier belongs to."""
+        fhir_reader(client)
+        system, _, value = source_identifier.rpartition("|")
         if not system or not value:
             return fhir(fhir_read_api.operation_outcome(
-                "required", "search by identifier=<system>|<value> (NHS number or a local identifier)"), 400)
-        if system == fhir_read_api.NHS_NUMBER_SYSTEM:
-            found = await asyncio.to_thread(find_persons, value, "", "")
-        else:
-            found = await asyncio.to_thread(find_persons, "", identifier, "")
-        records = [r for r in [await service.records.record(p) for p in found] if r is not None]
-        visible = [v for v in (readable(client, r) for r in records) if v is not None]
-        await audited(client, "fhir-search", [r["person_id"] for r in visible], why,
-                      {"identifier": identifier}, "shown" if visible else "not-found")
-        return fhir(fhir_read_api.searchset(visible, str(request.base_url).rstrip("/") + "/fhir"))
+                "required", "sourceIdentifier=<system>|<value> (NHS number or a local identifier)"), 400)
+        visible = await visible_records(client, await asyncio.to_thread(find_by_identifier, source_identifier))
+        await audited(client, "fhir-pix", [r["person_id"] for r in visible], why,
+                      {"identifier": source_identifier}, "shown" if visible else "not-found")
+        if not visible:
+            return fhir(fhir_read_api.operation_outcome("not-found", "no person with that identifier for this client"),
+                        404)
+        return fhir(fhir_read_api.pix_parameters(visible[0], str(request.base_url).rstrip("/") + "/fhir"))
 
     @app.get("/fhir/Patient/{person_id}/$everything")
     async def fhir_everything(request: Request, person_id: str, why: str | None = None,
@@ -449,6 +506,10 @@ def build_app(service: DeliveryService) -> FastAPI:
     async def fhir_read(person_id: str, why: str | None = None, client: Client = Depends(caller)) -> JSONResponse:
         visible = await fhir_patient_record(client, person_id)
         if visible is None:
+            survivor = await asyncio.to_thread(service.graph().survivor_of, person_id)
+            if survivor and await fhir_patient_record(client, survivor) is not None:
+                await audited(client, "fhir-read", [person_id, survivor], why, {"merged_into": survivor})
+                return fhir(fhir_read_api.replaced_patient(person_id, survivor))
             return fhir_not_found(person_id)
         await audited(client, "fhir-read", [person_id], why, {})
         return fhir(fhir_read_api.fhir_patient(visible))

@@ -19,6 +19,7 @@ compact by the listpack settings in carebus/redis_server.py):
   e:<id>                 hash: neighbour id -> "<kind>|<own version when decided>"
   f:<id>                 set of forbidden neighbour ids
   members:<person id>    set of source keys
+  merged_into            hash: person id merged away -> the person it was merged into
   layout                 "2"
 """
 from __future__ import annotations
@@ -42,7 +43,8 @@ ID_CACHE = 200_000          # node ids remembered between batches (about 20 MB a
 LAYOUT = "2"
 # Every key of the index in this layout and the last (`carebus rebuild-index` removes them).
 KEY_PATTERNS = ("nid:*", "person_of:*", "n:*", "b:*", "e:*", "f:*", "members:*", "review:*", "reviews:open",
-                "nodeseq", "layout", "stats", "candidates_hist")
+                "nodeseq", "layout", "stats", "candidates_hist",
+                "merged_into")
 
 
 class IndexLayoutError(RuntimeError):
@@ -408,6 +410,33 @@ class RedisGraphStore:
         """Source records that hold this (valid) NHS number: its block is the index by NHS number."""
         raw = [_s(x) for x in self._block_nodes(args=[P, block_digest(blocking.nhs_number_key(nhs))])]
         return sorted(key for key, packed in zip(raw[::2], raw[1::2]) if packed and unpack(key, packed).nhs == nhs)
+
+    def demographics_in_blocks(self, blocks: Sequence[str]) -> list[Demographics]:
+        """Every record in these blocks (blocking.keys), once: where a demographic search looks."""
+        found: dict[str, Demographics] = {}
+        for block in blocks:
+            raw = [_s(x) for x in self._block_nodes(args=[P, block_digest(block)])]
+            for key, packed in zip(raw[::2], raw[1::2]):
+                if packed and key not in found:
+                    found[key] = unpack(key, packed)
+        return list(found.values())
+
+    def note_merged(self, merged: dict[str, str]) -> None:
+        """Persons merged away -> their survivor, so that an old person id still leads somewhere."""
+        if merged:
+            self.r.hset(f"{P}merged_into", mapping=merged)
+
+    def survivor_of(self, person_id: str) -> str | None:
+        """The person a merged-away id now lives on in (following later merges), or None when the
+        id is a live person or was never merged."""
+        current, seen = person_id, {person_id}
+        while not self.r.exists(f"{P}members:{current}"):
+            nxt = self.r.hget(f"{P}merged_into", current)
+            if nxt is None or _s(nxt) in seen:
+                return None
+            current = _s(nxt)
+            seen.add(current)
+        return None if current == person_id else current
 
     def all_keys(self, batch: int = 1000):  # noqa: ANN201 - an iterator of source-key lists
         """Every source key in the index, `batch` at a time (SCAN and HSCAN: safe on a live Redis)."""

@@ -79,6 +79,7 @@ class _Outputs:
     changes: list[tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     emitted: dict[str, int] = field(default_factory=dict)
+    merged: dict[str, str] = field(default_factory=dict)        # person merged away -> survivor
 
 
 def _ref(key: str) -> dict[str, Any]:
@@ -242,6 +243,7 @@ class LinkStage:
             for old in sorted({p for p in r.moved.values() if p and p != r.person}):
                 from_old = [k for k, p in r.moved.items() if p == old]
                 if old in outcome.emptied:
+                    out.merged[old] = r.person
                     out.identity_events.append(self._event(cause, "MERGED", r.person, old, from_old, None,
                                                            how or "probabilistic", ["persons joined by a new link"]))
                 else:
@@ -341,6 +343,9 @@ class LinkStage:
             if err is not None:
                 errors.append(err)
 
+        # The index has already moved the members (apply), so the old id's survivor is noted
+        # now, not after publication: a crash in between must not lose it (a replay relabels nothing).
+        self.graph.note_merged(out.merged)
         p = self.producer
         for e in out.identity_events:
             p.produce(IDENTITY_EVENTS.name, codec.encode("IdentityEvent", e), key=e["person_id"],

@@ -35,7 +35,8 @@ def test_the_capability_statement_says_what_is_supported(delivery):
     [rest] = statement.rest
     assert [res.type for res in rest.resource] == ["Patient"]
     assert {i.code for i in rest.resource[0].interaction} == {"read", "search-type"}
-    assert [o.name for o in rest.resource[0].operation] == ["everything"]
+    assert [o.name for o in rest.resource[0].operation] == ["everything", "ihe-pix"]
+    assert {"identifier", "family", "given", "birthdate"} <= {p.name for p in rest.resource[0].searchParam}
 
 
 def test_search_by_nhs_number_and_by_local_identifier_then_read(delivery, patient):
@@ -94,3 +95,73 @@ def test_a_client_sees_only_its_scope(bus_settings, delivery, redis_client, pati
     person = httpx.get(f"{delivery.base}/fhir/Patient", params=search, headers=SUB2, timeout=30).json()["entry"][0]
     read = httpx.get(f"{delivery.base}/fhir/Patient/{person['resource']['id']}", headers=RFH, timeout=30)
     assert read.status_code == 404
+
+
+def _born_and_given(local_id: str) -> tuple[str, str]:
+    """The birth date and given name tests.test_connectors_e2e.adt gives this local id."""
+    import hashlib
+
+    digest = hashlib.sha256(local_id.encode()).digest()
+    given = ["JOHN", "AMIR", "KOFI", "LENA", "MARTA", "OWEN", "PRIYA", "SEAN"][digest[0] % 8]
+    return f"{1930 + digest[1] % 80}-{1 + digest[2] % 12:02d}-{1 + digest[3] % 28:02d}", given
+
+
+def test_demographic_search_finds_the_patient_ranked_with_a_score(delivery, patient):
+    born, given = _born_and_given(f"S{patient['unique']}")
+    family = own_identity(patient["unique"])["family"]
+    # A one-letter typo in the surname, as a clerk would make it, still finds the patient.
+    typo = family[:-1] + ("A" if family[-1] != "A" else "B")
+    for params in ({"family": family, "birthdate": born}, {"family": typo, "given": given, "birthdate": born}):
+        r = httpx.get(f"{delivery.base}/fhir/Patient", params=params, headers=SUB2, timeout=30)
+        assert r.status_code == 200, r.text
+        bundle = Bundle.model_validate(r.json())
+        assert patient["person"] in [e.resource.id for e in bundle.entry]
+        scores = [float(e.search.score) for e in bundle.entry]
+        assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
+    too_little = httpx.get(f"{delivery.base}/fhir/Patient", params={"family": family}, headers=SUB2, timeout=30)
+    assert too_little.status_code == 400
+    assert "birthdate" in OperationOutcome.model_validate(too_little.json()).issue[0].diagnostics
+
+
+def test_ihe_pix_lists_every_identifier_of_the_person(delivery, patient):
+    from fhir.resources.R4B.parameters import Parameters
+
+    r = httpx.get(f"{delivery.base}/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{NHS}|{patient['nhs']}"},
+                  headers=SUB2, timeout=30)
+    assert r.status_code == 200, r.text
+    answer = Parameters.model_validate(r.json())
+    identifiers = {(p.valueIdentifier.system, p.valueIdentifier.value) for p in answer.parameter
+                   if p.name == "targetIdentifier"}
+    assert (NHS, patient["nhs"]) in identifiers
+    assert ("urn:carebus:id:cerner:mrn:RAL", f"S{patient['unique']}") in identifiers
+    [target] = [p.valueReference.reference for p in answer.parameter if p.name == "targetId"]
+    assert target.endswith(f"/Patient/{patient['person']}")
+    unknown = httpx.get(f"{delivery.base}/fhir/Patient/$ihe-pix", params={"sourceIdentifier": f"{NHS}|9999999999"},
+                        headers=SUB2, timeout=30)
+    assert unknown.status_code == 404
+
+
+def test_a_merged_away_id_answers_with_its_survivor(bus_settings, delivery, redis_client, unique):
+    """An A40 merges two Royal Free patients: the id that disappears is replaced by the survivor."""
+    from tests.test_connectors_e2e import adt, mllp_send
+
+    a, b = f"MA{unique}", f"MB{unique}"
+    for local in (a, b):
+        [ack] = mllp_send(bus_settings.mllp_port, adt(local, local, **own_identity(local)))
+        assert b"MSA|AA" in ack
+    before = {person_of(redis_client, cerner_key(a)), person_of(redis_client, cerner_key(b))}
+    assert len(before) == 2
+    merge = (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A40^ADT_A39|M{unique}|P|2.4\r"
+             f"EVN|A40|20261124101000\rPID|1||{a}^^^RAL^MR\rMRG|{b}^^^RAL^MR\r").encode()
+    [ack] = mllp_send(bus_settings.mllp_port, merge)
+    assert b"MSA|AA" in ack, ack
+    survivor = wait_for(lambda: (person_of(redis_client, cerner_key(a)) if person_of(redis_client, cerner_key(a))
+                                 == person_of(redis_client, cerner_key(b)) else ""), what="the merge")
+    [gone] = before - {survivor}
+    r = wait_for(lambda: (lambda x: x if x.status_code == 200 else None)(
+        httpx.get(f"{delivery.base}/fhir/Patient/{gone}", headers=SUB2, timeout=30)), what="the replaced id")
+    old = Patient.model_validate(r.json())
+    assert old.id == gone and old.active is False
+    assert old.link[0].type == "replaced-by" and old.link[0].other.reference == f"Patient/{survivor}"
+    current = httpx.get(f"{delivery.base}/fhir/Patient/{survivor}", headers=SUB2, timeout=30)
+    assert current.status_code == 200 and Patient.model_validate(current.json()).active is not False
