@@ -16,6 +16,7 @@ from typing import Any
 from carebus.config import Settings
 from consumers.change_reader import read_one, read_range
 from schemas import codec
+from schemas.record_sections import CLINICAL_SECTIONS
 from schemas.topics import IDENTITY_EVENTS, PATIENT_CHANGES, RAW, SOURCE_EVENTS
 
 FOREVER = 2**62
@@ -77,8 +78,7 @@ def timeline(settings: Settings, person_id: str, source_keys: set[str], since_ms
                 raw_msg = _original(settings, ref, env["recorded_at"])
                 if raw_msg is not None:
                     original = codec.decode(raw_msg.value(), "RawMessage")["payload"].decode("utf-8", "replace")
-            counts = {s: len(e[s]) for s in ("encounters", "problems", "medications", "allergies", "observations",
-                                            "referrals", "documents") if e[s]}
+            counts = {s: len(e[s]) for s in CLINICAL_SECTIONS if e[s]}
             entries.append(TimelineEntry(env["occurred_at"], "source-event", env["source_system"], env["source_ods_code"],
                                          f"{env['event_type']} from {env['source_system']}",
                                          {"event_id": env["event_id"], "source_record_id": env["source_record_id"],

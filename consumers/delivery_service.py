@@ -447,6 +447,19 @@ def build_app(service: DeliveryService) -> FastAPI:
         records = [r for r in [await service.records.record(p) for p in persons] if r is not None]
         return [v for v in (readable(client, r) for r in records) if v is not None]
 
+    async def by_identifier(client: Client, identifier: str, action: str, why: str | None
+                            ) -> list[dict[str, Any]] | JSONResponse:
+        """The records this client may read of the person(s) with this identifier, audited; a 400
+        OperationOutcome when the identifier is not <system>|<value>."""
+        system, _, value = identifier.rpartition("|")
+        if not system or not value:
+            return fhir(fhir_read_api.operation_outcome(
+                "required", "an identifier is <system>|<value> (NHS number or a local identifier)"), 400)
+        visible = await visible_records(client, await asyncio.to_thread(find_by_identifier, identifier))
+        await audited(client, action, [r["person_id"] for r in visible], why, {"identifier": identifier},
+                      "shown" if visible else "not-found")
+        return visible
+
     @app.get("/fhir/Patient")
     async def fhir_search(request: Request, identifier: str = "", family: str = "", given: str = "",
                           birthdate: str = "", gender: str = "",
@@ -455,14 +468,8 @@ def build_app(service: DeliveryService) -> FastAPI:
         fhir_reader(client)
         base = str(request.base_url).rstrip("/") + "/fhir"
         if identifier:
-            system, _, value = identifier.rpartition("|")
-            if not system or not value:
-                return fhir(fhir_read_api.operation_outcome(
-                    "required", "identifier=<system>|<value> (NHS number or a local identifier)"), 400)
-            visible = await visible_records(client, await asyncio.to_thread(find_by_identifier, identifier))
-            await audited(client, "fhir-search", [r["person_id"] for r in visible], why,
-                          {"identifier": identifier}, "shown" if visible else "not-found")
-            return fhir(fhir_read_api.searchset(visible, base))
+            visible = await by_identifier(client, identifier, "fhir-search", why)
+            return visible if isinstance(visible, JSONResponse) else fhir(fhir_read_api.searchset(visible, base))
         try:
             query = demographic_search.parse_query(family, given, birthdate, gender, postcode)
         except demographic_search.SearchCriteriaError as exc:
@@ -481,13 +488,9 @@ def build_app(service: DeliveryService) -> FastAPI:
                        why: str | None = None, client: Client = Depends(caller)) -> JSONResponse:
         """PIXm: every identifier this caller may see of the person one identifier belongs to."""
         fhir_reader(client)
-        system, _, value = source_identifier.rpartition("|")
-        if not system or not value:
-            return fhir(fhir_read_api.operation_outcome(
-                "required", "sourceIdentifier=<system>|<value> (NHS number or a local identifier)"), 400)
-        visible = await visible_records(client, await asyncio.to_thread(find_by_identifier, source_identifier))
-        await audited(client, "fhir-pix", [r["person_id"] for r in visible], why,
-                      {"identifier": source_identifier}, "shown" if visible else "not-found")
+        visible = await by_identifier(client, source_identifier, "fhir-pix", why)
+        if isinstance(visible, JSONResponse):
+            return visible
         if not visible:
             return fhir(fhir_read_api.operation_outcome("not-found", "no person with that identifier for this client"),
                         404)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
+
+from consumers.fhir_resources import SECTIONS, clinical_resources, fhir_patient
 
 
 def webhook_body(change: dict[str, Any], subscription_id: str) -> bytes:
@@ -39,30 +41,8 @@ def verify(secret: str, body: bytes, header: str, now: int, tolerance: int = 300
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def _iso_date(days: int | None) -> str | None:
-    return None if days is None else (date(1970, 1, 1) + timedelta(days=days)).isoformat()
-
-
 def _iso_ts(ms: int | None) -> str | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
-
-
-def fhir_patient(record: dict[str, Any]) -> dict[str, Any]:
-    d = record["demographics"]
-    identifiers = [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": d["nhs_number"]}] if d.get("nhs_number") else []
-    identifiers += [{"system": i["system"], "value": i["value"]} for i in d.get("other_identifiers", [])]
-    patient = {"resourceType": "Patient", "id": record["person_id"], "meta": {"versionId": str(record["version"])},
-               "identifier": identifiers,
-               "name": [{"use": n["use"], "family": n["family"], "given": n["given"]} for n in d.get("names", [])],
-               "gender": {"MALE": "male", "FEMALE": "female", "OTHER": "other"}.get(d.get("sex"), "unknown"),
-               "address": [{"use": a["use"], "line": a["lines"], "city": a.get("city"), "postalCode": a.get("postcode")}
-                           for a in d.get("addresses", [])]}
-    if d.get("birth_date") is not None:
-        patient["birthDate"] = _iso_date(d["birth_date"])
-    if d.get("registered_practice_ods"):
-        patient["generalPractitioner"] = [{"identifier": {"system": "https://fhir.nhs.uk/Id/ods-organization-code",
-                                                          "value": d["registered_practice_ods"]}}]
-    return patient
 
 
 def fhir_rest_hook_bundle(change: dict[str, Any], subscription_id: str, events_since_start: int,
@@ -85,5 +65,13 @@ def fhir_rest_hook_bundle(change: dict[str, Any], subscription_id: str, events_s
         entries.append({"fullUrl": f"{base_url}/Patient/{change['person_id']}", "resource": fhir_patient(change["record"]),
                         "request": {"method": "PUT", "url": f"Patient/{change['person_id']}"},
                         "response": {"status": "200"}})
+        # The changed sections' resources ride along (a created record: all of them), each with
+        # its Provenance, so a subscriber need not read the record back to see what changed.
+        changed = tuple(s for s in SECTIONS if change["change_type"] == "created" or s in change["changed_sections"])
+        for resource, provenance in clinical_resources(change["record"], changed):
+            for r in (resource, provenance) if provenance is not None else (resource,):
+                url = f"{r['resourceType']}/{r['id']}"
+                entries.append({"fullUrl": f"{base_url}/{url}", "resource": r, "request": {"method": "PUT", "url": url},
+                                "response": {"status": "200"}})
     return {"resourceType": "Bundle", "id": change["event_id"], "type": "history",
             "timestamp": _iso_ts(change["changed_at"]), "entry": entries}

@@ -13,13 +13,14 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.record_sections import CLINICAL_SECTIONS
+
 # SNOMED CT codes (and descendants used in London feeds) whose items are withheld by default.
 SENSITIVE_CODES: dict[str, set[str]] = {
     "sexual-health": {"8098009", "76272004", "240589008", "186747009", "15628003", "266113007"},
     "ivf": {"52637005", "63487001", "225250004", "177036004"},
     "gender-reassignment": {"407374003", "407377005", "446141000124107", "93461009"},
 }
-CLINICAL_SECTIONS = ("encounters", "problems", "medications", "allergies", "observations", "referrals", "documents")
 
 
 @dataclass(frozen=True)

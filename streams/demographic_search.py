@@ -62,7 +62,7 @@ def blocks_for(query: Query) -> list[str]:
 
 def rank(query: Query, candidates: Iterable[Demographics], params: Parameters) -> list[tuple[str, float]]:
     """(source key, match probability) of the records that agree with every field asked for,
-    best first (ties by key, so the order is stable)."""
+    best first (then the closest spelling, then by key, so the order is stable)."""
     q = query.as_demographics()
     asked = [f for f in SEARCH_FIELDS if getattr(q, f)]
     found = []
@@ -71,6 +71,10 @@ def rank(query: Query, candidates: Iterable[Demographics], params: Parameters) -
         # "Agrees": a typo, nickname or sound-alike for names, one mistyped digit for the birth
         # date, the same sector for a postcode, the same sex.
         if all(vector[f] is not None and vector[f] >= min(2, LEVELS[f] - 1) for f in asked):
-            scored = {f: vector[f] for f in asked}
-            found.append((c.key, params.posterior(scored, {"given": c.given, "family": c.family})))
-    return sorted(found, key=lambda kp: (-kp[1], kp[0]))
+            # No name-frequency adjustment: every exact match agrees with the same query value, so
+            # it would only lift rarer *misspellings* above the exact name asked for.
+            # Levels break ties: fitted weights may pool "typo" with "exact" (they are as likely
+            # among matches), but a searcher expects the exact spelling first.
+            agreement = sum(vector[f] for f in asked)
+            found.append((-params.posterior({f: vector[f] for f in asked}), -agreement, c.key))
+    return [(key, -p) for p, _, key in sorted(found)]

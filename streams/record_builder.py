@@ -28,7 +28,8 @@ from typing import Any
 
 import orjson
 
-SECTIONS = ("encounters", "problems", "medications", "allergies", "observations", "referrals", "documents")
+from schemas.record_sections import CLINICAL_SECTIONS as SECTIONS
+
 DEMOGRAPHIC_FIELDS = ("nhs_number", "names", "birth_date", "sex", "addresses", "telecom",
                       "registered_practice_ods", "deceased_at")
 SOURCE_RANK = {"EMIS_WEB": 0, "INPS_VISION": 0, "OTHER": 1, "CERNER_MILLENNIUM": 2, "RIO": 3, "CAREBUS": 4}

@@ -248,6 +248,9 @@ def test_fhir_rest_hook_notifications_are_valid_fhir(bus_settings, stack, receiv
     assert status["resourceType"] == "Parameters"
     assert {p["name"] for p in status["parameter"]} >= {"subscription", "type", "notification-event"}
     assert got[0]["headers"]["Content-Type"] == "application/fhir+json"
+    # The admission's encounter rides along with the Patient, with its provenance.
+    kinds = [e["resource"]["resourceType"] for e in got[0]["json"]["entry"]]
+    assert "Encounter" in kinds and "Provenance" in kinds, kinds
 
 
 def test_server_sent_events_stream(bus_settings, stack, redis_client, unique):
