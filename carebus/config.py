@@ -66,6 +66,8 @@ class Settings:
     mllp_message_timeout: int = 30
     mllp_max_connections: int = 200
     delivery_backoff_base: str = "0.5"   # seconds; retry n waits up to base * 2**n (full jitter)
+    # How often the delivery service samples the monitor for the dashboard's last-hour charts.
+    monitor_sample_seconds: int = 10
     # Where bulk extracts are dropped for the file connectors.
     drop_dir: Path = REPO_ROOT / ".carebus" / "drop"
     # How often each drop folder is looked at for new files (Mirth's File Reader polling frequency).
@@ -138,6 +140,7 @@ ENVIRONMENT = {
     "CAREBUS_HTTP_PORT": "http_port",
     "CAREBUS_DELIVERY_PORT": "delivery_port",
     "CAREBUS_DELIVERY_BACKOFF_BASE": "delivery_backoff_base",
+    "CAREBUS_MONITOR_SAMPLE_SECONDS": "monitor_sample_seconds",
     "CAREBUS_BIND_HOST": "bind_host",
     "CAREBUS_MLLP_IDLE_TIMEOUT": "mllp_idle_timeout",
     "CAREBUS_MLLP_MESSAGE_TIMEOUT": "mllp_message_timeout",
@@ -191,6 +194,8 @@ def load_settings() -> Settings:
         raise ConfigError("CAREBUS_DELIVERY_BACKOFF_BASE must be a positive number of seconds") from None
     if not values["link_batch_size"]:
         raise ConfigError("CAREBUS_LINK_BATCH_SIZE must be at least 1")
+    if not values["monitor_sample_seconds"]:
+        raise ConfigError("CAREBUS_MONITOR_SAMPLE_SECONDS must be at least 1")
     if values["kafka_port"] == values["kafka_controller_port"]:
         raise ConfigError("CAREBUS_KAFKA_PORT and CAREBUS_KAFKA_CONTROLLER_PORT must differ")
     return Settings(**values)  # type: ignore[arg-type]

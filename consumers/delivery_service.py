@@ -30,8 +30,9 @@ from carebus.config import Settings
 from carebus.redis_connection import async_client, sync_client
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
-from consumers import access_audit, audit_trail, fhir_read_api
+from consumers import access_audit, audit_trail, dead_letter_replay, fhir_read_api
 from consumers.bus_monitor import BusMonitor
+from consumers.monitor_history import MonitorHistory, sample, series
 from consumers.change_reader import open_subscription_consumer, read_range, time_ms as _ms
 from consumers.notification_format import webhook_body
 from consumers.push_delivery import Dispatcher, RetryPolicy
@@ -45,6 +46,10 @@ from schemas.topics import DLQ_DELIVERY, LINK_REVIEW, PATIENT_CHANGES
 
 log = logging.getLogger("carebus.delivery_service")
 DASHBOARD = Path(__file__).with_name("dashboard.html")
+# uPlot (MIT, https://github.com/leeoniya/uPlot), vendored: the dashboard's charts.
+DASHBOARD_STATIC = {"uPlot.iife.min.js": (Path(__file__).parent / "dashboard_static" / "uPlot.iife.min.js",
+                                          "text/javascript"),
+                    "uPlot.min.css": (Path(__file__).parent / "dashboard_static" / "uPlot.min.css", "text/css")}
 CHANNELS = ("webhook", "fhir-rest-hook", "sse")
 CHANGE_TYPES = ("created", "updated", "merged", "unmerged")
 
@@ -87,6 +92,8 @@ class DeliveryService:
         self.ready = False
         self._graph: RedisGraphStore | None = None
         self._parameters: Parameters | None = None
+        self.history = MonitorHistory(self.redis, settings.monitor_sample_seconds)
+        self._sampler: asyncio.Task | None = None
 
     def linkage_parameters(self) -> Parameters:
         if self._parameters is None:
@@ -121,9 +128,22 @@ class DeliveryService:
     async def start(self) -> None:
         for sub, secret, created in await self.store.all():
             self.start_dispatcher(sub, secret, created)
+        self._sampler = asyncio.create_task(self._sample_history())
         self.ready = True
 
+    async def _sample_history(self) -> None:
+        """The dashboard's last hour: one monitor sample every CAREBUS_MONITOR_SAMPLE_SECONDS."""
+        while True:
+            try:
+                snapshot = await asyncio.to_thread(self.monitor.snapshot, self.redis_sync)
+                await self.history.append(sample(snapshot))
+            except Exception as exc:  # noqa: BLE001 - a missed sample only leaves a gap in a chart
+                log.warning("monitor sample skipped: %s", type(exc).__name__)
+            await asyncio.sleep(self.settings.monitor_sample_seconds)
+
     async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         for sid in list(self.dispatchers):
             await self.stop_dispatcher(sid)
         await self.http.aclose()
@@ -523,10 +543,36 @@ def build_app(service: DeliveryService) -> FastAPI:
         require(client, "operator")
         return await asyncio.to_thread(service.monitor.snapshot, service.redis_sync)
 
+    @app.get("/monitor/history")
+    async def monitor_history(client: Client = Depends(caller)) -> dict[str, Any]:
+        """The last hour as per-interval series (consumers/monitor_history.py), for the charts."""
+        require(client, "operator")
+        return series(await service.history.samples())
+
+    @app.get("/monitor/dead-letters")
+    async def monitor_dead_letters(which: str = Query("streams", description="connectors | streams | delivery"),
+                                   hours: float = Query(24, gt=0, le=24 * 30),
+                                   client: Client = Depends(caller)) -> list[dict[str, Any]]:
+        """The newest parked messages (at most 200): where, when, why; never their content."""
+        require(client, "operator")
+        if which not in dead_letter_replay.TOPICS:
+            raise HTTPException(400, f"which must be one of {', '.join(dead_letter_replay.TOPICS)}")
+        now = int(time.time() * 1000)
+        dead = await asyncio.to_thread(dead_letter_replay.read, service.settings, which, now - int(hours * 3_600_000),
+                                       now)
+        return [dead_letter_replay.summary(d) for d in sorted(dead, key=lambda d: -d["failed_at"])[:200]]
+
     @app.get("/dashboard")
     async def dashboard() -> HTMLResponse:
         # The page itself holds no data; it calls /monitor with the operator's token.
         return HTMLResponse(DASHBOARD.read_text())
+
+    @app.get("/dashboard/static/{name}")
+    async def dashboard_static(name: str) -> Response:
+        # The charting library ships inside the package: no CDN, nothing fetched from outside.
+        if name not in DASHBOARD_STATIC:
+            raise HTTPException(404, "no such file")
+        return Response(DASHBOARD_STATIC[name][0].read_bytes(), media_type=DASHBOARD_STATIC[name][1])
 
     return app
 

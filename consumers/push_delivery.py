@@ -211,8 +211,11 @@ class Dispatcher:
             status = await self._post(change)
             if 200 <= status < 300:
                 DELIVERED.labels(self.sub.subscription_id, "delivered").inc()
-                LATENCY.labels(self.sub.subscription_id).observe(max(0.0, time.time() - change["changed_at"] / 1000))
+                latency = max(0.0, time.time() - change["changed_at"] / 1000)
+                LATENCY.labels(self.sub.subscription_id).observe(latency)
                 self._tally["delivered"] = self._tally.get("delivered", 0) + 1
+                # A running total: the dashboard's history charts mean latency per interval from it.
+                self._tally["latency_ms_total"] = self._tally.get("latency_ms_total", 0) + int(latency * 1000)
                 self._last_delivered_at = int(time.time() * 1000)
                 return "delivered", ""
             # Only the status: an endpoint's error text can echo what it was sent.

@@ -146,7 +146,8 @@ def link_workers(bus_settings, service_env):
 @pytest.fixture(scope="session")
 def delivery(bus_settings, service_env):
     """`carebus delivery` (subscriber API, push, audit, monitoring) against the test bus."""
-    env = {**service_env, "CAREBUS_DELIVERY_PORT": "28090", "CAREBUS_DELIVERY_BACKOFF_BASE": "0.05"}
+    env = {**service_env, "CAREBUS_DELIVERY_PORT": "28090", "CAREBUS_DELIVERY_BACKOFF_BASE": "0.05",
+           "CAREBUS_MONITOR_SAMPLE_SECONDS": "1"}
     service = ServiceProcess(["delivery"], env, "http://127.0.0.1:28090/ready", bus_settings.data_dir / "delivery.log").start()
     service.base = "http://127.0.0.1:28090"
     yield service

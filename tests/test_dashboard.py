@@ -6,8 +6,11 @@ import shutil
 import subprocess
 import tempfile
 
+from pathlib import Path
+
 import httpx
 import pytest
+from PIL import Image
 
 from streams.record_store import RedisRecordStore
 from tests.test_delivery_e2e import cerner_key, person_of, send_story, wait_for
@@ -15,16 +18,31 @@ from tests.test_delivery_e2e import cerner_key, person_of, send_story, wait_for
 pytestmark = pytest.mark.integration
 
 
-def render(url: str) -> str:
+def _chromium(url: str, *action: str) -> subprocess.CompletedProcess:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "deploy/install.sh installs Debian's chromium"
     with tempfile.TemporaryDirectory() as profile:
-        result = subprocess.run(
+        return subprocess.run(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", url],
+             f"--user-data-dir={profile}", "--virtual-time-budget=8000", *action, url],
             capture_output=True, text=True, timeout=120)
-    return result.stdout
+
+
+def render(url: str) -> str:
+    return _chromium(url, "--dump-dom").stdout
+
+
+def screenshot(url: str, path: Path) -> Image.Image:
+    _chromium(url, f"--screenshot={path}", "--window-size=1400,1000", "--hide-scrollbars")
+    return Image.open(path).convert("RGB")
+
+
+def pixels_of(image: Image.Image, colour: str) -> int:
+    """How many pixels are (nearly) this colour: a drawn line leaves hundreds."""
+    want = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    raw = image.tobytes()
+    return sum(1 for i in range(0, len(raw), 3) if all(abs(raw[i + c] - want[c]) <= 24 for c in range(3)))
 
 
 def test_dashboard_renders_live_figures(bus_settings, connectors, link_workers, delivery, redis_client, unique):
@@ -45,3 +63,45 @@ def test_dashboard_without_a_token_shows_the_refusal_and_no_data(bus_settings, d
     dom = render(f"{delivery.base}/dashboard")
     assert "monitor answered 401" in dom
     assert 'id="persons">–<' in dom
+
+
+def test_dashboard_charts_the_last_hour(bus_settings, connectors, link_workers, delivery, redis_client, unique,
+                                        tmp_path):
+    """Traffic, then the charts: the history API has series and the page draws them (screenshot)."""
+    auditor = {"Authorization": "Bearer dev-auditor-token"}
+    send_story(bus_settings, unique, n=2)
+    person_of(redis_client, cerner_key(f"S{unique}"))
+    history = wait_for(lambda: (lambda h: h if len(h["at"]) >= 3 and any(h["source_events_per_s"]) else None)(
+        httpx.get(f"{delivery.base}/monitor/history", headers=auditor, timeout=60).json()), what="history samples")
+    assert set(history) >= {"at", "source_events_per_s", "changes_per_s", "linker_lag", "delivery_latency_ms",
+                            "dead_letters_per_min"}
+    assert all(len(v) == len(history["at"]) for v in history.values())
+    assert httpx.get(f"{delivery.base}/monitor/history", timeout=30).status_code == 401
+    js = httpx.get(f"{delivery.base}/dashboard/static/uPlot.iife.min.js", timeout=30)
+    assert js.status_code == 200 and "uPlot" in js.text, "the charting library is served by carebus itself"
+    dom = render(f"{delivery.base}/dashboard#token=dev-auditor-token")
+    assert dom.count('class="uplot') >= 4, "four charts were built"
+    assert "cdn" not in dom.lower() and "https://" not in dom.split("<body")[0], "nothing is fetched from outside"
+    image = screenshot(f"{delivery.base}/dashboard#token=dev-auditor-token", tmp_path / "dashboard.png")
+    blank = screenshot(f"{delivery.base}/dashboard", tmp_path / "no-token.png")
+    # The record-changes line (#007f3b) and the lag line (#ed8b00) are drawn from the data;
+    # without a token there is no data and nothing is drawn.
+    for colour in ("#007f3b", "#ed8b00"):
+        assert pixels_of(image, colour) > pixels_of(blank, colour) + 200, colour
+
+
+def test_dead_letters_are_browsable_by_reason_without_content(bus_settings, connectors, delivery, unique):
+    from tests.test_connectors_e2e import mllp_send
+
+    bad = (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A01^ADT_A01|BAD{unique}|P|2.4\r"
+           f"PID|1||||SECRET{unique}^NAME\r").encode()
+    [nak] = mllp_send(bus_settings.mllp_port, bad)
+    assert b"MSA|AE" in nak or b"MSA|AR" in nak
+    auditor = {"Authorization": "Bearer dev-auditor-token"}
+    listed = wait_for(lambda: [d for d in httpx.get(f"{delivery.base}/monitor/dead-letters",
+                                                    params={"which": "connectors"}, headers=auditor,
+                                                    timeout=60).json() if d["reason"]], what="a dead letter")
+    assert all({"reason", "error_code", "failed_at", "stage"} <= set(d) for d in listed)
+    assert f"SECRET{unique}" not in str(listed) and all("payload" not in d for d in listed)
+    dom = render(f"{delivery.base}/dashboard#token=dev-auditor-token")
+    assert "dead-list" in dom and listed[0]["error_code"] in dom
