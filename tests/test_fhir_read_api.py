@@ -95,6 +95,16 @@ def test_a_client_sees_only_its_scope(bus_settings, delivery, redis_client, pati
     person = httpx.get(f"{delivery.base}/fhir/Patient", params=search, headers=SUB2, timeout=30).json()["entry"][0]
     read = httpx.get(f"{delivery.base}/fhir/Patient/{person['resource']['id']}", headers=RFH, timeout=30)
     assert read.status_code == 404
+    # Nor through the demographic search or the cross-reference, which find it for SUB2.
+    born, given = _born_and_given(f"R{patient['unique']}")
+    demographics = {"family": identity["family"], "given": given, "birthdate": born}
+    found = {h: [e["resource"]["id"] for e in httpx.get(f"{delivery.base}/fhir/Patient", params=demographics,
+                                                         headers=hdr, timeout=30).json().get("entry", [])]
+             for h, hdr in (("sub2", SUB2), ("rfh", RFH))}
+    assert person["resource"]["id"] in found["sub2"] and person["resource"]["id"] not in found["rfh"]
+    pix = {"sourceIdentifier": f"{NHS}|{nhs}"}
+    assert httpx.get(f"{delivery.base}/fhir/Patient/$ihe-pix", params=pix, headers=SUB2, timeout=30).status_code == 200
+    assert httpx.get(f"{delivery.base}/fhir/Patient/$ihe-pix", params=pix, headers=RFH, timeout=30).status_code == 404
 
 
 def _born_and_given(local_id: str) -> tuple[str, str]:
