@@ -9,5 +9,9 @@ COPY streams streams
 COPY consumers consumers
 COPY simulator simulator
 COPY bench bench
-RUN pip install --no-cache-dir .
+# What the services read at run time from the checkout's layout: credentials, Kafka's logging
+# settings, install scripts (deploy/), and the packages are installed in place (editable) so that
+# paths relative to the code resolve under /app as they do in a checkout.
+COPY deploy deploy
+RUN pip install --no-cache-dir -e .
 EXPOSE 2575 8080

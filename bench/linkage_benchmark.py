@@ -56,7 +56,7 @@ def main() -> None:
     seed = int(time.time()) % 1_000_000
     population = pop.build(args.people, seed=seed)
     truth = {pop.source_key(x): x.person_id for x in population.records}
-    env = {**os.environ}
+    env = {**os.environ, "CAREBUS_ALLOW_DEV_SECRETS": "1"}     # synthetic patients only
     procs = [subprocess.Popen([sys.executable, "-m", "carebus.cli", "connectors"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     procs += [subprocess.Popen([sys.executable, "-m", "carebus.cli", "link-worker", "--worker-id", f"bench{i}"], env=env,

@@ -29,6 +29,7 @@ def start(ports: dict[str, str], prefix: str) -> PrivateBus:
     os.environ.update(ports)
     os.environ["CAREBUS_DATA_DIR"] = str(data)
     os.environ["CAREBUS_DROP_DIR"] = str(data / "drop")
+    os.environ["CAREBUS_ALLOW_DEV_SECRETS"] = "1"      # a throw-away bus of synthetic patients
     for var in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
         os.environ.pop(var, None)
     settings = load_settings()

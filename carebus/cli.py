@@ -187,8 +187,8 @@ def estimate_linkage(
     from streams.record_comparison import from_patient
 
     settings = _settings()
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"carebus-estimate-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(settings.kafka_client({"group.id": f"carebus-estimate-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False}))
     consumer.subscribe([SOURCE_EVENTS.name])
     states: dict = {}
     idle = 0

@@ -7,6 +7,8 @@ your own cluster and the same code runs there.
 """
 from __future__ import annotations
 
+import hashlib
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,12 @@ def _env_int(name: str, default: int, minimum: int = 0, maximum: int = 65535 * 1
         raise ConfigError(f"{name}={value} is outside {minimum}..{maximum}")
     return value
 
+
+# The development secrets: published in this repository, so never good enough for real data.
+DEV_CREDENTIALS_FILE = REPO_ROOT / "deploy" / "dev-credentials.json"
+DEV_LOG_PSEUDONYM_KEY = "carebus-dev-log-key"
+DEV_TOKENS = ("dev-subscriber2-token", "dev-subscriber-token", "dev-auditor-token", "dev-emis-token",
+              "dev-cerner-token", "dev-rio-token", "dev-vision-token")
 
 @dataclass(frozen=True)
 class Settings:
@@ -73,8 +81,20 @@ class Settings:
     # How often each drop folder is looked at for new files (Mirth's File Reader polling frequency).
     file_drop_poll_ms: int = 1000
     # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
-    log_pseudonym_key: str = "carebus-dev-log-key"
-    credentials_file: Path = REPO_ROOT / "deploy" / "dev-credentials.json"
+    log_pseudonym_key: str = field(default=DEV_LOG_PSEUDONYM_KEY, repr=False)
+    credentials_file: Path = DEV_CREDENTIALS_FILE
+    # Kafka client security, passed to every consumer, producer and admin client as librdkafka
+    # settings (security.protocol SASL_SSL / SSL, SCRAM or PLAIN credentials, TLS files).
+    kafka_security_protocol: str = ""
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_ca_location: str = ""
+    kafka_ssl_certificate_location: str = ""
+    kafka_ssl_key_location: str = ""
+    # "1" only for `carebus demo`, the tests and the benchmarks: the services then accept the
+    # development credentials file and log key above. Anywhere else they refuse to start with them.
+    allow_dev_secrets: str = "0"
     linkage_parameters: Path = SHIPPED_LINKAGE_PARAMETERS
     # Link workers take up to this many events per batch, waiting at most this long for them:
     # larger batches amortise round trips, the wait bounds the latency added at low traffic.
@@ -93,6 +113,19 @@ class Settings:
     def bootstrap(self) -> str:
         # Every broker, not the first: a client started while node 1 is down must still find the cluster.
         return self.kafka_bootstrap_servers or ",".join(f"127.0.0.1:{p}" for p in self.embedded_broker_ports)
+
+    def kafka_client(self, extra: dict[str, object] | None = None) -> dict[str, object]:
+        """librdkafka settings for any client of the bus: the brokers, the security settings
+        given, then the caller's own."""
+        conf: dict[str, object] = {"bootstrap.servers": self.bootstrap}
+        for key, value in (("security.protocol", self.kafka_security_protocol),
+                           ("sasl.mechanism", self.kafka_sasl_mechanism), ("sasl.username", self.kafka_sasl_username),
+                           ("sasl.password", self.kafka_sasl_password), ("ssl.ca.location", self.kafka_ssl_ca_location),
+                           ("ssl.certificate.location", self.kafka_ssl_certificate_location),
+                           ("ssl.key.location", self.kafka_ssl_key_location)):
+            if value:
+                conf[key] = value
+        return {**conf, **(extra or {})}
 
     @property
     def fitted_linkage_parameters(self) -> Path:
@@ -148,6 +181,14 @@ ENVIRONMENT = {
     "CAREBUS_DROP_DIR": "drop_dir",
     "CAREBUS_FILE_DROP_POLL_MS": "file_drop_poll_ms",
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
+    "CAREBUS_ALLOW_DEV_SECRETS": "allow_dev_secrets",
+    "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
+    "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "kafka_sasl_username",
+    "KAFKA_SASL_PASSWORD": "kafka_sasl_password",
+    "KAFKA_SSL_CA_LOCATION": "kafka_ssl_ca_location",
+    "KAFKA_SSL_CERTIFICATE_LOCATION": "kafka_ssl_certificate_location",
+    "KAFKA_SSL_KEY_LOCATION": "kafka_ssl_key_location",
     "CAREBUS_CREDENTIALS_FILE": "credentials_file",
     "CAREBUS_LINKAGE_PARAMETERS": "linkage_parameters",
     "CAREBUS_LINK_BATCH_SIZE": "link_batch_size",
@@ -194,8 +235,30 @@ def load_settings() -> Settings:
         raise ConfigError("CAREBUS_DELIVERY_BACKOFF_BASE must be a positive number of seconds") from None
     if not values["link_batch_size"]:
         raise ConfigError("CAREBUS_LINK_BATCH_SIZE must be at least 1")
+    if str(values["allow_dev_secrets"]) not in ("0", "1"):
+        raise ConfigError("CAREBUS_ALLOW_DEV_SECRETS must be 0 or 1")
     if not values["monitor_sample_seconds"]:
         raise ConfigError("CAREBUS_MONITOR_SAMPLE_SECONDS must be at least 1")
     if values["kafka_port"] == values["kafka_controller_port"]:
         raise ConfigError("CAREBUS_KAFKA_PORT and CAREBUS_KAFKA_CONTROLLER_PORT must differ")
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def require_own_secrets(settings: Settings) -> None:
+    """A service handling patient data refuses the development credentials and log key, which
+    are published with the code, unless CAREBUS_ALLOW_DEV_SECRETS=1 (demo, tests, benchmarks)."""
+    if settings.allow_dev_secrets == "1":
+        return
+    problems = []
+    try:
+        text = Path(settings.credentials_file).read_text()
+    except OSError:
+        raise ConfigError(f"CAREBUS_CREDENTIALS_FILE {settings.credentials_file} cannot be read") from None
+    # By content, not path: a copy of the development file elsewhere is just as public.
+    if any(hashlib.sha256(token.encode()).hexdigest() in text for token in DEV_TOKENS):
+        problems.append("CAREBUS_CREDENTIALS_FILE (it accepts development tokens, which are printed in the README)")
+    if settings.log_pseudonym_key == DEV_LOG_PSEUDONYM_KEY:
+        problems.append("CAREBUS_LOG_PSEUDONYM_KEY (the development key would make log pseudonyms reversible)")
+    if problems:
+        raise ConfigError("set your own " + " and ".join(problems) + "; or CAREBUS_ALLOW_DEV_SECRETS=1 for a "
+                          "throw-away local run (carebus demo sets it)")

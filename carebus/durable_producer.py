@@ -34,8 +34,7 @@ class Delivered:
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    config = {
-        "bootstrap.servers": settings.bootstrap,
+    config = settings.kafka_client({
         "acks": "all",
         "enable.idempotence": True,
         "max.in.flight.requests.per.connection": 5,
@@ -48,7 +47,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "queue.buffering.max.kbytes": 256 * 1024,
         "message.timeout.ms": 120_000,
         "message.max.bytes": MAX_RECORD_BYTES,
-    }
+    })
     config.update(overrides)
     return config
 

@@ -24,7 +24,7 @@ class TopicState:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap})
+    return AdminClient(settings.kafka_client())
 
 
 def ensure_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOGUE) -> list[TopicState]:

@@ -62,8 +62,8 @@ class BusMonitor:
         return dict(tally)
 
     def snapshot(self, redis_client: redis.Redis) -> dict[str, Any]:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": "carebus-monitor",
-                             "enable.auto.commit": False})
+        consumer = Consumer(self.settings.kafka_client({"group.id": "carebus-monitor",
+                             "enable.auto.commit": False}))
         try:
             ends = self._ends(consumer)
             now = time.monotonic()

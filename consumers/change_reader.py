@@ -26,8 +26,8 @@ def partition_for(key: str, partitions: int) -> int:
 
 
 def _consumer(settings: Settings, group: str | None = None) -> Consumer:
-    return Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group or f"carebus-reader-{uuid.uuid4().hex}",
-                     "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    return Consumer(settings.kafka_client({"group.id": group or f"carebus-reader-{uuid.uuid4().hex}",
+                     "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True}))
 
 
 def offsets_at(consumer: Consumer, topic: str, partitions: list[int], at_ms: int) -> dict[int, int]:
@@ -45,8 +45,8 @@ def open_subscription_consumer(settings: Settings, group: str, created_at: int) 
     subscription that has never committed (new subscribers start when they subscribed)."""
     from schemas.topics import PATIENT_CHANGES
 
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(settings.kafka_client({"group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"}))
     topic = PATIENT_CHANGES.name
     partitions = sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)
     committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=15)

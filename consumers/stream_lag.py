@@ -24,7 +24,7 @@ class PartitionLag:
 
 
 def consumer_lag(settings: Settings, group: str, topic: str) -> list[PartitionLag]:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(settings.kafka_client({"group.id": group, "enable.auto.commit": False}))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         tps = [TopicPartition(topic, p) for p in partitions]

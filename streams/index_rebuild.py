@@ -21,7 +21,7 @@ class WorkersStillRunning(RuntimeError):
 
 
 def running_workers(settings: Settings) -> int:
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(settings.kafka_client())
     description = admin.describe_consumer_groups([GROUP])[GROUP].result(timeout=30)
     return len(description.members)
 
@@ -45,7 +45,7 @@ def rebuild(settings: Settings, client: redis.Redis) -> int:
     if running_workers(settings):
         raise WorkersStillRunning("link workers are running in the group carebus-linker: stop them first")
     removed = forget_index(client)
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient(settings.kafka_client())
     try:
         admin.delete_consumer_groups([GROUP])[GROUP].result(timeout=30)
     except Exception as exc:  # noqa: BLE001 - a group that never committed does not exist: nothing to reset

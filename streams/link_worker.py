@@ -48,8 +48,7 @@ INFRASTRUCTURE_ERRORS = (redis.ConnectionError, redis.TimeoutError, KafkaExcepti
 
 
 def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:
-    return {
-        "bootstrap.servers": settings.bootstrap,
+    return settings.kafka_client({
         "group.id": GROUP,
         "client.id": f"carebus-link-worker-{worker_id}" if worker_id else "carebus-link-worker",
         "enable.auto.commit": False,
@@ -63,7 +62,7 @@ def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:
         # speed of one. (Restart all workers together when changing it: a group has one strategy.)
         "partition.assignment.strategy": "range",
         "fetch.wait.max.ms": 20,
-    }
+    })
 
 
 def create_stage(settings: Settings) -> LinkStage:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+# The test bus carries synthetic patients only: its services may use the published development
+# credentials and log key (outside the demo, tests and benchmarks they refuse them).
+os.environ["CAREBUS_ALLOW_DEV_SECRETS"] = "1"
+
 TEST_PORTS = {
     "CAREBUS_KAFKA_PORT": "29092",
     "CAREBUS_KAFKA_CONTROLLER_PORT": "29093",

@@ -57,7 +57,7 @@ def test_carebus_services_use_only_documented_settings_and_real_commands():
 
 def test_dockerfile_copies_every_package():
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    for package in ("carebus", "schemas", "producers", "streams", "consumers"):
+    for package in ("carebus", "schemas", "producers", "streams", "consumers", "deploy"):
         assert f"COPY {package} {package}" in dockerfile
         assert Path(REPO_ROOT / package).is_dir()
 
