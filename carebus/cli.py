@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from carebus.config import ConfigError, load_settings
+from carebus.config import ConfigError, load_settings, require_own_secrets
 
 app = typer.Typer(help="carebus: event-streaming interoperability bus for a London shared record.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -21,6 +21,17 @@ def _settings():
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+def _service_settings():
+    """Settings for a service that handles patient data: never with the published dev secrets."""
+    settings = _settings()
+    try:
+        require_own_secrets(settings)
+    except ConfigError as exc:
+        console.print(f"[red]refusing to start:[/red] {exc}")
+        raise typer.Exit(2) from None
+    return settings
 
 
 def _fail(exc: Exception) -> None:
@@ -92,7 +103,7 @@ def connectors() -> None:
 
     from producers.connector_service import serve
 
-    asyncio.run(serve(_settings()))
+    asyncio.run(serve(_service_settings()))
 
 
 @app.command()
@@ -133,7 +144,7 @@ def link_worker(worker_id: str = typer.Option("", help="a name for this worker i
     from streams.identity_store import IndexLayoutError
     from streams.link_worker import run_worker
 
-    settings = _settings()
+    settings = _service_settings()
     try:
         run_worker(settings, worker_id, settings.link_worker_status_port if status_port < 0 else status_port)
     except IndexLayoutError as exc:
@@ -147,7 +158,7 @@ def delivery() -> None:
 
     from consumers.delivery_service import serve
 
-    asyncio.run(serve(_settings()))
+    asyncio.run(serve(_service_settings()))
 
 
 @app.command()
