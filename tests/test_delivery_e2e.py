@@ -173,6 +173,12 @@ def test_scope_is_enforced_and_nothing_leaks(bus_settings, stack, receiver, redi
     # gp-federation also withholds sexual-health items (its credentials say so); the auditor sees them.
     assert all(not x["json"]["record"]["problems"] for x in fed)
     assert httpx.get(f"{stack.base}/records/{person}", headers=AUDIT).json()["problems"][0]["code"]["code"] == "8098009"
+    # The same through the FHIR read API: $everything withholds the item from the federation only.
+    def conditions(headers: dict) -> list[str]:
+        bundle = httpx.get(f"{stack.base}/fhir/Patient/{person}/$everything", headers=headers, timeout=30).json()
+        return [c["code"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition"
+                for c in e["resource"]["code"]["coding"]]
+    assert "8098009" in conditions(AUDIT) and "8098009" not in conditions(SUB2)
     # Royal Free (RAL only) got nothing about this GP-only patient and may not read the record.
     time.sleep(2)
     assert not [x for x in receiver.for_path(rfh_path) if x["json"]["person_id"] == person]
