@@ -42,6 +42,7 @@ REVIEW_REASONS = {
     "conflict": "same NHS number, contradicting name and birth date",
     "nhs-mismatch": "different valid NHS numbers, same name and birth date (a mistyped number?)",
     "incoherent": "in one person through other records, but they contradict each other",
+    "merge-across-nhs-numbers": "a merge (HL7 A40) asked for across two different valid NHS numbers",
 }
 
 
@@ -117,14 +118,10 @@ class LinkStage:
                 out.dead_letters.append(self._dead_letter(m, f"undecodable event: {type(exc).__name__}", "UNDECODABLE"))
 
         states, demos, causes, ods = self._fold(events, out)
-        forced: list[tuple[str, str]] = []
         methods: dict[str, str] = {}
-        for key, evs in events.items():
-            for e in evs:
-                for old in e.get("merged_from") or []:
-                    old_key = f"{e['envelope']['source_system']}|{old['system']}|{old['value']}"
-                    forced.append((key, old_key))
-                    methods[key] = methods[old_key] = "hl7-merge"
+        forced, held = self._merges(events, demos)
+        for key, old_key in forced:
+            methods[key] = methods[old_key] = "hl7-merge"
         forbidden: list[tuple[str, str]] = []
         for d in decisions:
             review = self.graph.close_review(d["caused_by"], d["type"])
@@ -144,6 +141,8 @@ class LinkStage:
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted({*states, *(k for p in forced + forbidden for k in p)}))
         self._check_coherence(outcome)
+        outcome.decisions += [identity_graph.PairDecision(a, b, 0, "merge-across-nhs-numbers", None, 0.0)
+                              for a, b in held]
         self._identity_events(outcome, causes, methods, persons_now, out)
         self._queue_reviews(outcome, causes, persons_now, out)
 
@@ -154,6 +153,23 @@ class LinkStage:
         self._publish(out)
         self._count(outcome, stats, len(out.reviews))
         return stats
+
+    def _merges(self, events: dict[str, list[dict[str, Any]]], demos: Sequence[Demographics]
+                ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The merges the batch's events ask for (HL7 A40: MRG names the record merged away), as
+        (forced links, merges held for review). A merge of two records with different valid NHS
+        numbers is what a merge done on the wrong patient looks like, and whoever can reach a
+        sender's port could ask for one: a person confirms it (accepting the review links them)."""
+        asked = [(key, f"{e['envelope']['source_system']}|{old['system']}|{old['value']}")
+                 for key, evs in events.items() for e in evs for old in e.get("merged_from") or []]
+        if not asked:
+            return [], []
+        nhs = {d.key: d.nhs for d in demos}
+        nhs.update({d.key: d.nhs for d in self.graph.demographics(sorted({b for _, b in asked} - set(nhs)))})
+        forced, held = [], []
+        for a, b in asked:
+            (held if nhs.get(a) and nhs.get(b) and nhs[a] != nhs[b] else forced).append((a, b))
+        return forced, held
 
     def relink(self, keys: Sequence[str]) -> BatchStats:
         """Decide again every link of these records from their stored demographics with the

@@ -151,8 +151,10 @@ def test_ihe_pix_lists_every_identifier_of_the_person(delivery, patient):
     assert unknown.status_code == 404
 
 
-def test_a_merged_away_id_answers_with_its_survivor(bus_settings, delivery, redis_client, unique):
-    """An A40 merges two Royal Free patients: the id that disappears is replaced by the survivor."""
+def test_a_merge_across_nhs_numbers_waits_for_review_then_the_merged_away_id_answers_with_its_survivor(
+        bus_settings, connectors, link_workers, delivery, redis_client, unique):
+    """An A40 asks to merge two Royal Free patients with different NHS numbers: nothing is merged
+    until a reviewer accepts; then the id that disappears is replaced by the survivor."""
     from tests.test_connectors_e2e import adt, mllp_send
 
     a, b = f"MA{unique}", f"MB{unique}"
@@ -165,6 +167,13 @@ def test_a_merged_away_id_answers_with_its_survivor(bus_settings, delivery, redi
              f"EVN|A40|20261124101000\rPID|1||{a}^^^RAL^MR\rMRG|{b}^^^RAL^MR\r").encode()
     [ack] = mllp_send(bus_settings.mllp_port, merge)
     assert b"MSA|AA" in ack, ack
+    pair = {cerner_key(a), cerner_key(b)}
+    review = wait_for(lambda: next((r for r in httpx.get(f"{delivery.base}/reviews", headers=AUDIT, timeout=30).json()
+                                    if {r["a"], r["b"]} == pair), None), what="the merge held for review")
+    assert "A40" in review["reason"]
+    assert {person_of(redis_client, cerner_key(a)), person_of(redis_client, cerner_key(b))} == before, "not merged yet"
+    assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/accept", headers=AUDIT,
+                      timeout=30).status_code == 202
     survivor = wait_for(lambda: (person_of(redis_client, cerner_key(a)) if person_of(redis_client, cerner_key(a))
                                  == person_of(redis_client, cerner_key(b)) else ""), what="the merge")
     [gone] = before - {survivor}
