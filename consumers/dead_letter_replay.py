@@ -20,6 +20,7 @@ from typing import Any
 
 
 from carebus.config import Settings
+from carebus.mllp_framing import END, frame, unframe
 from carebus.redis_connection import sync_client
 from carebus.durable_producer import DurableProducer
 from consumers.change_reader import read_range
@@ -27,7 +28,6 @@ from schemas import codec
 from schemas.topics import DLQ_CONNECTORS, DLQ_DELIVERY, DLQ_STREAMS, LINK_REVIEW, SOURCE_EVENTS, source_event_key
 
 TOPICS = {"connectors": DLQ_CONNECTORS.name, "streams": DLQ_STREAMS.name, "delivery": DLQ_DELIVERY.name}
-MLLP_START, MLLP_END = b"\x0b", b"\x1c\x0d"
 HL7_PORT_OFFSET = {"CERNER_MILLENNIUM": 0, "RIO": 1}   # the connectors' MLLP listeners (see connector_service)
 
 
@@ -60,14 +60,14 @@ def decoded_payload(dead: dict[str, Any]) -> str:
 
 def _mllp(host: str, port: int, message: bytes, timeout: float = 30.0) -> bytes:
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(MLLP_START + message + MLLP_END)
+        sock.sendall(frame(message))
         reply = b""
-        while not reply.endswith(MLLP_END):
+        while not reply.endswith(END):
             chunk = sock.recv(65536)
             if not chunk:
                 break
             reply += chunk
-    return reply.strip(MLLP_START + MLLP_END)
+    return unframe(reply)
 
 
 class Replayer:

@@ -17,8 +17,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from carebus.api_auth import Client, CredentialStore, authenticator
+from carebus.clock import now_ms
 from producers import fhir_mapper
-from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable, now_ms
+from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
 from producers.source_systems import BY_CONNECTOR, SourceSystemProfile
 from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 

@@ -13,8 +13,9 @@ import logging
 import shutil
 from pathlib import Path
 
+from carebus.clock import now_ms
 from producers import fhir_mapper, vision_extract
-from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable, now_ms
+from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
 from producers.source_systems import EMIS, VISION, SourceSystemProfile
 from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 

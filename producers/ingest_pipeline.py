@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from prometheus_client import Counter, Histogram
 
+from carebus.clock import now_ms
 from carebus.durable_producer import DurableProducer, OutgoingRecord
 from carebus.log_privacy import pseudonym
 from producers.source_systems import SourceSystemProfile
@@ -58,8 +59,6 @@ class IngestResult:
     error_code: str = ""
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class IngestPipeline:

@@ -17,18 +17,15 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from carebus.clock import now_ms
+from carebus.mllp_framing import END, START, frame
 from producers import hl7v2_mapper
-from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable, now_ms
+from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
 from producers.source_systems import SourceSystemProfile
 from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 
-START, END = b"\x0b", b"\x1c\x0d"
 READ_CHUNK = 1024 * 1024      # the stream buffer; a message is gathered from chunks of this size
 log = logging.getLogger("carebus.mllp")
-
-
-def frame(message: bytes) -> bytes:
-    return START + message + END
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from carebus.mllp_framing import END, frame, unframe
 from producers.source_systems import CERNER, EMIS, NHS_NUMBER_SYSTEM, RIO
 from simulator.population import SourceRecord
 
@@ -138,10 +139,9 @@ class MllpClient:
     async def send(self, message: bytes, timeout: float = 30.0) -> bytes:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-        self._writer.write(b"\x0b" + message + b"\x1c\x0d")
+        self._writer.write(frame(message))
         await self._writer.drain()
-        reply = await asyncio.wait_for(self._reader.readuntil(b"\x1c\x0d"), timeout)
-        return reply.strip(b"\x0b\x1c\r")
+        return unframe(await asyncio.wait_for(self._reader.readuntil(END), timeout))
 
     async def close(self) -> None:
         if self._writer is not None:

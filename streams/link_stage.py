@@ -14,12 +14,12 @@ still marked unemitted, under the same deterministic event ids.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from carebus.clock import now_ms
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import pseudonym
 from schemas import codec
@@ -44,10 +44,6 @@ REVIEW_REASONS = {
     "incoherent": "in one person through other records, but they contradict each other",
     "merge-across-nhs-numbers": "a merge (HL7 A40) asked for across two different valid NHS numbers",
 }
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class StageUnavailable(RuntimeError):

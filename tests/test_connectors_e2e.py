@@ -13,6 +13,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from carebus.mllp_framing import END, START, frame, unframe
 from schemas import codec
 from schemas.topics import DLQ_CONNECTORS, RAW, SOURCE_EVENTS
 from simulator import population as pop
@@ -122,18 +123,18 @@ def test_rio_referral_over_mllp(bus_settings, connectors, unique):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.one_of(st.binary(min_size=1, max_size=300).filter(lambda b: b"\x1c\x0d" not in b),
+@given(st.one_of(st.binary(min_size=1, max_size=300).filter(lambda b: END not in b),
                  st.binary(max_size=30).map(lambda b: adt("FUZZ", "FUZZ")[:80] + b)))
 def test_fuzzed_mllp_input_always_gets_an_answer(bus_settings, connectors, raw):
-    raw = raw.replace(b"\x0b", b"").replace(b"\x1c\r", b"")
+    raw = raw.replace(START, b"").replace(END, b"")
     with socket.create_connection(("127.0.0.1", bus_settings.mllp_port), timeout=30) as s:
-        s.sendall(b"\x0b" + raw + b"\x1c\x0d")
+        s.sendall(frame(raw))
         reply = b""
-        while not reply.endswith(b"\x1c\x0d"):
+        while not reply.endswith(END):
             chunk = s.recv(4096)
             assert chunk, "connection closed without an ACK"
             reply += chunk
-    assert ack_code(reply.strip(b"\x0b\x1c\r")) in ("AA", "AE", "AR")
+    assert ack_code(unframe(reply)) in ("AA", "AE", "AR")
 
 
 def _fhir(settings, path: str, body: bytes, token: str | None = "dev-emis-token", ods: str = "F84001"):
