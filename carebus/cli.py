@@ -287,8 +287,6 @@ _WHY = typer.Option(..., "--why", help="the reason for this read (recorded with 
 _TOKEN = typer.Option("", "--token", envvar="CAREBUS_API_TOKEN", help="an API token with the auditor role")
 _URL = typer.Option("", "--url", help="the delivery service (default http://127.0.0.1:CAREBUS_DELIVERY_PORT)")
 _OUT = typer.Option(None, "--output", "-o", help="write to this file instead of the terminal")
-
-
 _FMT = typer.Option("json", "--format", help="json | csv")
 
 

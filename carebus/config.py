@@ -8,7 +8,6 @@ your own cluster and the same code runs there.
 from __future__ import annotations
 
 import hashlib
-
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ DEV_LOG_PSEUDONYM_KEY = "carebus-dev-log-key"
 DEV_TOKENS = ("dev-subscriber2-token", "dev-subscriber-token", "dev-auditor-token", "dev-emis-token",
               "dev-cerner-token", "dev-rio-token", "dev-vision-token")
 
+
 @dataclass(frozen=True)
 class Settings:
     # Where the bus is. Empty KAFKA_BOOTSTRAP_SERVERS means "the embedded broker on KAFKA_PORT".
@@ -64,12 +64,12 @@ class Settings:
     mllp_port: int = 2575
     http_port: int = 8080
     delivery_port: int = 8090
-    # MLLP limits: an idle connection closes after this many seconds (senders reconnect), a
-    # message must arrive whole within message_timeout of its first byte, and past
-    # max_connections a new sender is answered AE and closed.
     # The address the MLLP listeners and HTTP APIs listen on: this machine only, unless told
     # otherwise (0.0.0.0 inside a container, or the interface the hospital network reaches).
     bind_host: str = "127.0.0.1"
+    # MLLP limits: an idle connection closes after this many seconds (senders reconnect), a
+    # message must arrive whole within message_timeout of its first byte, and past
+    # max_connections a new sender is answered AE and closed.
     mllp_idle_timeout: int = 600
     mllp_message_timeout: int = 30
     mllp_max_connections: int = 200

@@ -16,7 +16,6 @@ from carebus.log_privacy import pseudonym
 from schemas import codec
 from schemas.topics import ACCESS_AUDIT
 
-ACTIONS = ("find", "timeline", "as-of", "record", "fhir-search", "fhir-read", "fhir-everything")
 NOT_GIVEN = "not given"
 
 

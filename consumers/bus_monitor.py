@@ -2,6 +2,7 @@
 letters, linkage quality and delivery."""
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class BusMonitor:
     _last: tuple[float, dict[str, int]] | None = None
     _reasons: dict[str, Tally] = field(default_factory=dict)
     _reasons_read: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _ends(self, consumer: Consumer) -> dict[str, int]:
         out = {}
@@ -62,6 +64,12 @@ class BusMonitor:
         return dict(tally)
 
     def snapshot(self, redis_client: redis.Redis) -> dict[str, Any]:
+        # One at a time: /monitor and the history sampler both call this from worker threads, and
+        # two snapshots reading the same new dead letters would count their reasons twice.
+        with self._lock:
+            return self._snapshot(redis_client)
+
+    def _snapshot(self, redis_client: redis.Redis) -> dict[str, Any]:
         consumer = Consumer(self.settings.kafka_client({"group.id": "carebus-monitor",
                              "enable.auto.commit": False}))
         try:

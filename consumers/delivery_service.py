@@ -427,6 +427,9 @@ def build_app(service: DeliveryService) -> FastAPI:
     def fhir(body: dict[str, Any], status: int = 200) -> JSONResponse:
         return JSONResponse(body, status_code=status, media_type=fhir_read_api.FHIR_JSON)
 
+    def fhir_base(request: Request) -> str:
+        return str(request.base_url).rstrip("/") + "/fhir"
+
     def fhir_reader(client: Client) -> None:
         if not (client.has("auditor") or client.has("subscriber")):
             raise HTTPException(403, "this client lacks the subscriber or auditor role")
@@ -443,7 +446,7 @@ def build_app(service: DeliveryService) -> FastAPI:
 
     @app.get("/fhir/metadata")
     async def fhir_metadata(request: Request) -> JSONResponse:
-        return fhir(fhir_read_api.capability_statement(str(request.base_url).rstrip("/") + "/fhir", "1"))
+        return fhir(fhir_read_api.capability_statement(fhir_base(request), "1"))
 
     def find_by_identifier(identifier: str) -> dict[str, list[str]]:
         system, _, value = identifier.rpartition("|")
@@ -486,10 +489,11 @@ def build_app(service: DeliveryService) -> FastAPI:
                           postcode: str = Query("", alias="address-postalcode"), why: str | None = None,
                           client: Client = Depends(caller)) -> JSONResponse:
         fhir_reader(client)
-        base = str(request.base_url).rstrip("/") + "/fhir"
         if identifier:
             visible = await by_identifier(client, identifier, "fhir-search", why)
-            return visible if isinstance(visible, JSONResponse) else fhir(fhir_read_api.searchset(visible, base))
+            if isinstance(visible, JSONResponse):
+                return visible
+            return fhir(fhir_read_api.searchset(visible, fhir_base(request)))
         try:
             query = demographic_search.parse_query(family, given, birthdate, gender, postcode)
         except demographic_search.SearchCriteriaError as exc:
@@ -501,7 +505,7 @@ def build_app(service: DeliveryService) -> FastAPI:
         await audited(client, "fhir-search", [r["person_id"] for r in visible], why,
                       {"demographic_search": "family,given,birthdate,gender,postcode"},
                       "shown" if visible else "not-found")
-        return fhir(fhir_read_api.searchset(visible, base, scores))
+        return fhir(fhir_read_api.searchset(visible, fhir_base(request), scores))
 
     @app.get("/fhir/Patient/$ihe-pix")
     async def fhir_pix(request: Request, source_identifier: str = Query("", alias="sourceIdentifier"),
@@ -514,7 +518,7 @@ def build_app(service: DeliveryService) -> FastAPI:
         if not visible:
             return fhir(fhir_read_api.operation_outcome("not-found", "no person with that identifier for this client"),
                         404)
-        return fhir(fhir_read_api.pix_parameters(visible[0], str(request.base_url).rstrip("/") + "/fhir"))
+        return fhir(fhir_read_api.pix_parameters(visible[0], fhir_base(request)))
 
     @app.get("/fhir/Patient/{person_id}/$everything")
     async def fhir_everything(request: Request, person_id: str, why: str | None = None,
@@ -523,7 +527,7 @@ def build_app(service: DeliveryService) -> FastAPI:
         if visible is None:
             return fhir_not_found(person_id)
         await audited(client, "fhir-everything", [person_id], why, {})
-        return fhir(fhir_read_api.everything(visible, str(request.base_url).rstrip("/") + "/fhir"))
+        return fhir(fhir_read_api.everything(visible, fhir_base(request)))
 
     @app.get("/fhir/Patient/{person_id}")
     async def fhir_read(person_id: str, why: str | None = None, client: Client = Depends(caller)) -> JSONResponse:

@@ -5,7 +5,7 @@ notifications (notification_format), so a system sees the same resource either w
 from __future__ import annotations
 
 import math
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from schemas.record_sections import CLINICAL_SECTIONS as SECTIONS
@@ -46,9 +46,8 @@ SEVERITY = {"SV": "severe", "MO": "moderate", "MI": "mild", "severe": "severe", 
 PRIORITY = {"routine", "urgent", "asap", "stat"}
 
 
-def _when(ms: int | None) -> str | None:
-    from datetime import datetime, timezone
-
+def iso_instant(ms: int | None) -> str | None:
+    """Epoch milliseconds as an ISO 8601 instant in UTC (FHIR dateTime / instant)."""
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
 
 
@@ -98,7 +97,7 @@ def _clinical(section: str, item: dict[str, Any], subject: dict[str, str]) -> di
                 "status": item["status"] if item["status"] in ENCOUNTER_STATUS else "unknown",
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                           "code": ENCOUNTER_CLASS.get(item["encounter_class"], "AMB")},
-                "subject": subject, "period": _clean({"start": _when(item.get("start")), "end": _when(item.get("end"))}),
+                "subject": subject, "period": _clean({"start": iso_instant(item.get("start")), "end": iso_instant(item.get("end"))}),
                 "serviceProvider": {"identifier": {"system": ODS_SYSTEM, "value": item["care_provider_ods"]}}
                 if item.get("care_provider_ods") else None}
     if section == "problems":
@@ -106,18 +105,18 @@ def _clinical(section: str, item: dict[str, Any], subject: dict[str, str]) -> di
         return {"resourceType": "Condition", "subject": subject, "code": _concept(item["code"]),
                 "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
                                                "code": status}]} if status else None,
-                "onsetDateTime": _when(item.get("onset")), "abatementDateTime": _when(item.get("abatement"))}
+                "onsetDateTime": iso_instant(item.get("onset")), "abatementDateTime": iso_instant(item.get("abatement"))}
     if section == "allergies":
         severity = SEVERITY.get(item.get("severity") or "")
         reaction = [_clean({"manifestation": [{"text": item["reaction"]}], "severity": severity})] \
             if item.get("reaction") else []
         return {"resourceType": "AllergyIntolerance", "patient": subject, "code": _concept(item["substance"]),
-                "recordedDate": _when(item.get("recorded")), "reaction": reaction}
+                "recordedDate": iso_instant(item.get("recorded")), "reaction": reaction}
     if section == "medications":
         return {"resourceType": "MedicationStatement",
                 "status": item["status"] if item["status"] in MEDICATION_STATUS else "unknown",
                 "medicationCodeableConcept": _concept(item["code"]), "subject": subject,
-                "effectivePeriod": _clean({"start": _when(item.get("start")), "end": _when(item.get("end"))}),
+                "effectivePeriod": _clean({"start": iso_instant(item.get("start")), "end": iso_instant(item.get("end"))}),
                 "dosage": [{"text": item["dosage"]}] if item.get("dosage") else []}
     if section == "observations":
         value = ({"valueQuantity": _clean({"value": item["value_quantity"], "unit": item.get("unit")})}
@@ -125,17 +124,17 @@ def _clinical(section: str, item: dict[str, Any], subject: dict[str, str]) -> di
                  ({"valueString": item["value_text"]} if item.get("value_text") else {}))
         return {"resourceType": "Observation",
                 "status": item["status"] if item["status"] in OBSERVATION_STATUS else "unknown",
-                "code": _concept(item["code"]), "subject": subject, "effectiveDateTime": _when(item.get("effective")),
+                "code": _concept(item["code"]), "subject": subject, "effectiveDateTime": iso_instant(item.get("effective")),
                 **value}
     if section == "referrals":
         priority = (item.get("priority") or "").lower()
         return {"resourceType": "ServiceRequest",
                 "status": item["status"] if item["status"] in REFERRAL_STATUS else "unknown",
                 "intent": "order", "code": _concept(item["service"]), "subject": subject,
-                "authoredOn": _when(item.get("referred_at")), "priority": priority if priority in PRIORITY else None}
+                "authoredOn": iso_instant(item.get("referred_at")), "priority": priority if priority in PRIORITY else None}
     # documents
     return {"resourceType": "DocumentReference", "status": "current", "type": _concept(item.get("type")),
-            "subject": subject, "date": _when(item.get("created")), "description": item.get("title"),
+            "subject": subject, "date": iso_instant(item.get("created")), "description": item.get("title"),
             "content": [{"attachment": _clean({"url": item.get("content_ref"), "title": item.get("title")})
                          or {"title": "document"}}]}
 
@@ -149,7 +148,7 @@ def _provenance(rid: str, target: str, provenance: list[dict[str, Any]]) -> dict
     organisations = {(p["source_system"], p["ods_code"]): p for p in provenance}.values()
     resource = _clean({
         "resourceType": "Provenance", "id": rid, "target": [{"reference": target}],
-        "recorded": _when(max(p["recorded_at"] for p in provenance)),
+        "recorded": iso_instant(max(p["recorded_at"] for p in provenance)),
         "agent": [{"who": {"identifier": {"system": ODS_SYSTEM, "value": p["ods_code"]},
                            "display": p["source_system"]}} for p in organisations],
         "entity": [{"role": "source", "what": {"identifier": {"system": "urn:carebus:event-id",

@@ -49,7 +49,7 @@ def series(samples: list[dict[str, Any]]) -> dict[str, list[float | None]]:
             continue
 
         def grew(name: str) -> float:
-            return max(0, now[name] - before[name]) if now[name] >= before[name] else now[name]
+            return now[name] - before[name] if now[name] >= before[name] else now[name]
         delivered = grew("delivered")
         out["at"].append(now["at"] / 1000)
         out["source_events_per_s"].append(round(grew("source_events") / seconds, 2))

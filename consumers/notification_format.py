@@ -9,10 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import datetime, timezone
 from typing import Any
 
-from consumers.fhir_resources import SECTIONS, clinical_resources, fhir_patient
+from consumers.fhir_resources import SECTIONS, clinical_resources, fhir_patient, iso_instant
 
 
 def webhook_body(change: dict[str, Any], subscription_id: str) -> bytes:
@@ -41,10 +40,6 @@ def verify(secret: str, body: bytes, header: str, now: int, tolerance: int = 300
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def _iso_ts(ms: int | None) -> str | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat()
-
-
 def fhir_rest_hook_bundle(change: dict[str, Any], subscription_id: str, events_since_start: int,
                           base_url: str = "urn:carebus") -> dict[str, Any]:
     """A subscription-notification per the FHIR R4 Subscriptions Backport IG (history Bundle)."""
@@ -56,7 +51,7 @@ def fhir_rest_hook_bundle(change: dict[str, Any], subscription_id: str, events_s
         {"name": "events-since-subscription-start", "valueString": str(events_since_start)},
         {"name": "notification-event", "part": [
             {"name": "event-number", "valueString": str(events_since_start)},
-            {"name": "timestamp", "valueInstant": _iso_ts(change["changed_at"])},
+            {"name": "timestamp", "valueInstant": iso_instant(change["changed_at"])},
             {"name": "focus", "valueReference": {"reference": f"Patient/{change['person_id']}"}}]}]}
     entries = [{"fullUrl": f"urn:uuid:{change['event_id']}", "resource": status,
                 "request": {"method": "GET", "url": f"Subscription/{subscription_id}/$status"},
@@ -74,4 +69,4 @@ def fhir_rest_hook_bundle(change: dict[str, Any], subscription_id: str, events_s
                 entries.append({"fullUrl": f"{base_url}/{url}", "resource": r, "request": {"method": "PUT", "url": url},
                                 "response": {"status": "200"}})
     return {"resourceType": "Bundle", "id": change["event_id"], "type": "history",
-            "timestamp": _iso_ts(change["changed_at"]), "entry": entries}
+            "timestamp": iso_instant(change["changed_at"]), "entry": entries}

@@ -151,13 +151,19 @@ end
 return out
 """
 
-# ARGV: prefix, block digest. Returns key, packed demographics of each node in the block.
+# ARGV: prefix, block digests... Returns key, packed demographics of each node in the blocks,
+# once each.
 _BLOCK_NODES = _LUA_COMMON + """
-local bk, f = block_loc(ARGV[2])
-local out = {}
-for id in string.gmatch(redis.call('HGET', bk, f) or '', '%d+') do
-  local kd = redis.call('HMGET', P..'n:'..id, 'k', 'd')
-  if kd[1] then out[#out+1] = kd[1]; out[#out+1] = kd[2] or '' end
+local out, seen = {}, {}
+for i = 2, #ARGV do
+  local bk, f = block_loc(ARGV[i])
+  for id in string.gmatch(redis.call('HGET', bk, f) or '', '%d+') do
+    if not seen[id] then
+      seen[id] = true
+      local kd = redis.call('HMGET', P..'n:'..id, 'k', 'd')
+      if kd[1] then out[#out+1] = kd[1]; out[#out+1] = kd[2] or '' end
+    end
+  end
 end
 return out
 """
@@ -408,18 +414,15 @@ class RedisGraphStore:
 
     def keys_with_nhs_number(self, nhs: str) -> list[str]:
         """Source records that hold this (valid) NHS number: its block is the index by NHS number."""
-        raw = [_s(x) for x in self._block_nodes(args=[P, block_digest(blocking.nhs_number_key(nhs))])]
-        return sorted(key for key, packed in zip(raw[::2], raw[1::2]) if packed and unpack(key, packed).nhs == nhs)
+        return sorted(d.key for d in self.demographics_in_blocks([blocking.nhs_number_key(nhs)]) if d.nhs == nhs)
 
     def demographics_in_blocks(self, blocks: Sequence[str]) -> list[Demographics]:
-        """Every record in these blocks (blocking.keys), once: where a demographic search looks."""
-        found: dict[str, Demographics] = {}
-        for block in blocks:
-            raw = [_s(x) for x in self._block_nodes(args=[P, block_digest(block)])]
-            for key, packed in zip(raw[::2], raw[1::2]):
-                if packed and key not in found:
-                    found[key] = unpack(key, packed)
-        return list(found.values())
+        """Every record in these blocks (blocking.keys), once, in one round trip: where a
+        demographic search looks."""
+        if not blocks:
+            return []
+        raw = [_s(x) for x in self._block_nodes(args=[P, *(block_digest(b) for b in blocks)])]
+        return [unpack(key, packed) for key, packed in zip(raw[::2], raw[1::2]) if packed]
 
     def note_merged(self, merged: dict[str, str]) -> None:
         """Persons merged away -> their survivor, so that an old person id still leads somewhere."""
