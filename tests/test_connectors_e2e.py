@@ -23,13 +23,18 @@ from tests.kafka_reading import read_all
 pytestmark = pytest.mark.integration
 
 
-def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A01", extra: str = "",
-        dob: str | None = None, family: str = "SMITH") -> bytes:
-    # Each test patient gets its own given name and birth date (from its id), so patients of
-    # different tests never look alike to the probabilistic linker.
+def given_and_born(local_id: str) -> tuple[str, str]:
+    """The given name and birth date (YYYYMMDD) `adt` gives this local id: each test patient gets
+    its own, so patients of different tests never look alike to the probabilistic linker."""
     digest = hashlib.sha256(local_id.encode()).digest()
     given = ["JOHN", "AMIR", "KOFI", "LENA", "MARTA", "OWEN", "PRIYA", "SEAN"][digest[0] % 8]
-    dob = dob or f"{1930 + digest[1] % 80}{1 + digest[2] % 12:02d}{1 + digest[3] % 28:02d}"
+    return given, f"{1930 + digest[1] % 80}{1 + digest[2] % 12:02d}{1 + digest[3] % 28:02d}"
+
+
+def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A01", extra: str = "",
+        dob: str | None = None, family: str = "SMITH") -> bytes:
+    given, born = given_and_born(local_id)
+    dob = dob or born
     return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^{trigger}^ADT_A01|{control}|P|2.4\r"
             f"EVN|{trigger}|20261124101000\r"
             f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||{family}^{given}||{dob}|M|||1 HIGH ST^^LONDON^^NW1 2AB\r"

@@ -108,12 +108,11 @@ def test_a_client_sees_only_its_scope(bus_settings, delivery, redis_client, pati
 
 
 def _born_and_given(local_id: str) -> tuple[str, str]:
-    """The birth date and given name tests.test_connectors_e2e.adt gives this local id."""
-    import hashlib
+    """The birth date (YYYY-MM-DD) and given name tests.test_connectors_e2e.adt gives this local id."""
+    from tests.test_connectors_e2e import given_and_born
 
-    digest = hashlib.sha256(local_id.encode()).digest()
-    given = ["JOHN", "AMIR", "KOFI", "LENA", "MARTA", "OWEN", "PRIYA", "SEAN"][digest[0] % 8]
-    return f"{1930 + digest[1] % 80}-{1 + digest[2] % 12:02d}-{1 + digest[3] % 28:02d}", given
+    given, born = given_and_born(local_id)
+    return f"{born[:4]}-{born[4:6]}-{born[6:]}", given
 
 
 def test_demographic_search_finds_the_patient_ranked_with_a_score(delivery, patient):
