@@ -183,3 +183,53 @@ def test_a_merge_across_nhs_numbers_waits_for_review_then_the_merged_away_id_ans
     assert old.link[0].type == "replaced-by" and old.link[0].other.reference == f"Patient/{survivor}"
     current = httpx.get(f"{delivery.base}/fhir/Patient/{survivor}", headers=SUB2, timeout=30)
     assert current.status_code == 200 and Patient.model_validate(current.json()).active is not False
+
+
+def test_everything_over_http_carries_every_section_of_the_record_valid_with_provenance(
+        bus_settings, connectors, link_workers, delivery, redis_client, unique):
+    """A GP record (EMIS FHIR over HTTP: problems, medications) and a hospital one (Cerner ADT and
+    ORU over MLLP: an encounter, results) of one patient: $everything has a resource and a
+    Provenance for every item of every section, each valid FHIR."""
+    import random
+    from dataclasses import replace
+
+    from fhir.resources.R4B import get_fhir_model_class
+
+    from schemas.record_sections import CLINICAL_SECTIONS
+    from simulator import population as pop
+    from simulator.traffic import MessageFactory
+    from tests.test_connectors_e2e import _fhir, mllp_send
+
+    identity = own_identity(f"ev{unique}")
+    gp = replace(pop.build(1, seed=4).records[0], system="EMIS_WEB", local_id=f"EV{unique}", ods="F84001",
+                 nhs_number=identity["nhs"], family=identity["family"])
+    hospital = replace(gp, system="CERNER_MILLENNIUM", local_id=f"EC{unique}", ods="RAL")
+    # The generator draws 0-2 problems and medications: take the first seed that draws both.
+    factory, body = next((f, b) for f in (MessageFactory(random.Random(seed)) for seed in range(100))
+                         for b in [f.emis_bundle(gp)] if b'"Condition"' in b and b'"MedicationStatement"' in b)
+    assert _fhir(bus_settings, "/fhir/emis", body).status_code == 200
+    acks = mllp_send(bus_settings.mllp_port, factory.hl7_adt(hospital, "A01"), factory.hl7_oru(hospital))
+    assert all(b"MSA|AA" in a for a in acks), acks
+    person = wait_for(lambda: (lambda p: p if p and p == person_of(redis_client, cerner_key(f"EC{unique}")) else "")(
+        person_of(redis_client, f"EMIS_WEB|urn:carebus:id:emis:emis-guid:F84001|EV{unique}")), what="one person")
+    record = wait_for(lambda: (lambda r: r if all(r.get(s) for s in ("encounters", "observations", "problems",
+                                                                       "medications")) else None)(
+        httpx.get(f"{delivery.base}/records/{person}", headers=AUDIT, timeout=30).json()), what="both systems' items")
+    r = httpx.get(f"{delivery.base}/fhir/Patient/{person}/$everything", headers=AUDIT, timeout=30)
+    assert r.status_code == 200, r.text
+    bundle = Bundle.model_validate(r.json())
+    resources = [e["resource"] for e in r.json()["entry"]]
+    for resource in resources:
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    kinds = [x["resourceType"] for x in resources]
+    resource_of = {"encounters": "Encounter", "problems": "Condition", "medications": "MedicationStatement",
+                   "allergies": "AllergyIntolerance", "observations": "Observation", "referrals": "ServiceRequest",
+                   "documents": "DocumentReference"}
+    assert set(resource_of) == set(CLINICAL_SECTIONS)
+    items = 0
+    for section, kind in resource_of.items():
+        assert kinds.count(kind) == len(record.get(section) or []), section
+        items += len(record.get(section) or [])
+    assert items >= 3 and kinds.count("Provenance") == items and len(bundle.entry) == 1 + 2 * items
+    sources = {x["meta"]["source"].split(":")[3] for x in resources if x["resourceType"] not in ("Patient", "Provenance")}
+    assert {"EMIS_WEB", "CERNER_MILLENNIUM"} <= sources, "meta.source names each item's own system"
