@@ -72,7 +72,7 @@ class PairDecision:
     a: str
     b: str
     version_b: int
-    outcome: str           # match / review / conflict / non-match
+    outcome: str           # match / review / too-little-evidence / conflict / nhs-mismatch / incoherent / non-match
     kind: str | None       # edge kind when outcome is match
     posterior: float
 
@@ -113,7 +113,8 @@ class GraphStore(Protocol):
 def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple[str, str | None, float]:
     """(outcome, edge kind, posterior).
 
-    outcome: match / review / non-match from the score; "conflict" for the same NHS number with
+    outcome: match / review / non-match from the score; "too-little-evidence" for a score in the
+    match band from too few fields, or with neither given name nor birth date agreeing; "conflict" for the same NHS number with
     contradicting demographics, "nhs-mismatch" for two different valid NHS numbers on records
     that otherwise agree (name, birth date, and what else both have): a transcription error looks
     exactly like that, so a person decides. Neither ever links by itself.
@@ -138,7 +139,7 @@ def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple
         # Surname and postcode are shared by a household, and a sparse record (surname and
         # postcode only) would glue unrelated people together through itself: a link also needs
         # something personal (given name or birth date) and enough fields compared.
-        outcome = "review"
+        outcome = "too-little-evidence"
     return outcome, (PROBABILISTIC if outcome == "match" else None), posterior
 
 

@@ -182,6 +182,27 @@ return out
 #       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
 # Returns, per relabelled component: person, n members, (member, old person or '')...; then
 # the persons left empty, after a '' marker.
+_OPEN_REVIEWS = """
+-- KEYS[1] the open set, KEYS[1+i] review i; ARGV[i] its JSON body. Returns the 0-based indexes of new reviews.
+local new = {}
+for i = 1, #ARGV do
+  local key = KEYS[i + 1]
+  local rid = string.sub(key, string.len('carebus:review:') + 1)
+  if redis.call('HSETNX', key, 'body', ARGV[i]) == 1 then
+    redis.call('SADD', KEYS[1], rid)
+    table.insert(new, i - 1)
+  elseif redis.call('SISMEMBER', KEYS[1], rid) == 1 then
+    local body = cjson.decode(redis.call('HGET', key, 'body'))
+    local reason = cjson.decode(ARGV[i]).reason
+    if not string.find(body.reason, reason, 1, true) then
+      body.reason = body.reason .. '; ' .. reason
+      redis.call('HSET', key, 'body', cjson.encode(body))
+    end
+  end
+end
+return new
+"""
+
 _APPLY = _LUA_COMMON + """
 local i = 2
 -- A record is named by its node id ('#' and the id, when the caller has read it) or its key.
@@ -323,6 +344,7 @@ class RedisGraphStore:
         self._apply = client.register_script(_APPLY)
         self._node_field = client.register_script(_NODE_FIELD)
         self._block_nodes = client.register_script(_BLOCK_NODES)
+        self._open_reviews = client.register_script(_OPEN_REVIEWS)
         # Node ids of keys read by the last ingests: a key's node id never changes, so apply can
         # name records by id and spare Redis a key lookup per decision.
         self._ids: dict[str, str] = {}
@@ -459,16 +481,16 @@ class RedisGraphStore:
 
     # --- reviews and statistics --------------------------------------------------------------
     def open_reviews_batch(self, bodies: dict[str, dict[str, Any]]) -> set[str]:
-        """Queue reviews not seen before; returns the ids that are new."""
+        """Queue reviews not seen before; returns the ids that are new. A pair already waiting for
+        review that now has another reason (first seen in the review band, then found to
+        contradict a record it was chained to) keeps its place and gains the reason: the person
+        reviewing it should see every reason, whichever worker saw which first."""
         if not bodies:
             return set()
-        pipe = self.r.pipeline(transaction=False)
-        for rid, body in bodies.items():
-            pipe.hsetnx(f"{P}review:{rid}", "body", json.dumps(body))
-        new = {rid for rid, added in zip(bodies, pipe.execute()) if added}
-        if new:
-            self.r.sadd(f"{P}reviews:open", *new)
-        return new
+        ids = list(bodies)
+        new = self._open_reviews(keys=[f"{P}reviews:open"] + [f"{P}review:{rid}" for rid in ids],
+                                 args=[json.dumps(bodies[rid]) for rid in ids])
+        return {ids[int(i)] for i in new}
 
     def close_review(self, review_id: str, outcome: str) -> dict[str, Any] | None:
         raw = self.r.hget(f"{P}review:{review_id}", "body")

@@ -38,7 +38,9 @@ CANDIDATE_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
 REVIEW_REASONS = {
-    "review": "match probability {p:.2f} in the review band",
+    "review": "match probability {p:.3f} in the review band",
+    "too-little-evidence": "match probability {p:.3f}, but too few fields agree, or neither given name nor birth "
+                           "date does (a household, or one person?)",
     "conflict": "same NHS number, contradicting name and birth date",
     "nhs-mismatch": "different valid NHS numbers, same name and birth date (a mistyped number?)",
     "incoherent": "in one person through other records, but they contradict each other",

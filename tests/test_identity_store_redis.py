@@ -6,6 +6,7 @@ merges and unmerges, and the index read back through the store's own views.
 """
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 from datetime import date
@@ -142,3 +143,19 @@ def test_a_record_written_but_never_published_is_published_by_the_replay(bus_set
     assert change["version"] == 1 and change["caused_by"] == [event["envelope"]["event_id"]]
     assert change["record"] == RedisRecordStore(index).record(person)
     assert index.hget(f"carebus:record_meta:{person}", "emitted") == b"1"
+
+
+def test_a_waiting_review_gains_a_second_reason_once_and_a_closed_one_is_left_alone(index):
+    store = RedisGraphStore(index)
+    body = {"review_id": "r1", "a": "A", "b": "C", "score": 0.99, "reason": "in the review band",
+            "person_a": "PER-1", "person_b": None}
+    assert store.open_reviews_batch({"r1": body}) == {"r1"}
+    assert store.open_reviews_batch({"r1": {**body, "reason": "they contradict"}}) == set()
+    assert store.open_reviews_batch({"r1": {**body, "reason": "they contradict"}}) == set()
+    stored = json.loads(index.hget("carebus:review:r1", "body"))
+    assert stored["reason"] == "in the review band; they contradict"
+    assert stored["person_b"] is None and stored["a"] == "A"
+    store.close_review("r1", "accepted")
+    assert store.open_reviews_batch({"r1": {**body, "reason": "another"}}) == set()
+    assert "another" not in json.loads(index.hget("carebus:review:r1", "body"))["reason"]
+    assert index.smembers("carebus:reviews:open") == set()
