@@ -99,11 +99,10 @@ def status() -> None:
 @app.command()
 def connectors() -> None:
     """Run the vendor connectors: MLLP (Cerner, RiO), FHIR REST (EMIS, Cerner), file drops (EMIS, Vision)."""
-    import asyncio
-
+    from carebus import event_loop
     from producers.connector_service import serve
 
-    asyncio.run(serve(_service_settings()))
+    event_loop.run(serve(_service_settings()))
 
 
 @app.command()
@@ -154,11 +153,10 @@ def link_worker(worker_id: str = typer.Option("", help="a name for this worker i
 @app.command()
 def delivery() -> None:
     """Run the subscriber API, push delivery, review queue, audit API, monitoring and dashboard."""
-    import asyncio
-
+    from carebus import event_loop
     from consumers.delivery_service import serve
 
-    asyncio.run(serve(_service_settings()))
+    event_loop.run(serve(_service_settings()))
 
 
 @app.command()

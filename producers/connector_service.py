@@ -107,4 +107,8 @@ async def serve(settings: Settings) -> None:
         t.cancel()
     await http
     producer.close()
+    try:      # the last published markers (a lost one costs only a duplicate publish if resent)
+        await asyncio.wait_for(pipeline.markers.drain(), 5)
+    except asyncio.TimeoutError:
+        pass
     await redis_client.aclose()

@@ -6,7 +6,7 @@ caller acknowledge the sender; if any is not confirmed the sender is told to res
 resent events keep their ids, so the linker de-duplicates them. Rejected input goes to the connectors'
 dead-letter topic with its reason and original bytes before the sender hears the rejection.
 Event ids are deterministic, and a Redis marker set after a successful publish lets a
-redelivered message be acknowledged again without publishing it twice.
+redelivered message be acknowledged again without publishing it twice (published_markers).
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from prometheus_client import Counter, Histogram
 
 from carebus.clock import now_ms
 from carebus.durable_producer import DurableProducer, OutgoingRecord
 from carebus.log_privacy import pseudonym
+from producers.published_markers import PublishedMarkers
 from producers.source_systems import SourceSystemProfile
 from schemas import codec
 from schemas.topics import (DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, MAX_RECORD_BYTES, RAW,
@@ -35,7 +35,6 @@ MESSAGES = Counter("carebus_connector_messages_total", "Inbound messages by conn
                    ["connector", "channel", "outcome"])
 EVENTS = Counter("carebus_connector_events_total", "Canonical events published", ["connector"])
 LATENCY = Histogram("carebus_connector_ingest_seconds", "Receive to durable-in-Kafka time", ["connector", "channel"])
-SEEN_TTL_SECONDS = 30 * 24 * 3600
 # Events of one bulk file produced and awaited together: large enough to stream, small enough
 # that the connector's other senders are not held up while a chunk is encoded.
 BULK_CHUNK_EVENTS = 2000
@@ -65,29 +64,7 @@ class IngestPipeline:
     def __init__(self, producer: DurableProducer, redis_client: aioredis.Redis | None) -> None:
         self.producer = producer
         self.redis = redis_client
-
-    async def _seen(self, event_ids: list[str]) -> bool:
-        """Already published? Redis only saves a duplicate publish: if it cannot answer, publish
-        (event ids are deterministic and the linker ignores an event it has folded)."""
-        if self.redis is None or not event_ids:
-            return False
-        try:
-            found = await self.redis.exists(*[f"carebus:ingested:{e}" for e in event_ids])
-        except (RedisError, OSError) as exc:
-            log.warning("duplicate check skipped: Redis unavailable (%s)", type(exc).__name__)
-            return False
-        return found == len(event_ids)
-
-    async def _mark(self, event_ids: list[str]) -> None:
-        if self.redis is None:
-            return
-        pipe = self.redis.pipeline()
-        for e in event_ids:
-            pipe.set(f"carebus:ingested:{e}", 1, ex=SEEN_TTL_SECONDS)
-        try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:   # Kafka has the message: the sender gets its ACK
-            log.warning("duplicate marker not written: Redis unavailable (%s)", type(exc).__name__)
+        self.markers = PublishedMarkers(redis_client)
 
     async def publish(self, raw: bytes, profile: SourceSystemProfile, ods: str, channel: str,
                       content_type: str, events: list[dict[str, Any]], received_at_ms: int) -> IngestResult:
@@ -109,7 +86,7 @@ class IngestPipeline:
         for first in range(0, max(len(events), 1), BULK_CHUNK_EVENTS):
             chunk = events[first:first + BULK_CHUNK_EVENTS]
             chunk_ids = ids[first:first + BULK_CHUNK_EVENTS]
-            if await self._seen(chunk_ids):
+            if await self.markers.seen(chunk_ids):
                 continue
             records = []
             if first == 0:
@@ -130,7 +107,7 @@ class IngestPipeline:
                 MESSAGES.labels(profile.connector, channel, "unavailable").inc()
                 log.error("Kafka did not confirm a %s message: %s", profile.connector, type(exc).__name__)
                 raise StoreUnavailable("message not stored: the event store did not confirm, please retry") from exc
-            await self._mark(chunk_ids)
+            self.markers.mark(chunk_ids)
             published += len(chunk)
         if events and not published:
             MESSAGES.labels(profile.connector, channel, "duplicate").inc()

@@ -143,8 +143,11 @@ class MllpListener:
         try:
             while True:
                 try:
-                    first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
-                    f = await asyncio.wait_for(read_frame(reader, first), self.message_timeout)
+                    # asyncio.timeout, not wait_for: wait_for wraps each read in a task of its own.
+                    async with asyncio.timeout(self.idle_timeout):
+                        first = await reader.readexactly(1)
+                    async with asyncio.timeout(self.message_timeout):
+                        f = await read_frame(reader, first)
                 except asyncio.IncompleteReadError:
                     return  # sender closed the connection
                 except asyncio.TimeoutError:
