@@ -41,8 +41,14 @@ class RedactNhsNumbers(logging.Filter):
         return True
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: int | str | None = None) -> None:
+    """Level: CAREBUS_LOG_LEVEL (default INFO). At DEBUG the connectors log each message accepted
+    (by pseudonym); at INFO only rejections, failures and what each service is doing."""
+    wanted = logging.getLevelName(level or os.environ.get("CAREBUS_LOG_LEVEL", "INFO").upper())
+    wanted = wanted if isinstance(wanted, int) else logging.INFO
+    # DEBUG is for carebus's own lines: client libraries at DEBUG log request bodies.
+    logging.basicConfig(level=max(wanted, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("carebus").setLevel(wanted)
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactNhsNumbers())
     # Client libraries log every request URL at INFO; URLs may carry ids, and volume drowns signal.

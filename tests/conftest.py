@@ -15,6 +15,8 @@ import pytest
 # The test bus carries synthetic patients only: its services may use the published development
 # credentials and log key (outside the demo, tests and benchmarks they refuse them).
 os.environ["CAREBUS_ALLOW_DEV_SECRETS"] = "1"
+# Every line the services can write, so the log-privacy tests read the per-message ones too.
+os.environ["CAREBUS_LOG_LEVEL"] = "DEBUG"
 
 TEST_PORTS = {
     "CAREBUS_KAFKA_PORT": "29092",
