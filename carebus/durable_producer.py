@@ -114,13 +114,19 @@ class DurableProducer:
         return await future
 
     async def send_all(self, records: list[OutgoingRecord]) -> None:
-        """Produce every record and resolve once all are confirmed, or raise the first failure.
-        One future and one wake-up of the event loop for the lot, not one per record: this is
-        what lets a bulk file or a batch stream through the producer."""
-        if not records:
-            return
+        """Produce every record and resolve once all are confirmed, or raise the first failure."""
+        await self.produce_all(records)
+
+    def produce_all(self, records: list[OutgoingRecord]) -> asyncio.Future[None]:
+        """Produce every record now; the future resolves once all are confirmed, or fails with
+        the first failure. One future and one wake-up of the event loop for the lot, not one per
+        record: this is what lets a bulk file or a batch stream through the producer, and a caller
+        may encode the next chunk while this one is in flight."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
+        if not records:
+            future.set_result(None)
+            return future
         state = {"pending": len(records), "error": None}
         lock = threading.Lock()
 
@@ -136,7 +142,7 @@ class DurableProducer:
 
         for r in records:
             self.produce(r.topic, r.value, r.key, r.headers, r.timestamp_ms, callback)
-        await future
+        return future
 
     def flush(self, timeout: float = 30.0) -> int:
         return self._producer.flush(timeout)

@@ -76,7 +76,9 @@ class FileDrop:
         raw = path.read_bytes()
         received = now_ms()
         if self.profile is VISION:
-            result = vision_extract.parse_extract(raw, path.name, received)
+            # In a thread: parsing a large extract takes seconds of CPU, and the MLLP and FHIR
+            # senders on this event loop must still get their ACKs meanwhile.
+            result = await asyncio.to_thread(vision_extract.parse_extract, raw, path.name, received)
             if not result.events and any(err.line == 1 for err in result.errors):
                 await self.fail(path, result.errors[0].reason, "VISION_BAD_HEADER", raw)
                 return 0, 1
@@ -90,7 +92,7 @@ class FileDrop:
             published, rejected = len(result.events), len(result.errors)
         else:
             try:
-                events = fhir_mapper.map_payload(raw, self.profile, self.default_ods, received)
+                events = await asyncio.to_thread(fhir_mapper.map_payload, raw, self.profile, self.default_ods, received)
             except fhir_mapper.FHIRMappingError as exc:
                 await self.fail(path, str(exc), exc.error_code, raw)
                 return 0, 1

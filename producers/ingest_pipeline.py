@@ -10,6 +10,7 @@ redelivered message be acknowledged again without publishing it twice (published
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -38,6 +39,7 @@ LATENCY = Histogram("carebus_connector_ingest_seconds", "Receive to durable-in-K
 # Events of one bulk file produced and awaited together: large enough to stream, small enough
 # that the connector's other senders are not held up while a chunk is encoded.
 BULK_CHUNK_EVENTS = 2000
+BULK_CHUNKS_IN_FLIGHT = 3
 
 
 class StoreUnavailable(RuntimeError):
@@ -60,19 +62,30 @@ class IngestResult:
 
 
 
+def _abandon(in_flight: list[tuple[asyncio.Future[None], list[str]]]) -> None:
+    # Chunks still in flight when the publish failed: nobody waits for them now (they are not
+    # marked published, so a retry sends them again), but their outcome must still be collected.
+    for future, _ in in_flight:
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 class IngestPipeline:
     def __init__(self, producer: DurableProducer, redis_client: aioredis.Redis | None) -> None:
         self.producer = producer
         self.redis = redis_client
         self.markers = PublishedMarkers(redis_client)
 
+    async def _confirmed(self, delivery: asyncio.Future[None], event_ids: list[str]) -> None:
+        await delivery
+        self.markers.mark(event_ids)
+
     async def publish(self, raw: bytes, profile: SourceSystemProfile, ods: str, channel: str,
                       content_type: str, events: list[dict[str, Any]], received_at_ms: int) -> IngestResult:
         """Store raw + events durably. Raises StoreUnavailable if Kafka does not confirm.
 
-        A bulk file's events go in chunks of BULK_CHUNK_EVENTS, each produced at once and awaited
-        once; the original goes with the first chunk. A crash part-way repeats only the chunks
-        not yet marked as published."""
+        A bulk file's events go in chunks of BULK_CHUNK_EVENTS, each produced at once and
+        confirmed as a whole, up to BULK_CHUNKS_IN_FLIGHT at a time; the original goes with the
+        first chunk. A crash part-way repeats only the chunks not yet marked as published."""
         started = time.perf_counter()
         ids = [e["envelope"]["event_id"] for e in events]
         if len(raw) > MAX_INBOUND_BYTES:
@@ -83,32 +96,44 @@ class IngestPipeline:
         # not wait for its offset (partition/offset -1): both go out in one round trip.
         ref = {"raw_id": raw_id, "sha256": sha, "topic": RAW.name, "partition": -1, "offset": -1}
         published = 0
-        for first in range(0, max(len(events), 1), BULK_CHUNK_EVENTS):
-            chunk = events[first:first + BULK_CHUNK_EVENTS]
-            chunk_ids = ids[first:first + BULK_CHUNK_EVENTS]
-            if await self.markers.seen(chunk_ids):
-                continue
-            records = []
-            if first == 0:
-                records.append(OutgoingRecord(RAW.name, codec.encode("RawMessage", {
-                    "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
-                    "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
-                    raw_id, codec.headers("RawMessage"), received_at_ms))
-            for event in chunk:
-                event["envelope"]["raw_message"] = ref
-                records.append(OutgoingRecord(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event),
-                                              source_event_key(event), codec.headers("SourcePatientEvent"),
-                                              event["envelope"]["occurred_at"]))
-            if max(len(r.value) for r in records) > MAX_RECORD_BYTES:
-                await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
-            try:
-                await self.producer.send_all(records)
-            except Exception as exc:  # noqa: BLE001 - any Kafka failure means "not stored"
-                MESSAGES.labels(profile.connector, channel, "unavailable").inc()
-                log.error("Kafka did not confirm a %s message: %s", profile.connector, type(exc).__name__)
-                raise StoreUnavailable("message not stored: the event store did not confirm, please retry") from exc
-            self.markers.mark(chunk_ids)
-            published += len(chunk)
+        in_flight: list[tuple[asyncio.Future[None], list[str]]] = []
+        try:
+            for first in range(0, max(len(events), 1), BULK_CHUNK_EVENTS):
+                chunk = events[first:first + BULK_CHUNK_EVENTS]
+                chunk_ids = ids[first:first + BULK_CHUNK_EVENTS]
+                if await self.markers.seen(chunk_ids):
+                    continue
+                records = []
+                if first == 0:
+                    records.append(OutgoingRecord(RAW.name, codec.encode("RawMessage", {
+                        "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
+                        "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
+                        raw_id, codec.headers("RawMessage"), received_at_ms))
+                for event in chunk:
+                    event["envelope"]["raw_message"] = ref
+                    records.append(OutgoingRecord(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event),
+                                                  source_event_key(event), codec.headers("SourcePatientEvent"),
+                                                  event["envelope"]["occurred_at"]))
+                if max(len(r.value) for r in records) > MAX_RECORD_BYTES:
+                    await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
+                in_flight.append((self.producer.produce_all(records), chunk_ids))
+                published += len(chunk)
+                # The next chunk is encoded while this one is on its way to the brokers; a few in
+                # flight at most, so memory stays bounded whatever the file's size.
+                while len(in_flight) >= BULK_CHUNKS_IN_FLIGHT:
+                    await self._confirmed(*in_flight.pop(0))
+                if len(events) > BULK_CHUNK_EVENTS:
+                    await asyncio.sleep(0)      # other senders are served between a file's chunks
+            while in_flight:
+                await self._confirmed(*in_flight.pop(0))
+        except (MessageTooLarge, StoreUnavailable):
+            _abandon(in_flight)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any Kafka failure means "not stored"
+            _abandon(in_flight)
+            MESSAGES.labels(profile.connector, channel, "unavailable").inc()
+            log.error("Kafka did not confirm a %s message: %s", profile.connector, type(exc).__name__)
+            raise StoreUnavailable("message not stored: the event store did not confirm, please retry") from exc
         if events and not published:
             MESSAGES.labels(profile.connector, channel, "duplicate").inc()
             return IngestResult(True, ids, duplicate=True)

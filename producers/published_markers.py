@@ -31,9 +31,17 @@ KEY_PREFIX = "carebus:ingested:"
 # pipeline of many small commands still pays it for each.
 # ARGV: prefix, ttl, n questions, then per question: n ids, ids...; then the ids to mark.
 # Returns per question 1 if every id was marked, else 0.
+# Marks first: a mark was queued before the sender's ACK went out, so a resend's question, even
+# in the same call, must find it.
 _CHECK_AND_MARK = """
 local prefix, ttl, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local i, out = 4, {}
+local i = 4
+for q = 1, n do i = i + tonumber(ARGV[i]) + 1 end
+for j = i, #ARGV do
+  redis.call('SET', prefix .. ARGV[j], 1, 'EX', ttl)
+end
+local out = {}
+i = 4
 for q = 1, n do
   local count, all = tonumber(ARGV[i]), 1
   for j = i + 1, i + count do
@@ -41,9 +49,6 @@ for q = 1, n do
   end
   out[q] = all
   i = i + count + 1
-end
-for j = i, #ARGV do
-  redis.call('SET', prefix .. ARGV[j], 1, 'EX', ttl)
 end
 return out
 """

@@ -233,6 +233,16 @@ def test_a_redis_outage_costs_no_ack_and_no_event(bus_settings, connectors, link
 
 
 # ---- a subscriber outage ------------------------------------------------------------------------
+def person_story(redis_client, person: str) -> str:
+    """What a failed delivery-order test prints: who else is in the person (joined to another
+    test's patient?) and how far its record had got."""
+    from streams.identity_store import RedisGraphStore
+
+    graph = RedisGraphStore(redis_client)
+    members = graph.members(person)
+    return (f"person {person}: members {members}, demographics {graph.demographics(members)}, "
+            f"record {redis_client.hgetall(f'carebus:record_meta:{person}')}")
+
 def delivery_stats(redis_client, subscription_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in redis_client.hgetall(f"carebus:delivery:{subscription_id}").items()}
 
@@ -299,7 +309,7 @@ def test_with_parking_chosen_a_patients_later_changes_wait_behind_the_parked_one
     resp = httpx.post(f"{delivery.base}/subscriptions/{sub['id']}/dead-letters/redeliver", headers=SUB2, timeout=120)
     assert resp.status_code == 200, resp.text
     versions = [r["json"]["version"] for r in down.for_path(path) if r["json"]["person_id"] == person]
-    assert versions == [1, 2]
+    assert versions == [1, 2], person_story(redis_client, person)
     # Released: the patient's next change goes straight through.
     assert ack_code(mllp_send(bus_settings.mllp_port, adt(f"S{unique}", f"S{unique}2", nhs=nhs, trigger="A03"))[0]) == "AA"
     wait_for(lambda: [r for r in down.for_path(path) if r["json"]["person_id"] == person and r["json"]["version"] == 3],
