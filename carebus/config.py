@@ -80,6 +80,8 @@ class Settings:
     drop_dir: Path = REPO_ROOT / ".carebus" / "drop"
     # How often each drop folder is looked at for new files (Mirth's File Reader polling frequency).
     file_drop_poll_ms: int = 1000
+    # Processes that parse and encode a large Vision extract (0: one per CPU core, at least 2).
+    bulk_workers: int = 0
     # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
     log_pseudonym_key: str = field(default=DEV_LOG_PSEUDONYM_KEY, repr=False)
     credentials_file: Path = DEV_CREDENTIALS_FILE
@@ -180,6 +182,7 @@ ENVIRONMENT = {
     "CAREBUS_MLLP_MAX_CONNECTIONS": "mllp_max_connections",
     "CAREBUS_DROP_DIR": "drop_dir",
     "CAREBUS_FILE_DROP_POLL_MS": "file_drop_poll_ms",
+    "CAREBUS_BULK_WORKERS": "bulk_workers",
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
     "CAREBUS_ALLOW_DEV_SECRETS": "allow_dev_secrets",
     "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",

@@ -23,6 +23,7 @@ from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
 from carebus.redis_connection import async_client
 from producers.fhir_endpoint import fhir_router
+from producers.bulk_extract_workers import ExtractWorkers
 from producers.file_drop import FileDrop, emis_and_vision
 from producers.ingest_pipeline import IngestPipeline
 from producers.mllp_listener import MllpListener
@@ -70,7 +71,9 @@ async def serve(settings: Settings) -> None:
     for listener in listeners:
         await listener.start()
     ready["mllp"] = True
-    drops = emis_and_vision(settings.drop_dir, pipeline)
+    extract_workers = ExtractWorkers(settings.bulk_workers or None)
+    extract_workers.warm_up()
+    drops = emis_and_vision(settings.drop_dir, pipeline, extract_workers)
     tasks = [asyncio.create_task(d.run(settings.file_drop_poll_ms / 1000)) for d in drops]
 
     async def supervise() -> None:
@@ -106,6 +109,7 @@ async def serve(settings: Settings) -> None:
     for t in tasks:
         t.cancel()
     await http
+    extract_workers.close()
     producer.close()
     try:      # the last published markers (a lost one costs only a duplicate publish if resent)
         await asyncio.wait_for(pipeline.markers.drain(), 5)

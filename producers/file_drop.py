@@ -15,7 +15,8 @@ from pathlib import Path
 
 from carebus.clock import now_ms
 from producers import fhir_mapper, vision_extract
-from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
+from producers.bulk_extract_workers import PARALLEL_FROM_BYTES, ExtractWorkers
+from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable, raw_reference
 from producers.source_systems import EMIS, VISION, SourceSystemProfile
 from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 
@@ -23,8 +24,10 @@ log = logging.getLogger("carebus.filedrop")
 
 
 class FileDrop:
-    def __init__(self, root: Path, profile: SourceSystemProfile, pipeline: IngestPipeline, default_ods: str) -> None:
+    def __init__(self, root: Path, profile: SourceSystemProfile, pipeline: IngestPipeline, default_ods: str,
+                 extract_workers: ExtractWorkers | None = None) -> None:
         self.profile = profile
+        self.extract_workers = extract_workers
         self.pipeline = pipeline
         self.default_ods = default_ods
         self.incoming = root / profile.connector / "incoming"
@@ -76,9 +79,17 @@ class FileDrop:
         raw = path.read_bytes()
         received = now_ms()
         if self.profile is VISION:
-            # In a thread: parsing a large extract takes seconds of CPU, and the MLLP and FHIR
-            # senders on this event loop must still get their ACKs meanwhile.
-            result = await asyncio.to_thread(vision_extract.parse_extract, raw, path.name, received)
+            in_workers = self.extract_workers is not None and size >= PARALLEL_FROM_BYTES
+            if in_workers:
+                assert self.extract_workers is not None
+                result = await self.extract_workers.parse(raw, path.name, received,
+                                                          raw_reference(raw, self.profile))
+                practices = {event.ods for event in result.events}
+            else:
+                # In a thread: parsing takes CPU, and the MLLP and FHIR senders on this event loop
+                # must still get their ACKs meanwhile.
+                result = await asyncio.to_thread(vision_extract.parse_extract, raw, path.name, received)
+                practices = {event["envelope"]["source_ods_code"] for event in result.events}
             if not result.events and any(err.line == 1 for err in result.errors):
                 await self.fail(path, result.errors[0].reason, "VISION_BAD_HEADER", raw)
                 return 0, 1
@@ -86,9 +97,12 @@ class FileDrop:
                 await self.pipeline.reject(err.row, self.profile, "file", "text/csv",
                                            f"{path.name}: {err.reason}", "VISION_BAD_ROW")
             # The file is kept once, whatever practices it covers; each event carries its own ODS code.
-            practices = {event["envelope"]["source_ods_code"] for event in result.events}
             ods = practices.pop() if len(practices) == 1 else self.default_ods
-            await self.pipeline.publish(raw, self.profile, ods, "file", "text/csv", result.events, received)
+            if in_workers:
+                await self.pipeline.publish_encoded(raw, self.profile, ods, "file", "text/csv", result.events,
+                                                    received)
+            else:
+                await self.pipeline.publish(raw, self.profile, ods, "file", "text/csv", result.events, received)
             published, rejected = len(result.events), len(result.errors)
         else:
             try:
@@ -130,5 +144,6 @@ class FileDrop:
             await asyncio.sleep(max(poll_seconds, 0.01))
 
 
-def emis_and_vision(root: Path, pipeline: IngestPipeline) -> list[FileDrop]:
-    return [FileDrop(root, EMIS, pipeline, "F84001"), FileDrop(root, VISION, pipeline, "F84700")]
+def emis_and_vision(root: Path, pipeline: IngestPipeline,
+                    extract_workers: ExtractWorkers | None = None) -> list[FileDrop]:
+    return [FileDrop(root, EMIS, pipeline, "F84001"), FileDrop(root, VISION, pipeline, "F84700", extract_workers)]

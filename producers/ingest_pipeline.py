@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,25 @@ class IngestResult:
 
 
 
+@dataclass(frozen=True)
+class EncodedEvent:
+    """A source event already Avro-encoded, its raw reference set (bulk_extract_workers makes them)."""
+    event_id: str
+    key: str
+    value: bytes
+    timestamp_ms: int
+    ods: str
+
+
+def raw_reference(raw: bytes, profile: SourceSystemProfile) -> dict[str, Any]:
+    """How every event of a message points at its original on the raw topic: by key (raw_id), so
+    the events need not wait for the original's offset (partition/offset -1) and both go out in
+    one round trip."""
+    sha = hashlib.sha256(raw).hexdigest()
+    raw_id = hashlib.sha256(f"{profile.code}|{sha}".encode()).hexdigest()[:32]
+    return {"raw_id": raw_id, "sha256": sha, "topic": RAW.name, "partition": -1, "offset": -1}
+
+
 def _abandon(in_flight: list[tuple[asyncio.Future[None], list[str]]]) -> None:
     # Chunks still in flight when the publish failed: nobody waits for them now (they are not
     # marked published, so a retry sends them again), but their outcome must still be collected.
@@ -86,15 +106,37 @@ class IngestPipeline:
         A bulk file's events go in chunks of BULK_CHUNK_EVENTS, each produced at once and
         confirmed as a whole, up to BULK_CHUNKS_IN_FLIGHT at a time; the original goes with the
         first chunk. A crash part-way repeats only the chunks not yet marked as published."""
+        ref = raw_reference(raw, profile)
+
+        def encoded(chunk: list[dict[str, Any]]) -> list[OutgoingRecord]:
+            out = []
+            for event in chunk:
+                event["envelope"]["raw_message"] = ref
+                out.append(OutgoingRecord(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event),
+                                          source_event_key(event), codec.headers("SourcePatientEvent"),
+                                          event["envelope"]["occurred_at"]))
+            return out
+
+        return await self._publish(raw, ref, profile, ods, channel, content_type, events,
+                                   [e["envelope"]["event_id"] for e in events], encoded, received_at_ms)
+
+    async def publish_encoded(self, raw: bytes, profile: SourceSystemProfile, ods: str, channel: str,
+                              content_type: str, events: list[EncodedEvent], received_at_ms: int) -> IngestResult:
+        """`publish` for events already encoded (with raw_reference set), as bulk_extract_workers makes them."""
+        def records(chunk: list[EncodedEvent]) -> list[OutgoingRecord]:
+            headers = codec.headers("SourcePatientEvent")
+            return [OutgoingRecord(SOURCE_EVENTS.name, e.value, e.key, headers, e.timestamp_ms) for e in chunk]
+
+        return await self._publish(raw, raw_reference(raw, profile), profile, ods, channel, content_type, events,
+                                   [e.event_id for e in events], records, received_at_ms)
+
+    async def _publish(self, raw: bytes, ref: dict[str, Any], profile: SourceSystemProfile, ods: str, channel: str, content_type: str,
+                       events: list[Any], ids: list[str], to_records: Callable[[list[Any]], list[OutgoingRecord]],
+                       received_at_ms: int) -> IngestResult:
         started = time.perf_counter()
-        ids = [e["envelope"]["event_id"] for e in events]
         if len(raw) > MAX_INBOUND_BYTES:
             await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
-        sha = hashlib.sha256(raw).hexdigest()
-        raw_id = hashlib.sha256(f"{profile.code}|{sha}".encode()).hexdigest()[:32]
-        # The events find the original by its key (raw_id) from their recorded_at, so they need
-        # not wait for its offset (partition/offset -1): both go out in one round trip.
-        ref = {"raw_id": raw_id, "sha256": sha, "topic": RAW.name, "partition": -1, "offset": -1}
+        raw_id, sha = ref["raw_id"], ref["sha256"]
         published = 0
         in_flight: list[tuple[asyncio.Future[None], list[str]]] = []
         try:
@@ -109,11 +151,7 @@ class IngestPipeline:
                         "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
                         "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
                         raw_id, codec.headers("RawMessage"), received_at_ms))
-                for event in chunk:
-                    event["envelope"]["raw_message"] = ref
-                    records.append(OutgoingRecord(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event),
-                                                  source_event_key(event), codec.headers("SourcePatientEvent"),
-                                                  event["envelope"]["occurred_at"]))
+                records += to_records(chunk)
                 if max(len(r.value) for r in records) > MAX_RECORD_BYTES:
                     await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
                 in_flight.append((self.producer.produce_all(records), chunk_ids))
@@ -140,7 +178,7 @@ class IngestPipeline:
         MESSAGES.labels(profile.connector, channel, "accepted").inc()
         EVENTS.labels(profile.connector).inc(published)
         LATENCY.labels(profile.connector, channel).observe(time.perf_counter() - started)
-        if len(events) == 1:
+        if len(events) == 1 and isinstance(events[0], dict):
             # DEBUG: at thousands of messages a second one line each drowns the log (and was a
             # tenth of the connector's CPU); the raw topic is the message store, metrics the tally.
             if log.isEnabledFor(logging.DEBUG):

@@ -17,7 +17,8 @@ import pytest
 
 from carebus import redis_server
 from schemas import codec
-from schemas.topics import DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, PATIENT_CHANGES, RAW
+from schemas.topics import (DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, PATIENT_CHANGES, RAW,
+                            SOURCE_EVENTS)
 from simulator.traffic import MllpClient, ack_code, vision_csv, write_drop_file
 from tests.conftest import ServiceProcess
 from tests.kafka_reading import read_all
@@ -160,6 +161,39 @@ def test_past_the_connection_cap_a_sender_is_told_to_retry(strict_connectors, un
 
 
 # ---- file drops -----------------------------------------------------------------------------------
+def test_a_large_extract_is_loaded_by_the_extract_workers_whole_and_once(bus_settings, connectors, unique):
+    """Over PARALLEL_FROM_BYTES a Vision extract is parsed and encoded in worker processes: every
+    patient arrives once, a bad row is parked with its own line number, the file is processed."""
+    import random
+    from dataclasses import replace
+
+    from producers.bulk_extract_workers import PARALLEL_FROM_BYTES
+    from simulator import population as pop
+    from simulator.traffic import MessageFactory
+
+    recs = [replace(r, local_id=f"L{i}{unique}") for i, r in
+            enumerate(r for r in pop.build(11000, seed=11).records if r.system == "INPS_VISION")]
+    factory = MessageFactory(random.Random(11))
+    rows = [row for r in recs for row in factory.vision_rows(r)]
+    bad_at = len(rows) // 2
+    rows.insert(bad_at, {"record_type": "PROBLEM", "patient_id": f"L0{unique}", "practice_ods": recs[0].ods})
+    extract = vision_csv(rows)
+    assert len(extract) >= PARALLEL_FROM_BYTES
+    name = f"large-{unique}.csv"
+    drop = bus_settings.data_dir / "drop" / "vision"
+    write_drop_file(drop / "incoming", name, extract)
+    wait_for(lambda: (drop / "processed" / name).exists(), timeout=120, what="the large extract processed")
+    events = [codec.decode(m.value(), "SourcePatientEvent") for m in read_all(
+        bus_settings, SOURCE_EVENTS.name, expect=len(recs), timeout=60,
+        predicate=lambda m: (m.key() or b"").endswith(unique.encode()) and b"vision.extract" in m.value())]
+    assert sorted(e["patient"]["local_identifier"]["value"] for e in events) == sorted(r.local_id for r in recs)
+    assert {e["envelope"]["correlation_id"] for e in events} == {name}
+    parked = dead_letters(bus_settings, name)
+    assert [d["reason"] for d in parked] == [f"{name}: line {bad_at + 2}: PROBLEM row has no code"]
+    [dead] = parked
+    assert dead["error_code"] == "VISION_BAD_ROW" and f"L0{unique}".encode() in dead["payload"]
+
+
 def test_unloadable_files_go_to_failed_with_a_reason_and_later_files_still_load(bus_settings, connectors, unique,
                                                                                 tmp_path):
     vision = bus_settings.data_dir / "drop" / "vision"

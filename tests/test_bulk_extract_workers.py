@@ -1,0 +1,60 @@
+"""A Vision extract parsed and encoded in worker processes gives exactly what the connector's own
+parse and encode give: the same events, byte for byte, the same rejected rows with their line
+numbers, whatever shard each patient fell into, with a patient's rows scattered over the file."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from producers import vision_extract
+from producers.bulk_extract_workers import ExtractWorkers
+from producers.ingest_pipeline import raw_reference
+from producers.source_systems import VISION
+from schemas import codec
+from schemas.topics import source_event_key
+from simulator import population as pop
+from simulator.traffic import MessageFactory, vision_csv
+
+
+@pytest.fixture(scope="module")
+def workers():
+    pool = ExtractWorkers(3)
+    yield pool
+    pool.close()
+
+
+def scattered_extract(seed: int) -> bytes:
+    population = pop.build(120, seed=seed)
+    recs = [r for r in population.records if r.system == "INPS_VISION"] or population.records[:20]
+    factory = MessageFactory(random.Random(seed))
+    rows = [row for r in recs for row in factory.vision_rows(r)]
+    rows += [{"record_type": "PROBLEM", "patient_id": recs[0].local_id, "practice_ods": recs[0].ods},   # no code
+             {"record_type": "SPACESHIP", "patient_id": "X", "practice_ods": "E87001"}]
+    random.Random(seed).shuffle(rows)       # a patient's rows anywhere in the file
+    return vision_csv(rows)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_workers_give_the_connectors_own_events_and_errors(workers, seed):
+    raw = scattered_extract(seed)
+    ref = raw_reference(raw, VISION)
+    single = vision_extract.parse_extract(raw, "f.csv", 1234)
+    for event in single.events:
+        event["envelope"]["raw_message"] = ref
+    expected = {event["envelope"]["event_id"]: (source_event_key(event), codec.encode("SourcePatientEvent", event))
+                for event in single.events}
+    sharded = asyncio.run(workers.parse(raw, "f.csv", 1234, ref))
+    assert {e.event_id: (e.key, e.value) for e in sharded.events} == expected
+    assert len(sharded.events) == len(expected) > 10
+    assert [(err.line, err.reason, err.row) for err in sharded.errors] == \
+        [(err.line, err.reason, err.row) for err in single.errors]
+    assert len(sharded.errors) == 2
+    lines = raw.decode().splitlines()
+    assert all(lines[err.line - 1].encode() == err.row for err in sharded.errors), "the file's own line numbers"
+
+
+def test_an_unusable_header_is_a_line_one_error(workers):
+    result = asyncio.run(workers.parse(b"a,b\n1,2\n", "f.csv", 0, {}))
+    assert not result.events and result.errors[0].line == 1 and "header lacks columns" in result.errors[0].reason
