@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import random
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 from confluent_kafka import Producer
@@ -87,10 +85,6 @@ def main() -> None:
     hl7 = [factory.hl7_adt(r, "A01") for r in people.records if r.system == "CERNER_MILLENNIUM"][: args.messages]
     fhir = [(r.ods, factory.emis_bundle(r)) for r in people.records if r.system == "EMIS_WEB"][: args.messages // 2]
     vision_recs = [r for r in people.records if r.system == "INPS_VISION"][: args.vision_patients]
-    # The senders share this process with the population: without this, the cyclic collector
-    # walks its millions of objects again and again, and the senders, not the connectors, set
-    # the pace.
-    gc.freeze()
     env = {**os.environ, "CAREBUS_FILE_DROP_POLL_MS": "20", "CAREBUS_ALLOW_DEV_SECRETS": "1"}   # the bulk figure is loading, not waiting
     proc = subprocess.Popen([sys.executable, "-m", "carebus.cli", "connectors"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
