@@ -73,6 +73,13 @@ class Settings:
     mllp_idle_timeout: int = 600
     mllp_message_timeout: int = 30
     mllp_max_connections: int = 200
+    # MLLP over mutual TLS (producers/mllp_senders.py): the connector's certificate and key, the CA
+    # that signs senders' certificates, and the senders file (what each certificate may send for).
+    # All four, or none (then plain MLLP, refused outside CAREBUS_ALLOW_DEV_SECRETS=1).
+    mllp_tls_certificate: str = ""
+    mllp_tls_key: str = ""
+    mllp_tls_client_ca: str = ""
+    mllp_senders_file: str = ""
     delivery_backoff_base: str = "0.5"   # seconds; retry n waits up to base * 2**n (full jitter)
     # How often the delivery service samples the monitor for the dashboard's last-hour charts.
     monitor_sample_seconds: int = 10
@@ -180,6 +187,10 @@ ENVIRONMENT = {
     "CAREBUS_MLLP_IDLE_TIMEOUT": "mllp_idle_timeout",
     "CAREBUS_MLLP_MESSAGE_TIMEOUT": "mllp_message_timeout",
     "CAREBUS_MLLP_MAX_CONNECTIONS": "mllp_max_connections",
+    "CAREBUS_MLLP_TLS_CERTIFICATE": "mllp_tls_certificate",
+    "CAREBUS_MLLP_TLS_KEY": "mllp_tls_key",
+    "CAREBUS_MLLP_TLS_CLIENT_CA": "mllp_tls_client_ca",
+    "CAREBUS_MLLP_SENDERS_FILE": "mllp_senders_file",
     "CAREBUS_DROP_DIR": "drop_dir",
     "CAREBUS_FILE_DROP_POLL_MS": "file_drop_poll_ms",
     "CAREBUS_BULK_WORKERS": "bulk_workers",
@@ -265,3 +276,24 @@ def require_own_secrets(settings: Settings) -> None:
     if problems:
         raise ConfigError("set your own " + " and ".join(problems) + "; or CAREBUS_ALLOW_DEV_SECRETS=1 for a "
                           "throw-away local run (carebus demo sets it)")
+
+
+MLLP_TLS_VARIABLES = ("CAREBUS_MLLP_TLS_CERTIFICATE", "CAREBUS_MLLP_TLS_KEY", "CAREBUS_MLLP_TLS_CLIENT_CA",
+                      "CAREBUS_MLLP_SENDERS_FILE")
+
+
+def mllp_tls_wanted(settings: Settings) -> bool:
+    """True if MLLP runs over mutual TLS; raises ConfigError for half a configuration, or for plain
+    MLLP outside CAREBUS_ALLOW_DEV_SECRETS=1 (anyone reaching the port could write any record)."""
+    values = (settings.mllp_tls_certificate, settings.mllp_tls_key, settings.mllp_tls_client_ca,
+              settings.mllp_senders_file)
+    if all(values):
+        return True
+    if any(values):
+        missing = [name for name, value in zip(MLLP_TLS_VARIABLES, values) if not value]
+        raise ConfigError("MLLP over TLS needs all of its settings; missing " + ", ".join(missing))
+    if settings.allow_dev_secrets != "1":
+        raise ConfigError("MLLP without TLS lets anyone who reaches the port write into any record: set "
+                          + ", ".join(MLLP_TLS_VARIABLES) + "; or CAREBUS_ALLOW_DEV_SECRETS=1 for a "
+                          "throw-away local run")
+    return False

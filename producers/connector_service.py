@@ -18,14 +18,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from carebus.api_auth import store_for
-from carebus.config import Settings
+from carebus.config import Settings, mllp_tls_wanted
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
 from carebus.redis_connection import async_client
-from producers.fhir_endpoint import fhir_router
 from producers.bulk_extract_workers import ExtractWorkers
+from producers.fhir_endpoint import fhir_router
 from producers.file_drop import FileDrop, emis_and_vision
 from producers.ingest_pipeline import IngestPipeline
+from producers import mllp_senders
 from producers.mllp_listener import MllpListener
 from producers.source_systems import CERNER, RIO
 
@@ -66,6 +67,10 @@ async def serve(settings: Settings) -> None:
     ready = {"mllp": False, "http": False}
     limits = {"idle_timeout": settings.mllp_idle_timeout, "message_timeout": settings.mllp_message_timeout,
               "max_connections": settings.mllp_max_connections}
+    if mllp_tls_wanted(settings):
+        limits["tls"] = mllp_senders.server_tls_context(settings.mllp_tls_certificate, settings.mllp_tls_key,
+                                                        settings.mllp_tls_client_ca)
+        limits["senders"] = mllp_senders.load_senders(settings.mllp_senders_file)
     listeners = [MllpListener(CERNER, "RAL", pipeline, settings.bind_host, settings.mllp_port, **limits),
                  MllpListener(RIO, "RAT", pipeline, settings.bind_host, settings.mllp_port + 1, **limits)]
     for listener in listeners:

@@ -99,6 +99,13 @@ def fhir_router(pipeline: IngestPipeline, credentials: CredentialStore) -> APIRo
             except StoreUnavailable:
                 return _problem(503, "transient", "temporarily unable to record the rejection; retry")
             return _problem(500, "exception", "internal mapping error; the body was parked for investigation")
+        outside = fhir_mapper.outside_sender_scope(events, profile, ods)
+        if outside is not None:
+            try:
+                await pipeline.reject(raw, profile, "fhir-rest", FHIR_JSON, outside, "FHIR_OUT_OF_SCOPE")
+            except StoreUnavailable:
+                return _problem(503, "transient", "temporarily unable to record the rejection; retry")
+            return _problem(403, "forbidden", outside)
         try:
             result = await pipeline.publish(raw, profile, ods, "fhir-rest", FHIR_JSON, events, received)
         except MessageTooLarge as exc:

@@ -299,3 +299,19 @@ def map_payload(raw: bytes, profile: SourceSystemProfile, ods: str, received_at_
     if not events:
         raise _fail("nothing to record: no Patient and no clinical resource", "required")
     return events
+
+
+CAREBUS_ID_NAMESPACE = "urn:carebus:id:"
+
+
+def outside_sender_scope(events: list[dict[str, Any]], profile: SourceSystemProfile, ods: str) -> str | None:
+    """Why these events are outside an authenticated sender's scope, or None. A local identifier in
+    carebus's per-organisation namespace must be the sender's own: another organisation's (or
+    another system's) would file the record, and overwrite what that organisation sent, where the
+    sender may not write. (File drops are placed by the operator and are not checked.)"""
+    own = profile.identifier_system(ods)
+    for event in events:
+        system = event["patient"]["local_identifier"]["system"]
+        if system.startswith(CAREBUS_ID_NAMESPACE) and system != own:
+            return f"identifier system {system} belongs to another organisation or system; this sender may use {own}"
+    return None

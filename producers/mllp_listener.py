@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 
 from carebus.clock import now_ms
 from carebus.mllp_framing import END, START, frame
-from producers import hl7v2_mapper
+from producers import hl7v2_mapper, mllp_senders
 from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
+from producers.mllp_senders import SenderIdentity
 from producers.source_systems import SourceSystemProfile
 from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 
@@ -78,11 +80,15 @@ class MllpListener:
     idle_timeout: float = 600.0
     message_timeout: float = 30.0
     max_connections: int = 200
+    # Mutual TLS and who may send what (mllp_senders); None: plain MLLP (development only).
+    tls: ssl.SSLContext | None = None
+    senders: dict[str, SenderIdentity] | None = None
     _server: asyncio.base_events.Server | None = None
     _open: set[asyncio.StreamWriter] = field(default_factory=set)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=READ_CHUNK)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=READ_CHUNK, ssl=self.tls,
+                                                  ssl_handshake_timeout=30 if self.tls else None)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -92,9 +98,14 @@ class MllpListener:
                 writer.close()
             await self._server.wait_closed()
 
-    async def handle(self, raw: bytes) -> bytes:
-        """One message in, one ACK out. Never raises: every message gets an answer."""
+    async def handle(self, raw: bytes, sender: SenderIdentity | None = None) -> bytes:
+        """One message in, one ACK out. Never raises: every message gets an answer. With TLS,
+        `sender` is the connection's verified identity (None: its certificate is not registered)."""
         try:
+            if self.tls is not None:
+                refused = mllp_senders.refusal(sender, self.profile, raw)
+                if refused is not None:
+                    return await self._refuse_sender(raw, refused)
             return await self._handle(raw)
         except Exception:  # noqa: BLE001 - whatever went wrong, the sender hears "try again"
             log.exception("unexpected failure on a %s message", self.profile.connector)
@@ -127,6 +138,16 @@ class MllpListener:
             return hl7v2_mapper.build_ack(raw, "AE", str(exc), "STORE_UNAVAILABLE")
         return hl7v2_mapper.build_ack(raw, "AA")
 
+    async def _refuse_sender(self, raw: bytes, reason: str) -> bytes:
+        # The reason names the certificate and an organisation code, never patient data.
+        log.warning("%s: refused a message: %s", self.profile.connector, reason)
+        try:
+            await self.pipeline.reject(raw, self.profile, "mllp", "application/hl7-v2", reason, "SENDER_NOT_AUTHORISED")
+        except StoreUnavailable:
+            return hl7v2_mapper.build_ack(raw, "AE", "temporarily unable to record the rejection; retry",
+                                          "STORE_UNAVAILABLE")
+        return hl7v2_mapper.build_ack(raw, "AR", reason, "SENDER_NOT_AUTHORISED")
+
     async def refuse_oversized(self, f: Frame) -> bytes:
         try:
             await self.pipeline.refuse_oversized(f.message, f.size, self.profile, "mllp", "application/hl7-v2")
@@ -140,6 +161,13 @@ class MllpListener:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         over_cap = len(self._open) >= self.max_connections
         self._open.add(writer)
+        sender = None
+        if self.tls is not None:
+            cn = mllp_senders.common_name(writer.get_extra_info("peercert"))
+            sender = (self.senders or {}).get(cn or "")
+            if sender is None:
+                log.warning("%s: a TLS connection whose certificate (CN %s) is not a registered sender",
+                            self.profile.connector, cn)
         try:
             while True:
                 try:
@@ -160,7 +188,7 @@ class MllpListener:
                     writer.write(frame(ack))
                     await writer.drain()
                     return
-                ack = await self.refuse_oversized(f) if f.too_large else await self.handle(f.message)
+                ack = await self.refuse_oversized(f) if f.too_large else await self.handle(f.message, sender)
                 writer.write(frame(ack))
                 await writer.drain()
         except (ConnectionResetError, BrokenPipeError):

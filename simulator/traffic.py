@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import random
+import ssl
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -131,14 +132,14 @@ def vision_csv(rows: list[dict[str, str]]) -> bytes:
 class MllpClient:
     """A sender as a hospital interface engine would be: send, wait for the ACK, resend on AE."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, self.tls = host, port, tls
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def send(self, message: bytes, timeout: float = 30.0) -> bytes:
         if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port, ssl=self.tls)
         self._writer.write(frame(message))
         await self._writer.drain()
         return unframe(await asyncio.wait_for(self._reader.readuntil(END), timeout))

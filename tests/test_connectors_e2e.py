@@ -160,6 +160,24 @@ def test_emis_bundle_over_fhir_rest(bus_settings, connectors, unique):
     assert event["envelope"]["source_system"] == "EMIS_WEB" and event["envelope"]["source_ods_code"] == "F84001"
 
 
+@pytest.mark.parametrize("system", ["urn:carebus:id:emis:emis-guid:F84002", "urn:carebus:id:cerner:mrn:RAL"])
+def test_a_fhir_sender_cannot_file_a_record_under_another_organisations_identifiers(bus_settings, connectors,
+                                                                                    unique, system):
+    """The EMIS sender of practice F84001 names a patient by another practice's (or a hospital's)
+    identifier system: refused with an OperationOutcome, parked, never stored."""
+    body = json.dumps({"resourceType": "Patient", "id": f"O{unique}",
+                       "identifier": [{"system": system, "value": f"O{unique}"}],
+                       "name": [{"family": "Scope", "given": ["Test"]}]}).encode()
+    resp = _fhir(bus_settings, "/fhir/emis/Patient", body)
+    assert resp.status_code == 403, resp.text
+    assert resp.json()["resourceType"] == "OperationOutcome" and system in resp.json()["issue"][0]["diagnostics"]
+    [dead] = dead_letters(bus_settings, f"O{unique}".encode())
+    assert dead["error_code"] == "FHIR_OUT_OF_SCOPE"
+    assert not events_for(bus_settings, f"O{unique}", timeout=5)
+    own = body.replace(system.encode(), b"urn:carebus:id:emis:emis-guid:F84001")
+    assert _fhir(bus_settings, "/fhir/emis/Patient", own).status_code == 201
+
+
 def test_fhir_rest_authentication_and_errors(bus_settings, connectors, unique):
     body = json.dumps({"resourceType": "Patient", "id": f"X{unique}", "active": "perhaps"}).encode()
     assert _fhir(bus_settings, "/fhir/emis", body, token=None).status_code == 401

@@ -33,6 +33,15 @@ def wait_for(predicate, timeout=180.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
+def person_story(redis_client, person: str) -> str:
+    """What a failed delivery test prints: who is in the person (joined to another test's
+    patient?), their demographics, and how far its record had got."""
+    graph = RedisGraphStore(redis_client)
+    members = graph.members(person)
+    return (f"person {person}: members {members}, demographics {graph.demographics(members)}, "
+            f"record {redis_client.hgetall(f'carebus:record_meta:{person}')}")
+
+
 def person_of(redis_client, key: str) -> str:
     return wait_for(lambda: RedisGraphStore(redis_client).person_of(key) or "", what="linking")
 
@@ -193,7 +202,9 @@ def test_patients_who_objected_are_never_sent(bus_settings, stack, receiver, red
     assert b"MSA|AA" in mllp_send(bus_settings.mllp_port, objecting)[0]
     send_story(bus_settings, unique + "b", n=1)   # a normal patient after it, to know delivery moved on
     later = person_of(redis_client, cerner_key(f"S{unique}b"))
-    wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == later], what="later delivery")
+    wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == later],
+             what=lambda: f"later delivery; now {RedisGraphStore(redis_client).person_of(cerner_key(f'S{unique}b'))}; "
+                          f"{person_story(redis_client, later)}; received {len(receiver.for_path(path))}")
     objector = person_of(redis_client, cerner_key(f"O{unique}"))
     assert not [x for x in receiver.for_path(path) if x["json"]["person_id"] == objector]
 

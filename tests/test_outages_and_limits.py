@@ -23,7 +23,7 @@ from simulator.traffic import MllpClient, ack_code, vision_csv, write_drop_file
 from tests.conftest import ServiceProcess
 from tests.kafka_reading import read_all
 from tests.test_connectors_e2e import adt, mllp_send
-from tests.test_delivery_e2e import own_identity, wait_for
+from tests.test_delivery_e2e import own_identity, person_story, wait_for
 
 pytestmark = pytest.mark.integration
 EMIS = {"Authorization": "Bearer dev-emis-token", "X-Ods-Code": "F84001"}
@@ -267,16 +267,6 @@ def test_a_redis_outage_costs_no_ack_and_no_event(bus_settings, connectors, link
 
 
 # ---- a subscriber outage ------------------------------------------------------------------------
-def person_story(redis_client, person: str) -> str:
-    """What a failed delivery-order test prints: who else is in the person (joined to another
-    test's patient?) and how far its record had got."""
-    from streams.identity_store import RedisGraphStore
-
-    graph = RedisGraphStore(redis_client)
-    members = graph.members(person)
-    return (f"person {person}: members {members}, demographics {graph.demographics(members)}, "
-            f"record {redis_client.hgetall(f'carebus:record_meta:{person}')}")
-
 def delivery_stats(redis_client, subscription_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in redis_client.hgetall(f"carebus:delivery:{subscription_id}").items()}
 
@@ -313,7 +303,8 @@ def test_by_default_a_subscriber_outage_waits_and_loses_nothing_and_no_order(bus
         predicate=lambda m: m.key() == person.encode() and m.timestamp()[1] >= subscribed_at))
     assert published and versions == list(range(versions[0], versions[-1] + 1)), \
         f"every change, once, in order: {versions} {stats}"
-    assert versions[0] <= published[0] and set(published) <= set(versions), (versions, published)
+    assert versions[0] <= published[0] and set(published) <= set(versions), (versions, published,
+                                                                          person_story(redis_client, person))
     assert int(stats.get("parked", 0)) == 0 and int(stats["failed_attempts"]) >= 3, stats
     wait_for(lambda: delivery_stats(redis_client, sub["id"]).get("status") == "active", what="active again")
     down.close()
