@@ -14,6 +14,8 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from consumers.audit_trail import spreadsheet_safe
+
 # Reading a long history from the log takes time; the API answers when it has all of it.
 READ_TIMEOUT = 600.0
 
@@ -106,6 +108,7 @@ def _render(rows: list[dict[str, Any]], fmt: str) -> str:
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+            writer.writerow({k: spreadsheet_safe(json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+                             for k, v in r.items()})
         return buf.getvalue()
     return json.dumps(rows, indent=1)

@@ -40,6 +40,7 @@ def _env_int(name: str, default: int, minimum: int = 0, maximum: int = 65535 * 1
 # The development secrets: published in this repository, so never good enough for real data.
 DEV_CREDENTIALS_FILE = REPO_ROOT / "deploy" / "dev-credentials.json"
 DEV_LOG_PSEUDONYM_KEY = "carebus-dev-log-key"
+DEV_SECRETS_KEY = "carebus-dev-secrets-key"
 DEV_TOKENS = ("dev-subscriber2-token", "dev-subscriber-token", "dev-auditor-token", "dev-emis-token",
               "dev-cerner-token", "dev-rio-token", "dev-vision-token")
 
@@ -91,6 +92,11 @@ class Settings:
     bulk_workers: int = 0
     # HMAC key used to pseudonymise identifiers in logs (never log an NHS number in clear).
     log_pseudonym_key: str = field(default=DEV_LOG_PSEUDONYM_KEY, repr=False)
+    # Seals webhook signing secrets at rest in Redis (consumers/sealed_secrets.py).
+    secrets_key: str = field(default=DEV_SECRETS_KEY, repr=False)
+    # Hosts or networks (comma-separated, e.g. "epr.trust.local,10.20.0.0/16") webhooks may reach
+    # although they are private or loopback (consumers/webhook_address_guard.py).
+    webhook_allow_hosts: str = ""
     credentials_file: Path = DEV_CREDENTIALS_FILE
     # Kafka client security, passed to every consumer, producer and admin client as librdkafka
     # settings (security.protocol SASL_SSL / SSL, SCRAM or PLAIN credentials, TLS files).
@@ -195,6 +201,8 @@ ENVIRONMENT = {
     "CAREBUS_FILE_DROP_POLL_MS": "file_drop_poll_ms",
     "CAREBUS_BULK_WORKERS": "bulk_workers",
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
+    "CAREBUS_SECRETS_KEY": "secrets_key",
+    "CAREBUS_WEBHOOK_ALLOW_HOSTS": "webhook_allow_hosts",
     "CAREBUS_ALLOW_DEV_SECRETS": "allow_dev_secrets",
     "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
     "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
@@ -273,6 +281,8 @@ def require_own_secrets(settings: Settings) -> None:
         problems.append("CAREBUS_CREDENTIALS_FILE (it accepts development tokens, which are printed in the README)")
     if settings.log_pseudonym_key == DEV_LOG_PSEUDONYM_KEY:
         problems.append("CAREBUS_LOG_PSEUDONYM_KEY (the development key would make log pseudonyms reversible)")
+    if settings.secrets_key == DEV_SECRETS_KEY:
+        problems.append("CAREBUS_SECRETS_KEY (the development key would open the webhook secrets kept in Redis)")
     if problems:
         raise ConfigError("set your own " + " and ".join(problems) + "; or CAREBUS_ALLOW_DEV_SECRETS=1 for a "
                           "throw-away local run (carebus demo sets it)")

@@ -16,6 +16,12 @@ from functools import lru_cache
 from carebus.config import load_settings
 
 _NHS_LIKE = re.compile(r"(?<!\d)(\d{3}[ -]?\d{3}[ -]?\d{4})(?!\d)")
+# A pseudonym's hex can hold ten digits in a row: it is matched first and kept as it is.
+_PSEUDONYM_OR_NHS_LIKE = re.compile(r"p:[0-9a-f]{12}(?![0-9a-f])|" + _NHS_LIKE.pattern)
+
+
+def _redact(match: re.Match[str]) -> str:
+    return match.group(0) if match.group(0).startswith("p:") else "[redacted]"
 
 
 def pseudonym(identifier: str | None, key: str | None = None) -> str:
@@ -36,7 +42,7 @@ class RedactNhsNumbers(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if _NHS_LIKE.search(message):
-            record.msg = _NHS_LIKE.sub("[redacted]", message)
+            record.msg = _PSEUDONYM_OR_NHS_LIKE.sub(_redact, message)
             record.args = ()
         return True
 

@@ -95,12 +95,24 @@ def _original(settings: Settings, ref: dict[str, Any], received_at: int):  # noq
     return next(read_range(settings, RAW.name, received_at, FOREVER, key=ref["raw_id"]), None)
 
 
+# A cell starting with one of these is a formula to a spreadsheet ("CSV injection"): a sender's
+# text such as =HYPERLINK(...) would run when an auditor opens the export.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """The value, with a leading apostrophe if a spreadsheet would read it as a formula (OWASP's advice)."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def to_csv(entries: list[TimelineEntry]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["at", "kind", "system", "organisation", "what", "detail", "original"])
     writer.writeheader()
     for e in entries:
-        writer.writerow(e.as_row())
+        writer.writerow({k: spreadsheet_safe(v) for k, v in e.as_row().items()})
     return buf.getvalue()
 
 

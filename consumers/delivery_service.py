@@ -41,6 +41,7 @@ from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
 from consumers.subscription_scope import CLINICAL_SECTIONS, ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
+from consumers.webhook_address_guard import WebhookAddressRefused, webhook_policy
 from schemas import codec, registry
 from schemas.topics import DLQ_DELIVERY, LINK_REVIEW, PATIENT_CHANGES
 
@@ -82,7 +83,7 @@ class DeliveryService:
         self.credentials = store_for(str(settings.credentials_file))
         self.redis = async_client(settings)
         self.redis_sync = sync_client(settings)
-        self.store = SubscriptionStore(self.redis)
+        self.store = SubscriptionStore(self.redis, settings.secrets_key)
         self.records = record_store.AsyncRecordReader(self.redis)
         self.producer = DurableProducer(settings)
         self.http = httpx.AsyncClient(timeout=10)
@@ -199,8 +200,11 @@ def build_app(service: DeliveryService) -> FastAPI:
         require(client, "subscriber")
         if req.channel not in CHANNELS:
             raise HTTPException(400, f"channel must be one of {', '.join(CHANNELS)}")
-        if req.channel != "sse" and not req.endpoint.startswith(("http://", "https://")):
-            raise HTTPException(400, "endpoint must be an http(s) URL for push channels")
+        if req.channel != "sse":
+            try:
+                await webhook_policy(service.settings).check(req.endpoint)
+            except WebhookAddressRefused as exc:
+                raise HTTPException(400, f"endpoint refused: {exc}") from None
         bad_types = set(req.change_types) - set(CHANGE_TYPES)
         bad_sections = set(req.sections) - set(CLINICAL_SECTIONS) - {"demographics"}
         if bad_types or bad_sections:

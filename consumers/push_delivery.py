@@ -41,6 +41,7 @@ from consumers.change_reader import open_subscription_consumer
 from consumers.notification_format import fhir_rest_hook_bundle, sign, webhook_body
 from consumers.subscription_scope import ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
+from consumers.webhook_address_guard import GuardedResolver, webhook_policy
 from schemas import codec
 from schemas.topics import DLQ_DELIVERY, PATIENT_CHANGES
 
@@ -153,8 +154,9 @@ class Dispatcher:
     def _http(self) -> aiohttp.ClientSession:
         # Created on first use: an aiohttp session belongs to the running event loop.
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout,
-                                                  connector=aiohttp.TCPConnector(limit=LANES, keepalive_timeout=30))
+            # The guarded resolver re-checks every connection's addresses (webhook_address_guard).
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(
+                limit=LANES, keepalive_timeout=30, resolver=GuardedResolver(webhook_policy(self.settings))))
         return self._session
 
     async def close(self) -> None:
@@ -220,8 +222,10 @@ class Dispatcher:
                 return "delivered", ""
             # Only the status: an endpoint's error text can echo what it was sent.
             last_error = f"HTTP {status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            last_error = type(exc).__name__
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            # One text for every way of not getting an answer: "refused" against "timed out" would
+            # let a subscriber map which ports are open wherever its URL points.
+            last_error = "no HTTP answer"
         except Exception as exc:  # noqa: BLE001 - any failure to hand over counts as a failed attempt
             last_error = type(exc).__name__
             log.warning("subscription %s: unexpected %s while posting", self.sub.subscription_id,

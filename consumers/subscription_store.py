@@ -10,29 +10,31 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from consumers.sealed_secrets import seal, unseal
 from consumers.subscription_scope import Subscription
 
 P = "carebus:subscription:"
 
 
-def _to_json(sub: Subscription, secret: str, created_at: int) -> str:
+def _to_json(sub: Subscription, secret: str, created_at: int, key: str) -> str:
     raw = asdict(sub)
     for k in ("change_types", "ods_codes", "persons", "sections"):
         raw[k] = sorted(raw[k])
-    return json.dumps({**raw, "secret": secret, "created_at": created_at})
+    return json.dumps({**raw, "secret": seal(secret, key, sub.subscription_id), "created_at": created_at})
 
 
-def _from_json(text: bytes | str) -> tuple[Subscription, str, int]:
+def _from_json(text: bytes | str, key: str) -> tuple[Subscription, str, int]:
     raw = json.loads(text)
     secret, created = raw.pop("secret"), raw.pop("created_at")
     for k in ("change_types", "ods_codes", "persons", "sections"):
         raw[k] = frozenset(raw[k])
-    return Subscription(**raw), secret, created
+    return Subscription(**raw), unseal(secret, key, raw["subscription_id"]), created
 
 
 class SubscriptionStore:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, secrets_key: str) -> None:
         self.r = client
+        self.key = secrets_key
 
     async def create(self, client_id: str, channel: str, endpoint: str, change_types: set[str], ods_codes: set[str],
                      persons: set[str], sections: set[str], max_attempts: int) -> tuple[Subscription, str, int]:
@@ -41,13 +43,13 @@ class SubscriptionStore:
                            "active", max_attempts)
         secret = secrets.token_urlsafe(32)
         created = int(time.time() * 1000)
-        await self.r.set(f"{P}{sub.subscription_id}", _to_json(sub, secret, created))
+        await self.r.set(f"{P}{sub.subscription_id}", _to_json(sub, secret, created, self.key))
         await self.r.sadd("carebus:subscriptions", sub.subscription_id)
         return sub, secret, created
 
     async def get(self, subscription_id: str) -> tuple[Subscription, str, int] | None:
         raw = await self.r.get(f"{P}{subscription_id}")
-        return _from_json(raw) if raw else None
+        return _from_json(raw, self.key) if raw else None
 
     async def all(self) -> list[tuple[Subscription, str, int]]:
         ids = sorted(b.decode() for b in await self.r.smembers("carebus:subscriptions"))

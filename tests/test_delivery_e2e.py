@@ -92,6 +92,8 @@ def stack(connectors, link_workers, delivery):
 
 def test_signed_notifications_arrive_in_order(bus_settings, stack, receiver, redis_client, unique):
     sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(f"/ordered/{unique}"))
+    stored = redis_client.get(f"carebus:subscription:{sub['id']}").decode()
+    assert sub["secret"] not in stored and '"secret": "v1:' in stored, "the signing secret is sealed at rest"
     send_story(bus_settings, unique)
     person = person_of(redis_client, cerner_key(f"S{unique}"))
     got = wait_for(lambda: [r for r in receiver.for_path(f"/ordered/{unique}") if r["json"]["person_id"] == person]
