@@ -136,8 +136,10 @@ def run(settings: Settings, people: int, batch: int, duration: float, live: bool
         created = httpx.post(f"{api}/subscriptions", headers={"Authorization": f"Bearer {SUBSCRIBER}"},
                              json={"channel": "webhook", "endpoint": f"http://127.0.0.1:{sub.port}/carebus"}).json()
         sub.secret = created["secret"]
-        dashboard = f"{api}/dashboard#token={OPERATOR}"
-        console.print(f"dashboard: {dashboard}")
+        code = httpx.post(f"{api}/dashboard/sign-in-codes", headers={"Authorization": f"Bearer {OPERATOR}"}).json()
+        dashboard = f"{api}/dashboard (sign in with {OPERATOR})"
+        console.print(f"dashboard: {api}{code['open']} (a one-time link for the next two minutes; after that open "
+                      f"{api}/dashboard and sign in with the development operator token {OPERATOR})")
         asyncio.run(_inject_bad_messages(settings))
         target = Target("127.0.0.1", settings.mllp_port, settings.http_port, settings.drop_dir)
         sent = 0

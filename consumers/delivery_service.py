@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -32,6 +32,7 @@ from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import configure_logging
 from consumers import access_audit, audit_trail, dead_letter_replay, fhir_read_api
 from consumers.bus_monitor import BusMonitor
+from consumers.dashboard_sessions import CODE_SECONDS, COOKIE, SESSION_SECONDS, DashboardSessions
 from consumers.monitor_history import MonitorHistory, sample, series
 from consumers.change_reader import open_subscription_consumer, read_range, time_ms as _ms
 from consumers.notification_format import webhook_body
@@ -48,11 +49,22 @@ from schemas.topics import DLQ_DELIVERY, LINK_REVIEW, PATIENT_CHANGES
 log = logging.getLogger("carebus.delivery_service")
 DASHBOARD = Path(__file__).with_name("dashboard.html")
 # uPlot (MIT, https://github.com/leeoniya/uPlot), vendored: the dashboard's charts.
-DASHBOARD_STATIC = {"uPlot.iife.min.js": (Path(__file__).parent / "dashboard_static" / "uPlot.iife.min.js",
-                                          "text/javascript"),
-                    "uPlot.min.css": (Path(__file__).parent / "dashboard_static" / "uPlot.min.css", "text/css")}
+DASHBOARD_STATIC = {name: (Path(__file__).parent / "dashboard_static" / name, kind) for name, kind in (
+    ("uPlot.iife.min.js", "text/javascript"), ("uPlot.min.css", "text/css"),
+    ("dashboard.js", "text/javascript"), ("dashboard.css", "text/css"))}
+# Only the page's own files; no inline script or style, nothing from elsewhere, never framed.
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store"}
 CHANNELS = ("webhook", "fhir-rest-hook", "sse")
 CHANGE_TYPES = ("created", "updated", "merged", "unmerged")
+
+
+class DashboardSignIn(BaseModel):
+    code: str = ""
+    token: str = ""
 
 
 class SubscriptionRequest(BaseModel):
@@ -546,13 +558,26 @@ def build_app(service: DeliveryService) -> FastAPI:
         return fhir(fhir_read_api.fhir_patient(visible))
 
     # ---- monitoring -------------------------------------------------------------------------
+    sessions = DashboardSessions(service.redis)
+
+    async def dashboard_caller(request: Request, authorization: str | None = Header(default=None)) -> Client:
+        # API clients send their bearer token; the dashboard page its session cookie.
+        if authorization:
+            return service.credentials.authenticate(authorization)
+        session = request.cookies.get(COOKIE)
+        client_id = await sessions.client_of(session) if session else None
+        client = service.credentials.client(client_id) if client_id else None
+        if client is None:
+            raise HTTPException(401, "sign in to the dashboard", headers={"WWW-Authenticate": "Bearer"})
+        return client
+
     @app.get("/monitor")
-    async def monitor(client: Client = Depends(caller)) -> dict[str, Any]:
+    async def monitor(client: Client = Depends(dashboard_caller)) -> dict[str, Any]:
         require(client, "operator")
         return await asyncio.to_thread(service.monitor.snapshot, service.redis_sync)
 
     @app.get("/monitor/history")
-    async def monitor_history(client: Client = Depends(caller)) -> dict[str, Any]:
+    async def monitor_history(client: Client = Depends(dashboard_caller)) -> dict[str, Any]:
         """The last hour as per-interval series (consumers/monitor_history.py), for the charts."""
         require(client, "operator")
         return series(await service.history.samples())
@@ -560,7 +585,7 @@ def build_app(service: DeliveryService) -> FastAPI:
     @app.get("/monitor/dead-letters")
     async def monitor_dead_letters(which: str = Query("streams", description="connectors | streams | delivery"),
                                    hours: float = Query(24, gt=0, le=24 * 30),
-                                   client: Client = Depends(caller)) -> list[dict[str, Any]]:
+                                   client: Client = Depends(dashboard_caller)) -> list[dict[str, Any]]:
         """The newest parked messages (at most 200): where, when, why; never their content."""
         require(client, "operator")
         if which not in dead_letter_replay.TOPICS:
@@ -572,8 +597,42 @@ def build_app(service: DeliveryService) -> FastAPI:
 
     @app.get("/dashboard")
     async def dashboard() -> HTMLResponse:
-        # The page itself holds no data; it calls /monitor with the operator's token.
-        return HTMLResponse(DASHBOARD.read_text())
+        # The page holds no data and no inline script: it calls /monitor with its session cookie,
+        # and the policy below lets nothing else run or load.
+        return HTMLResponse(DASHBOARD.read_text(), headers=DASHBOARD_HEADERS)
+
+    @app.post("/dashboard/sign-in-codes")
+    async def dashboard_sign_in_code(client: Client = Depends(caller)) -> dict[str, Any]:
+        """A one-time code (two minutes) that opens a dashboard session: open /dashboard#code=…"""
+        require(client, "operator")
+        code = await sessions.issue_code(client.client_id)
+        return {"code": code, "expires_in": CODE_SECONDS, "open": f"/dashboard#code={code}"}
+
+    @app.post("/dashboard/session")
+    async def dashboard_session(body: DashboardSignIn, request: Request) -> JSONResponse:
+        """Sign in with a one-time code or a token typed into the page; answers with the session cookie."""
+        client = None
+        if body.code:
+            client_id = await sessions.redeem_code(body.code)
+            client = service.credentials.client(client_id) if client_id else None
+        elif body.token:
+            client = service.credentials.authenticate(f"Bearer {body.token}")
+        if client is None:
+            raise HTTPException(401, "unknown, used or expired sign-in code")
+        require(client, "operator")
+        resp = JSONResponse({"client_id": client.client_id})
+        resp.set_cookie(COOKIE, await sessions.open_session(client.client_id), max_age=SESSION_SECONDS, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https", path="/")
+        return resp
+
+    @app.post("/dashboard/sign-out")
+    async def dashboard_sign_out(request: Request) -> JSONResponse:
+        session = request.cookies.get(COOKIE)
+        if session:
+            await sessions.close_session(session)
+        resp = JSONResponse({"signed_out": True})
+        resp.delete_cookie(COOKIE, path="/")
+        return resp
 
     @app.get("/dashboard/static/{name}")
     async def dashboard_static(name: str) -> Response:

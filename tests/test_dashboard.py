@@ -45,13 +45,21 @@ def pixels_of(image: Image.Image, colour: str) -> int:
     return sum(1 for i in range(0, len(raw), 3) if all(abs(raw[i + c] - want[c]) <= 24 for c in range(3)))
 
 
+def signed_in(delivery, extra: str = "") -> str:
+    """The dashboard's address with a fresh one-time sign-in code (never the token itself)."""
+    resp = httpx.post(f"{delivery.base}/dashboard/sign-in-codes", headers={"Authorization": "Bearer dev-auditor-token"},
+                      timeout=30)
+    assert resp.status_code == 200, resp.text
+    return f"{delivery.base}{resp.json()['open']}{extra}"
+
+
 def test_dashboard_renders_live_figures(bus_settings, connectors, link_workers, delivery, redis_client, unique):
     send_story(bus_settings, unique, n=1)
     person = person_of(redis_client, cerner_key(f"S{unique}"))
     wait_for(lambda: RedisRecordStore(redis_client).record(person), what="a shared record")
     expected = httpx.get(f"{delivery.base}/monitor", headers={"Authorization": "Bearer dev-auditor-token"},
                          timeout=60).json()
-    dom = render(f"{delivery.base}/dashboard#token=dev-auditor-token")
+    dom = render(signed_in(delivery))
     assert 'id="updated">never<' not in dom, "the page fetched figures"
     persons = int(re.search(r'id="persons">(\d+)<', dom).group(1))
     assert persons >= 1 and abs(persons - expected["linkage"]["persons_with_records"]) <= 5
@@ -61,7 +69,7 @@ def test_dashboard_renders_live_figures(bus_settings, connectors, link_workers, 
 
 def test_dashboard_without_a_token_shows_the_refusal_and_no_data(bus_settings, delivery):
     dom = render(f"{delivery.base}/dashboard")
-    assert "monitor answered 401" in dom
+    assert "/monitor answered 401" in dom
     assert 'id="persons">–<' in dom
 
 
@@ -79,10 +87,10 @@ def test_dashboard_charts_the_last_hour(bus_settings, connectors, link_workers, 
     assert httpx.get(f"{delivery.base}/monitor/history", timeout=30).status_code == 401
     js = httpx.get(f"{delivery.base}/dashboard/static/uPlot.iife.min.js", timeout=30)
     assert js.status_code == 200 and "uPlot" in js.text, "the charting library is served by carebus itself"
-    dom = render(f"{delivery.base}/dashboard#token=dev-auditor-token")
+    dom = render(signed_in(delivery))
     assert dom.count('class="uplot') >= 4, "four charts were built"
     assert "cdn" not in dom.lower() and "https://" not in dom.split("<body")[0], "nothing is fetched from outside"
-    image = screenshot(f"{delivery.base}/dashboard#token=dev-auditor-token", tmp_path / "dashboard.png")
+    image = screenshot(signed_in(delivery), tmp_path / "dashboard.png")
     blank = screenshot(f"{delivery.base}/dashboard", tmp_path / "no-token.png")
     # The record-changes line (#007f3b) and the delivery-lag line (#ed8b00) are drawn from the
     # data (lines that coincide hide each other, so they are counted together); without a token
@@ -104,7 +112,43 @@ def test_dead_letters_are_browsable_by_reason_without_content(bus_settings, conn
                                                     timeout=60).json() if d["reason"]], what="a dead letter")
     assert all({"reason", "error_code", "failed_at", "stage"} <= set(d) for d in listed)
     assert f"SECRET{unique}" not in str(listed) and all("payload" not in d for d in listed)
-    dom = render(f"{delivery.base}/dashboard#token=dev-auditor-token&dead=connectors")
+    dom = render(signed_in(delivery, "&dead=connectors"))
     # The browsable list itself (the live tables elsewhere also name error codes, with counts).
     dead_list = re.search(r'<table id="dead-list">(.*?)</table>', dom, re.S)
     assert dead_list and listed[0]["error_code"] in dead_list.group(1) and "<td" in dead_list.group(1)
+
+
+def test_a_sign_in_code_works_once_and_the_token_never_reaches_the_address(bus_settings, delivery):
+    url = signed_in(delivery)
+    code = url.split("#code=")[1]
+    first = httpx.post(f"{delivery.base}/dashboard/session", json={"code": code}, timeout=30)
+    assert first.status_code == 200 and "httponly" in first.headers["set-cookie"].lower()
+    assert "samesite=strict" in first.headers["set-cookie"].lower()
+    assert httpx.post(f"{delivery.base}/dashboard/session", json={"code": code}, timeout=30).status_code == 401
+    cookie = first.cookies.get("carebus_dashboard")
+    assert httpx.get(f"{delivery.base}/monitor", cookies={"carebus_dashboard": cookie}, timeout=60).status_code == 200
+    assert httpx.get(f"{delivery.base}/monitor", cookies={"carebus_dashboard": "forged"}, timeout=30).status_code == 401
+    # A subscriber's token opens no dashboard, whether typed or as a code.
+    assert httpx.post(f"{delivery.base}/dashboard/session", json={"token": "dev-subscriber2-token"},
+                      timeout=30).status_code == 403
+    page = httpx.get(f"{delivery.base}/dashboard", timeout=30)
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "<script>" not in page.text
+
+
+def test_hostile_text_in_a_dead_letter_is_shown_as_text_and_never_runs(bus_settings, connectors, delivery, unique):
+    """A Vision file whose name is markup: its bad row's reason names the file; the dashboard
+    must show the name as text (no element, no script run: the page title stays)."""
+    from simulator.traffic import vision_csv, write_drop_file
+
+    name = f'x{unique}<img src=q onerror="document.title=\'pwned\'">.csv'
+    rows = [{"record_type": "PROBLEM", "patient_id": f"H{unique}", "practice_ods": "E87001"}]   # no code: a bad row
+    write_drop_file(bus_settings.data_dir / "drop" / "vision" / "incoming", name, vision_csv(rows))
+    auditor = {"Authorization": "Bearer dev-auditor-token"}
+    wait_for(lambda: [d for d in httpx.get(f"{delivery.base}/monitor/dead-letters", params={"which": "connectors"},
+                                           headers=auditor, timeout=60).json() if unique in d["reason"]],
+             what="the hostile dead letter")
+    dom = render(signed_in(delivery, "&dead=connectors"))
+    assert f"x{unique}&lt;img src=q" in dom, "the name is shown as text"
+    assert "<img src=\"q\"" not in dom and "<img src=q" not in dom
+    assert "<title>carebus — live bus</title>" in dom and "pwned" not in dom.split("<body")[0]
