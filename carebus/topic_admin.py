@@ -1,9 +1,10 @@
 """Creates the catalogued topics and verifies existing ones match the catalogue."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from carebus.config import Settings
@@ -63,10 +64,19 @@ def _correct_drift(settings: Settings, catalogue: tuple[TopicSpec, ...], existin
         future.result()
 
 
-def _configs(admin: AdminClient, topics: list[str]) -> dict[str, dict]:
-    """Each topic's current configuration (name -> ConfigEntry), one request for all."""
+def _configs(admin: AdminClient, topics: list[str], patience_seconds: float = 30.0) -> dict[str, dict]:
+    """Each topic's current configuration (name -> ConfigEntry), one request for all. A topic just
+    created may not have reached every broker yet (UNKNOWN_TOPIC_OR_PART from the one asked, seen
+    on a three-broker cluster): asked again until it has."""
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in topics]
-    return {r.name: f.result() for r, f in admin.describe_configs(resources).items()} if resources else {}
+    deadline = time.monotonic() + patience_seconds
+    while True:
+        try:
+            return {r.name: f.result() for r, f in admin.describe_configs(resources).items()} if resources else {}
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def verify_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOGUE,

@@ -171,7 +171,9 @@ class DeliveryService:
 
 
 def build_app(service: DeliveryService) -> FastAPI:
-    app = FastAPI(title="carebus delivery", docs_url=None, redoc_url=None)
+    # No /openapi.json, /docs or /redoc: the schema of every route is in the README, and an open
+    # one described this service to anyone who could reach it.
+    app = FastAPI(title="carebus delivery", docs_url=None, redoc_url=None, openapi_url=None)
     caller = authenticator(service.credentials)
 
     @app.exception_handler(RedisError)
@@ -202,7 +204,10 @@ def build_app(service: DeliveryService) -> FastAPI:
         return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(client: Client = Depends(caller)) -> Response:
+        # Labelled with subscription ids: an operator's token (Prometheus sends it as its
+        # scrape job's bearer token), like /monitor.
+        require(client, "operator")
         await asyncio.to_thread(service.monitor.snapshot, service.redis_sync)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -344,11 +349,11 @@ def build_app(service: DeliveryService) -> FastAPI:
         if not client.has("auditor"):
             require(client, "subscriber")
         rec = await service.records.record(person_id)
-        if rec is None:
-            raise HTTPException(404, "no such person")
-        visible = readable(client, rec)
+        visible = readable(client, rec) if rec is not None else None
         if visible is None:
-            raise HTTPException(403, "this person is outside the client's scope")
+            # The same answer for "unknown" and "outside your scope": a 403 would tell a client
+            # that a person id it guessed or was given exists.
+            raise HTTPException(404, "no such person in this client's scope")
         await audited(client, "record", [person_id], why, {})
         return visible
 

@@ -74,7 +74,7 @@ def visible_change(change: dict[str, Any], sub: Subscription, scope: ClientScope
     if record["demographics"].get("sharing_objection"):
         return None
     orgs = organisations_of(record)
-    if change["change_type"] != "merged" and not any(scope.allows_ods(o) for o in orgs):
+    if not any(scope.allows_ods(o) for o in orgs):    # merges too: the merged record is a record
         return None
     if sub.ods_codes and not (orgs & sub.ods_codes):
         return None

@@ -17,12 +17,12 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from producers import birth_date, nhs_number
+from producers import birth_date, nhs_number, sharing_dissent
 from producers.hl7v2_mapper import EVENT_NAMESPACE
 from producers.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
 
 SUPPORTED = ("Patient", "Encounter", "Condition", "Observation", "AllergyIntolerance",
-             "MedicationStatement", "MedicationRequest", "ServiceRequest", "DocumentReference")
+             "MedicationStatement", "MedicationRequest", "ServiceRequest", "DocumentReference", "Consent")
 VERIFICATION_EXTENSION = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-NHSNumberVerificationStatus"
 SEX = {"male": "MALE", "female": "FEMALE", "other": "OTHER", "unknown": "UNKNOWN"}
 
@@ -294,10 +294,17 @@ def map_payload(raw: bytes, profile: SourceSystemProfile, ods: str, received_at_
         if target is None:
             raise _fail(f"{rtype} does not reference a Patient in this Bundle or by identifier", "required",
                         f"{path}.subject", "FHIR_NO_SUBJECT")
+        if rtype == "Consent":
+            decision = sharing_dissent.consent_decision(model)
+            if decision is not None:
+                target.setdefault(sharing_dissent.DECISIONS, []).append(decision)
+            continue
         section, item = _clinical(model, rtype)
         target[section].append(item)
     if not events:
         raise _fail("nothing to record: no Patient and no clinical resource", "required")
+    for event in events:
+        sharing_dissent.apply(event)
     return events
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from producers import birth_date, nhs_number
+from producers import birth_date, nhs_number, sharing_dissent
 from producers.hl7v2_mapper import EVENT_NAMESPACE
 from producers.source_systems import NHS_NUMBER_SYSTEM, VISION
 
@@ -99,6 +99,8 @@ def parse_lines(numbered: Sequence[tuple[int, str]], fieldnames: list[str], file
             _apply_row(row, index, events, file_name, digest, received_at_ms)
         except ValueError as exc:
             errors.append(RowError(index, str(exc), line.encode()))
+    for event in events.values():
+        sharing_dissent.apply(event)
     return ExtractResult(list(events.values()), errors)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 
 from consumers.notification_format import verify
 from streams.identity_store import RedisGraphStore
+from streams.record_store import RedisRecordStore
 from tests.test_connectors_e2e import adt, mllp_send
 
 pytestmark = pytest.mark.integration
@@ -193,7 +195,10 @@ def test_scope_is_enforced_and_nothing_leaks(bus_settings, stack, receiver, redi
     # Royal Free (RAL only) got nothing about this GP-only patient and may not read the record.
     time.sleep(2)
     assert not [x for x in receiver.for_path(rfh_path) if x["json"]["person_id"] == person]
-    assert httpx.get(f"{stack.base}/records/{person}", headers=RFH).status_code == 403
+    outside = httpx.get(f"{stack.base}/records/{person}", headers=RFH)
+    unknown = httpx.get(f"{stack.base}/records/PER-{'0' * 20}", headers=RFH)
+    assert outside.status_code == unknown.status_code == 404 and outside.json() == unknown.json(), \
+        "outside the scope answers as if unknown: existence cannot be probed"
 
 
 def test_patients_who_objected_are_never_sent(bus_settings, stack, receiver, redis_client, unique):
@@ -208,6 +213,36 @@ def test_patients_who_objected_are_never_sent(bus_settings, stack, receiver, red
              what=lambda: f"later delivery; now {RedisGraphStore(redis_client).person_of(cerner_key(f'S{unique}b'))}; "
                           f"{person_story(redis_client, later)}; received {len(receiver.for_path(path))}")
     objector = person_of(redis_client, cerner_key(f"O{unique}"))
+    assert not [x for x in receiver.for_path(path) if x["json"]["person_id"] == objector]
+
+
+def test_a_dissent_recorded_at_the_gp_stops_sharing(bus_settings, stack, receiver, redis_client, unique):
+    """EMIS sends the patient's record with the SNOMED code for "refused consent for upload to
+    local shared electronic record": no subscriber receives that patient."""
+    from dataclasses import replace
+
+    from simulator import population as pop
+    from simulator.traffic import MessageFactory
+
+    path = f"/dissent/{unique}"
+    subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path))
+    rec = replace(pop.build(1, seed=12).records[0], local_id=f"D{unique}", ods="F84001", system="EMIS_WEB",
+                  family=own_identity(unique)["family"], nhs_number=unique_nhs(unique))
+    bundle = json.loads(MessageFactory(random.Random(5)).emis_bundle(rec))
+    bundle["entry"].append({"resource": {
+        "resourceType": "Observation", "id": f"D{unique}-dissent", "status": "final",
+        "subject": {"reference": bundle["entry"][0]["fullUrl"]}, "effectiveDateTime": "2026-01-05",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "416409005",
+                             "display": "Refused consent for upload to local shared electronic record"}]}}})
+    resp = httpx.post(f"http://127.0.0.1:{bus_settings.http_port}/fhir/emis", content=json.dumps(bundle).encode(),
+                      headers={"Authorization": "Bearer dev-emis-token", "X-Ods-Code": "F84001",
+                               "Content-Type": "application/fhir+json"}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    send_story(bus_settings, unique + "b", n=1)   # a normal patient after it, to know delivery moved on
+    later = person_of(redis_client, cerner_key(f"S{unique}b"))
+    wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == later], what="later delivery")
+    objector = person_of(redis_client, f"EMIS_WEB|urn:carebus:id:emis:emis-guid:F84001|D{unique}")
+    assert RedisRecordStore(redis_client).record(objector)["demographics"]["sharing_objection"] is True
     assert not [x for x in receiver.for_path(path) if x["json"]["person_id"] == objector]
 
 
@@ -247,9 +282,13 @@ def test_monitoring_reports_lag_linkage_dead_letters_and_delivery(bus_settings, 
     assert any(l["group"] == "carebus-linker" for l in m["lag"]), m["lag"]
     assert "carebus.dlq.connectors.v1" in m["dead_letters"]
     assert m["delivery"], "per-subscriber delivery figures"
-    metrics = httpx.get(f"{stack.base}/metrics", timeout=60).text
+    metrics = httpx.get(f"{stack.base}/metrics", headers=AUDIT, timeout=60).text
     assert "carebus_consumer_lag" in metrics and "carebus_delivery_total" in metrics
     assert httpx.get(f"{stack.base}/monitor", headers=SUB2).status_code == 403
+    # Subscription ids label the metrics: no token, no metrics; no published API description.
+    assert httpx.get(f"{stack.base}/metrics", timeout=30).status_code == 401
+    assert httpx.get(f"{stack.base}/metrics", headers=SUB2, timeout=30).status_code == 403
+    assert httpx.get(f"{stack.base}/openapi.json", timeout=30).status_code == 404
 
 
 def test_fhir_rest_hook_notifications_are_valid_fhir(bus_settings, stack, receiver, redis_client, unique):
