@@ -3,7 +3,6 @@ it, stops sharing; a later recorded consent lifts it; the latest entry decides w
 from __future__ import annotations
 
 import json
-import random
 
 from hypothesis import given, strategies as st
 
