@@ -18,6 +18,7 @@ from consumers.change_reader import read_one, read_range
 from schemas import codec
 from schemas.record_sections import CLINICAL_SECTIONS
 from schemas.topics import IDENTITY_EVENTS, PATIENT_CHANGES, RAW, SOURCE_EVENTS
+from schemas.source_key import source_key
 
 FOREVER = 2**62
 
@@ -53,7 +54,7 @@ def timeline(settings: Settings, person_id: str, source_keys: set[str], since_ms
     keys = set(source_keys)
     for msg in read_range(settings, PATIENT_CHANGES.name, since_ms, FOREVER, key=person_id):
         c = codec.decode(msg.value(), "RecordChange")
-        keys |= {f"{s['system']}|{s['local_identifier']['system']}|{s['local_identifier']['value']}"
+        keys |= {source_key(s['system'], s['local_identifier']['system'], s['local_identifier']['value'])
                  for s in c["record"]["sources"]}
         entries.append(TimelineEntry(c["changed_at"], "record-change", "CAREBUS", ",".join(c["ods_codes"]),
                                      f"record {c['change_type']} to version {c['version']}",

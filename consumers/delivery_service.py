@@ -45,6 +45,7 @@ from consumers.subscription_store import SubscriptionStore
 from consumers.webhook_address_guard import WebhookAddressRefused, webhook_policy
 from schemas import codec, registry
 from schemas.topics import DLQ_DELIVERY, LINK_REVIEW, PATIENT_CHANGES
+from schemas.source_key import source_key
 
 log = logging.getLogger("carebus.delivery_service")
 DASHBOARD = Path(__file__).with_name("dashboard.html")
@@ -391,7 +392,7 @@ def build_app(service: DeliveryService) -> FastAPI:
             keys = graph.keys_with_nhs_number(nhs_number.replace(" ", ""))
         elif identifier:
             system, _, value = identifier.rpartition("|")
-            keys = [f"{code}|{system}|{value}" for code in registry.source_systems()] if system and value else []
+            keys = [source_key(code, system, value) for code in registry.source_systems()] if system and value else []
         else:
             members = graph.members(person_id)
             return {person_id: members} if members else {}

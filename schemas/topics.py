@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from schemas import source_key
+
 FOREVER = -1
 
 # Message size limits, one definition for the whole path so they agree end to end:
@@ -54,8 +56,7 @@ def source_event_key(event: dict) -> str:
 
     Part of the contract: connectors partition by it, the linker identifies source records by it.
     """
-    ident = event["patient"]["local_identifier"]
-    return f"{event['envelope']['source_system']}|{ident['system']}|{ident['value']}"
+    return source_key.of_event(event)
 
 
 SOURCE_EVENTS = TopicSpec("carebus.source-events.v1", "SourcePatientEvent", "source system | local patient id",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 from producers import nhs_number
+from schemas.source_key import source_key as key_of
 
 GIVEN_MALE = ["James", "Mohammed", "Oliver", "William", "Daniel", "Thomas", "Joseph", "Samuel", "Adam", "Michael",
               "Robert", "Richard", "Anthony", "Christopher", "Edward", "Kwame", "Arjun", "Ibrahim", "Luca", "Jakub"]
@@ -172,7 +173,7 @@ _CONNECTOR = {"EMIS_WEB": ("emis", "emis-guid"), "INPS_VISION": ("vision", "visi
 def source_key(rec: SourceRecord) -> str:
     """The key the connectors give this record on carebus.source-events.v1."""
     connector, label = _CONNECTOR[rec.system]
-    return f"{rec.system}|urn:carebus:id:{connector}:{label}:{rec.ods.upper()}|{rec.local_id}"
+    return key_of(rec.system, f"urn:carebus:id:{connector}:{label}:{rec.ods.upper()}", rec.local_id)
 
 
 def patient_dict(rec: SourceRecord) -> dict:

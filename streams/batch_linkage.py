@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from streams import identity_graph, record_builder
+from schemas.source_key import source_key
 from schemas.topics import source_event_key
+from streams import identity_graph, record_builder
 from streams.fellegi_sunter import Parameters
 from streams.record_comparison import from_patient
 
@@ -22,7 +23,7 @@ def link_events(events: Iterable[dict[str, Any]], params: Parameters) -> identit
         state = states.get(key) or record_builder.new_source_state(key, event)
         states[key], _ = record_builder.apply_event(state, event)
         for old in event.get("merged_from") or []:
-            merges.append((key, f"{event['envelope']['source_system']}|{old['system']}|{old['value']}"))
+            merges.append((key, source_key(event['envelope']['source_system'], old['system'], old['value'])))
     store = identity_graph.MemoryGraphStore()
     demos = [from_patient(key, record_builder.patient_view(states[key])) for key in sorted(states)]
     identity_graph.link_batch(store, demos, params, forced=merges)

@@ -23,6 +23,7 @@ from carebus.clock import now_ms
 from carebus.durable_producer import DurableProducer
 from carebus.log_privacy import pseudonym
 from schemas import codec
+from schemas.source_key import SourceKey, source_key
 from schemas.topics import (DLQ_STREAMS, IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SHARED_RECORDS,
                             source_event_key)
 from streams import identity_graph, record_builder
@@ -82,8 +83,9 @@ class _Outputs:
 
 
 def _ref(key: str) -> dict[str, Any]:
-    system, id_system, value = key.split("|", 2)
-    return {"system": system, "local_identifier": {"system": id_system, "value": value}}
+    parsed = SourceKey.parse(key)
+    return {"system": parsed.source_system,
+            "local_identifier": {"system": parsed.identifier_system, "value": parsed.local_id}}
 
 
 def _bucket(n: int) -> str:
@@ -158,7 +160,7 @@ class LinkStage:
         (forced links, merges held for review). A merge of two records with different valid NHS
         numbers is what a merge done on the wrong patient looks like, and whoever can reach a
         sender's port could ask for one: a person confirms it (accepting the review links them)."""
-        asked = [(key, f"{e['envelope']['source_system']}|{old['system']}|{old['value']}")
+        asked = [(key, source_key(e['envelope']['source_system'], old['system'], old['value']))
                  for key, evs in events.items() for e in evs for old in e.get("merged_from") or []]
         if not asked:
             return [], []

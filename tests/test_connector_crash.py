@@ -2,28 +2,21 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-
 import pytest
 
 from schemas import codec
 from schemas.topics import SOURCE_EVENTS
 from simulator.traffic import MllpClient, TrafficStats, send_hl7_with_retry
 from tests.conftest import ServiceProcess
+from tests.free_ports import free_ports
 from tests.kafka_reading import read_all
 from tests.test_connectors_e2e import adt
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_kill_mid_stream_loses_nothing_acked(bus_settings, service_env, unique, tmp_path):
-    mllp, http = _free_port(), _free_port()
+    mllp, http = free_ports(2, width=2)       # the RiO listener binds MLLP + 1
     env = {**service_env, "CAREBUS_MLLP_PORT": str(mllp), "CAREBUS_HTTP_PORT": str(http),
            "CAREBUS_DROP_DIR": str(tmp_path / "drop")}
     service = ServiceProcess(["connectors"], env, f"http://127.0.0.1:{http}/ready", tmp_path / "c.log").start()

@@ -178,6 +178,23 @@ def test_a_fhir_sender_cannot_file_a_record_under_another_organisations_identifi
     assert _fhir(bus_settings, "/fhir/emis/Patient", own).status_code == 201
 
 
+def test_a_bar_in_an_identifier_never_makes_two_patients_one_source_record(bus_settings, connectors, unique):
+    """System "…/a" with id "b|c" and system "…/a|b" with id "c" once made the same key."""
+    def patient(system: str, value: str, family: str) -> bytes:
+        return json.dumps({"resourceType": "Patient", "identifier": [{"system": system, "value": value}],
+                           "name": [{"family": family, "given": ["Bar"]}]}).encode()
+
+    base = f"https://emis.example/{unique}/a"
+    assert _fhir(bus_settings, "/fhir/emis/Patient", patient(base, f"b|c{unique}", "One")).status_code == 201
+    assert _fhir(bus_settings, "/fhir/emis/Patient", patient(f"{base}|b", f"c{unique}", "Two")).status_code == 201
+    found = read_all(bus_settings, SOURCE_EVENTS.name, expect=2, timeout=30,
+                     predicate=lambda m: unique.encode() in (m.key() or b""))
+    keys = {m.key() for m in found}
+    assert len(keys) == 2, keys
+    families = {codec.decode(m.value(), "SourcePatientEvent")["patient"]["names"][0]["family"] for m in found}
+    assert families == {"One", "Two"}
+
+
 def test_fhir_rest_authentication_and_errors(bus_settings, connectors, unique):
     body = json.dumps({"resourceType": "Patient", "id": f"X{unique}", "active": "perhaps"}).encode()
     assert _fhir(bus_settings, "/fhir/emis", body, token=None).status_code == 401

@@ -3,43 +3,21 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests.free_ports import free_ports
+
 pytestmark = pytest.mark.integration
-
-
-def _free_ports(n: int) -> list[int]:
-    """n ports, each with the port after it free too (the RiO listener is MLLP port + 1), below
-    Linux's ephemeral range: a port the kernel hands out (bind to 0) can be taken again by any
-    outgoing connection before the demo binds it, which made this test fail now and then."""
-    import random
-
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-                return True
-            except OSError:
-                return False
-    out: list[int] = []
-    port = random.randrange(30_000, 31_500, 2)
-    while len(out) < n:
-        if free(port) and free(port + 1):
-            out.append(port)
-        port += 2
-    return out
 
 
 def test_demo_runs_traffic_end_to_end_and_shuts_down(tmp_path):
     env = {**os.environ, "CAREBUS_DATA_DIR": str(tmp_path / "bus"), "CAREBUS_DROP_DIR": str(tmp_path / "bus" / "drop")}
     names = ("CAREBUS_KAFKA_PORT", "CAREBUS_KAFKA_CONTROLLER_PORT", "CAREBUS_REDIS_PORT", "CAREBUS_MLLP_PORT",
              "CAREBUS_HTTP_PORT", "CAREBUS_DELIVERY_PORT")
-    for var, port in zip(names, _free_ports(len(names))):
+    for var, port in zip(names, free_ports(len(names), width=2)):
         env[var] = str(port)
     try:
         result = subprocess.run([sys.executable, "-m", "carebus.cli", "demo", "--people", "80", "--batch", "40",

@@ -19,6 +19,7 @@ from schemas import codec, registry
 from schemas.topics import CATALOGUE, SHARED_RECORDS
 from tests.avro_strategies import for_schema
 from tests.kafka_reading import read_all
+from tests.free_ports import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -95,20 +96,15 @@ def test_embedded_redis_runs_with_the_memory_settings(redis_client):
         assert redis_client.config_get(name)[name] == value
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def private_settings(monkeypatch):
     """Settings for a second, throwaway bus on free ports (for restart and fault tests)."""
     data_dir = Path(tempfile.mkdtemp(prefix="carebus-private-"))
     monkeypatch.setenv("CAREBUS_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("CAREBUS_KAFKA_PORT", str(_free_port()))
-    monkeypatch.setenv("CAREBUS_KAFKA_CONTROLLER_PORT", str(_free_port()))
-    monkeypatch.setenv("CAREBUS_REDIS_PORT", str(_free_port()))
+    kafka, controller, redis_port = free_ports(3)
+    monkeypatch.setenv("CAREBUS_KAFKA_PORT", str(kafka))
+    monkeypatch.setenv("CAREBUS_KAFKA_CONTROLLER_PORT", str(controller))
+    monkeypatch.setenv("CAREBUS_REDIS_PORT", str(redis_port))
     settings = load_settings()
     yield settings
     local_bus.down(settings)

@@ -8,33 +8,20 @@ from carebus.durable_producer import DurableProducer
 from schemas import codec
 from schemas.topics import DLQ_CONNECTORS
 from tests.kafka_reading import read_all
-from tests.test_local_bus import _free_port
+from tests.free_ports import free_port, free_ports
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port_block(n: int) -> int:
-    """n consecutive free ports below the ephemeral range: the brokers' own outgoing connections
-    take ephemeral ports, and one of them could otherwise land on a port a later node binds."""
-    import random
-
-    low, _ = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-    for _ in range(200):
-        base = random.randrange(20000, min(low, 32000) - n)
-        if not any(process_control.port_open(base + i) for i in range(n)):
-            return base
-    pytest.skip("no block of free ports below the ephemeral range")
 
 
 def test_three_node_cluster_survives_a_broker_crash(tmp_path, monkeypatch):
     from carebus.config import load_settings
 
-    base = _free_port_block(6)
+    base = free_ports(1, width=6)[0]
     monkeypatch.setenv("CAREBUS_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("CAREBUS_KAFKA_BROKERS", "3")
     monkeypatch.setenv("CAREBUS_KAFKA_PORT", str(base))
     monkeypatch.setenv("CAREBUS_KAFKA_CONTROLLER_PORT", str(base + 1))
-    monkeypatch.setenv("CAREBUS_REDIS_PORT", str(_free_port()))
+    monkeypatch.setenv("CAREBUS_REDIS_PORT", str(free_port()))
     monkeypatch.setenv("CAREBUS_KAFKA_HEAP", "384m")
     settings = load_settings()
     if any(process_control.port_open(base + i) for i in range(6)):
