@@ -4,8 +4,9 @@ Three layers, all enforced before anything leaves carebus:
 1. the subscription's own filters (change types, organisations, persons, sections);
 2. the client's organisation scope: a person is visible to a client only if one of the
    client's organisations (ODS codes) holds a record for them or is their registered practice;
-3. withheld content: patients who objected to sharing are never sent, and items coded as
-   sexual health, IVF or gender reassignment are removed for clients that must not see them.
+3. withheld content: patients who objected to sharing are never sent, and items coded in a
+   sensitive category (sexual health, IVF, termination of pregnancy, gender reassignment:
+   consumers/sensitive_data_policy.py) are removed for clients whose credentials withhold it.
 """
 from __future__ import annotations
 
@@ -13,15 +14,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from consumers import sensitive_data_policy
 from schemas.record_sections import CLINICAL_SECTIONS
-
-# SNOMED CT codes (and descendants used in London feeds) whose items are withheld by default.
-SENSITIVE_CODES: dict[str, set[str]] = {
-    "sexual-health": {"8098009", "76272004", "240589008", "186747009", "15628003", "266113007"},
-    "ivf": {"52637005", "63487001", "225250004", "177036004"},
-    "gender-reassignment": {"407374003", "407377005", "446141000124107", "93461009"},
-}
-
 
 @dataclass(frozen=True)
 class Subscription:
@@ -60,8 +54,7 @@ def organisations_of(record: dict[str, Any]) -> set[str]:
 
 
 def _is_sensitive(item: dict[str, Any], categories: frozenset[str]) -> bool:
-    coded = item.get("code") or item.get("substance") or item.get("service") or item.get("type") or {}
-    return any(coded.get("code") in SENSITIVE_CODES.get(c, set()) for c in categories)
+    return bool(categories) and sensitive_data_policy.current().withheld(item, categories)
 
 
 def visible_change(change: dict[str, Any], sub: Subscription, scope: ClientScope) -> dict[str, Any] | None:

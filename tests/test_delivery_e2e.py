@@ -216,6 +216,26 @@ def test_patients_who_objected_are_never_sent(bus_settings, stack, receiver, red
     assert not [x for x in receiver.for_path(path) if x["json"]["person_id"] == objector]
 
 
+@pytest.mark.parametrize("code, category", [("B20.1", "sexual-health"), ("O04.9", "termination-of-pregnancy"),
+                                            ("Z31.2", "ivf"), ("F64.0", "gender-reassignment")])
+def test_a_hospital_diagnosis_in_a_sensitive_category_never_reaches_a_client_that_withholds_it(
+        bus_settings, stack, receiver, redis_client, unique, code, category):
+    """Cerner codes diagnoses in ICD-10 (DG1-3, coding system I10): the Royal Free's own EPR
+    (RAL only, sensitive categories withheld) gets the patient without the item; the auditor sees it."""
+    path = f"/sensitive/{unique}"
+    subscribe(stack, RFH, channel="webhook", endpoint=receiver.url(path))
+    dg1 = f"DG1|1||{code}^Sensitive diagnosis^I10|||F\rDG1|2||J45^Asthma^I10|||F\r"
+    assert b"MSA|AA" in mllp_send(bus_settings.mllp_port, adt(f"Q{unique}", f"Q{unique}", extra=dg1,
+                                                              **own_identity(unique)))[0]
+    person = person_of(redis_client, cerner_key(f"Q{unique}"))
+    got = wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == person
+                            and x["json"]["record"]["problems"]], what=f"the {category} patient's delivery")
+    sent = {p["code"]["code"] for x in got for p in x["json"]["record"]["problems"]}
+    assert sent == {"J45"}, sent
+    audited = httpx.get(f"{stack.base}/records/{person}", headers=AUDIT, timeout=30).json()
+    assert {p["code"]["code"] for p in audited["problems"]} == {code, "J45"}
+
+
 def test_a_dissent_recorded_at_the_gp_stops_sharing(bus_settings, stack, receiver, redis_client, unique):
     """EMIS sends the patient's record with the SNOMED code for "refused consent for upload to
     local shared electronic record": no subscriber receives that patient."""
