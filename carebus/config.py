@@ -97,6 +97,8 @@ class Settings:
     # Hosts or networks (comma-separated, e.g. "epr.trust.local,10.20.0.0/16") webhooks may reach
     # although they are private or loopback (consumers/webhook_address_guard.py).
     webhook_allow_hosts: str = ""
+    # Subscriptions one client may hold: each push subscription is a Kafka consumer and a task.
+    max_subscriptions_per_client: int = 100
     credentials_file: Path = DEV_CREDENTIALS_FILE
     # Kafka client security, passed to every consumer, producer and admin client as librdkafka
     # settings (security.protocol SASL_SSL / SSL, SCRAM or PLAIN credentials, TLS files).
@@ -203,6 +205,7 @@ ENVIRONMENT = {
     "CAREBUS_LOG_PSEUDONYM_KEY": "log_pseudonym_key",
     "CAREBUS_SECRETS_KEY": "secrets_key",
     "CAREBUS_WEBHOOK_ALLOW_HOSTS": "webhook_allow_hosts",
+    "CAREBUS_MAX_SUBSCRIPTIONS_PER_CLIENT": "max_subscriptions_per_client",
     "CAREBUS_ALLOW_DEV_SECRETS": "allow_dev_secrets",
     "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
     "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",

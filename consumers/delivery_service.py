@@ -230,6 +230,10 @@ def build_app(service: DeliveryService) -> FastAPI:
         outside = [o for o in req.ods_codes if not client.may_see_ods(o)]
         if outside:
             raise HTTPException(403, f"organisations outside this client's scope: {outside}")
+        held = sum(1 for s, _, _ in await service.store.all() if s.client_id == client.client_id)
+        if held >= service.settings.max_subscriptions_per_client:
+            raise HTTPException(429, f"this client holds {held} subscriptions, its quota "
+                                     f"(CAREBUS_MAX_SUBSCRIPTIONS_PER_CLIENT); delete one first")
         sub, secret, created = await service.store.create(
             client.client_id, req.channel, req.endpoint, set(req.change_types), set(req.ods_codes), set(req.persons),
             set(req.sections), req.max_attempts)

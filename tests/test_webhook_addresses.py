@@ -67,3 +67,27 @@ def test_a_failed_push_says_the_same_whether_a_port_is_closed_or_silent(bus_sett
     error = wait_for(lambda: (redis_client.hget(f"carebus:delivery:{sub['id']}", "last_error") or b"").decode(),
                      timeout=120, what="a failed push")
     assert error.startswith("no HTTP answer") and "Error" not in error and "refused" not in error.lower()
+
+
+# ---- quotas -------------------------------------------------------------------------------------
+def test_a_client_holds_at_most_its_quota_of_subscriptions(delivery):
+    """Each subscription costs a consumer and a task: one client cannot exhaust the service."""
+    from tests.test_delivery_e2e import RFH
+
+    made, refused = [], None
+    for _ in range(101):                 # the default quota is 100
+        resp = httpx.post(f"{delivery.base}/subscriptions", json={"channel": "sse"}, headers=RFH, timeout=30)
+        if resp.status_code == 429:
+            refused = resp
+            break
+        assert resp.status_code == 201, resp.text
+        made.append(resp.json()["id"])
+    try:
+        assert refused is not None and "quota" in refused.json()["detail"]
+        assert httpx.delete(f"{delivery.base}/subscriptions/{made.pop()}", headers=RFH, timeout=30).status_code == 204
+        again = httpx.post(f"{delivery.base}/subscriptions", json={"channel": "sse"}, headers=RFH, timeout=30)
+        assert again.status_code == 201, "a freed place can be taken again"
+        made.append(again.json()["id"])
+    finally:
+        for sub_id in made:
+            httpx.delete(f"{delivery.base}/subscriptions/{sub_id}", headers=RFH, timeout=30)
