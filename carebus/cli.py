@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from carebus.config import ConfigError, load_settings, mllp_tls_wanted, require_own_secrets
+from carebus.config import ConfigError, load_settings, require_own_secrets
 
 app = typer.Typer(help="carebus: event-streaming interoperability bus for a London shared record.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -101,16 +101,13 @@ def connectors() -> None:
     """Run the vendor connectors: MLLP (Cerner, RiO), FHIR REST (EMIS, Cerner), file drops (EMIS, Vision)."""
     from carebus import event_loop
     from producers.connector_service import serve
-    from producers.mllp_senders import SendersFileError, load_senders
+    from producers.mllp_senders import SendersFileError
 
-    settings = _service_settings()
     try:
-        if mllp_tls_wanted(settings):
-            load_senders(settings.mllp_senders_file)
-    except (ConfigError, SendersFileError) as exc:
+        event_loop.run(serve(_service_settings()))
+    except (ConfigError, SendersFileError) as exc:    # raised before anything starts (mllp_security)
         console.print(f"[red]refusing to start:[/red] {exc}")
         raise typer.Exit(2) from None
-    event_loop.run(serve(settings))
 
 
 @app.command()

@@ -28,10 +28,13 @@ class DashboardSessions:
     def __init__(self, client: aioredis.Redis) -> None:
         self.r = client
 
+    async def _issue(self, kind: str, client_id: str, seconds: int, entropy_bytes: int) -> str:
+        value = secrets.token_urlsafe(entropy_bytes)
+        await self.r.set(f"{P}{kind}:{_digest(value)}", client_id, ex=seconds)
+        return value
+
     async def issue_code(self, client_id: str) -> str:
-        code = secrets.token_urlsafe(24)
-        await self.r.set(f"{P}code:{_digest(code)}", client_id, ex=CODE_SECONDS)
-        return code
+        return await self._issue("code", client_id, CODE_SECONDS, 24)
 
     async def redeem_code(self, code: str) -> str | None:
         """The client id the code was issued to, once; None if unknown, used or expired."""
@@ -39,9 +42,7 @@ class DashboardSessions:
         return found.decode() if found else None
 
     async def open_session(self, client_id: str) -> str:
-        session = secrets.token_urlsafe(32)
-        await self.r.set(f"{P}session:{_digest(session)}", client_id, ex=SESSION_SECONDS)
-        return session
+        return await self._issue("session", client_id, SESSION_SECONDS, 32)
 
     async def client_of(self, session: str) -> str | None:
         found = await self.r.get(f"{P}session:{_digest(session)}")

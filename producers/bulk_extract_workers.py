@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from producers import vision_extract
-from producers.ingest_pipeline import EncodedEvent
+from producers.ingest_pipeline import EncodedEvent, encode_event
 from producers.vision_extract import RowError
-from schemas import codec
-from schemas.topics import source_event_key
 
 # Below this a file is parsed in the connector itself: a shard's hand-over costs more than it saves.
 PARALLEL_FROM_BYTES = 512 * 1024
@@ -40,13 +38,7 @@ def encode_shard(numbered: list[tuple[int, str]], fieldnames: list[str], file_na
     """In a worker: one shard's lines to encoded events (raw_ref: the original's reference, as the
     ingest pipeline sets it on every event)."""
     result = vision_extract.parse_lines(numbered, fieldnames, file_name, digest, received_at_ms)
-    out = []
-    for event in result.events:
-        event["envelope"]["raw_message"] = raw_ref
-        out.append(EncodedEvent(event["envelope"]["event_id"], source_event_key(event),
-                                codec.encode("SourcePatientEvent", event), event["envelope"]["occurred_at"],
-                                event["envelope"]["source_ods_code"]))
-    return EncodedExtract(out, result.errors)
+    return EncodedExtract([encode_event(event, raw_ref) for event in result.events], result.errors)
 
 
 class ExtractWorkers:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -56,8 +57,19 @@ def build_app(pipeline: IngestPipeline, settings: Settings, ready: dict[str, boo
     return app
 
 
+def mllp_security(settings: Settings) -> dict[str, Any]:
+    """The MLLP listeners' TLS context and senders, or nothing for plain MLLP (development only).
+    Raises ConfigError or SendersFileError, before anything has started."""
+    if not mllp_tls_wanted(settings):
+        return {}
+    return {"tls": mllp_senders.server_tls_context(settings.mllp_tls_certificate, settings.mllp_tls_key,
+                                                   settings.mllp_tls_client_ca),
+            "senders": mllp_senders.load_senders(settings.mllp_senders_file)}
+
+
 async def serve(settings: Settings) -> None:
     configure_logging()
+    security = mllp_security(settings)
     producer = DurableProducer(settings)
     # A bounded pool that waits for a free connection: hundreds of concurrent senders share a few
     # dozen connections instead of failing past a limit; a Redis outage costs a duplicate check,
@@ -66,11 +78,7 @@ async def serve(settings: Settings) -> None:
     pipeline = IngestPipeline(producer, redis_client)
     ready = {"mllp": False, "http": False}
     limits = {"idle_timeout": settings.mllp_idle_timeout, "message_timeout": settings.mllp_message_timeout,
-              "max_connections": settings.mllp_max_connections}
-    if mllp_tls_wanted(settings):
-        limits["tls"] = mllp_senders.server_tls_context(settings.mllp_tls_certificate, settings.mllp_tls_key,
-                                                        settings.mllp_tls_client_ca)
-        limits["senders"] = mllp_senders.load_senders(settings.mllp_senders_file)
+              "max_connections": settings.mllp_max_connections, **security}
     listeners = [MllpListener(CERNER, "RAL", pipeline, settings.bind_host, settings.mllp_port, **limits),
                  MllpListener(RIO, "RAT", pipeline, settings.bind_host, settings.mllp_port + 1, **limits)]
     for listener in listeners:

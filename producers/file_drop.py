@@ -82,8 +82,8 @@ class FileDrop:
             in_workers = self.extract_workers is not None and size >= PARALLEL_FROM_BYTES
             if in_workers:
                 assert self.extract_workers is not None
-                result = await self.extract_workers.parse(raw, path.name, received,
-                                                          raw_reference(raw, self.profile))
+                ref = raw_reference(raw, self.profile)
+                result = await self.extract_workers.parse(raw, path.name, received, ref)
                 practices = {event.ods for event in result.events}
             else:
                 # In a thread: parsing takes CPU, and the MLLP and FHIR senders on this event loop
@@ -99,7 +99,7 @@ class FileDrop:
             # The file is kept once, whatever practices it covers; each event carries its own ODS code.
             ods = practices.pop() if len(practices) == 1 else self.default_ods
             if in_workers:
-                await self.pipeline.publish_encoded(raw, self.profile, ods, "file", "text/csv", result.events,
+                await self.pipeline.publish_encoded(raw, ref, self.profile, ods, "file", "text/csv", result.events,
                                                     received)
             else:
                 await self.pipeline.publish(raw, self.profile, ods, "file", "text/csv", result.events, received)

@@ -61,8 +61,6 @@ class IngestResult:
     error_code: str = ""
 
 
-
-
 @dataclass(frozen=True)
 class EncodedEvent:
     """A source event already Avro-encoded, its raw reference set (bulk_extract_workers makes them)."""
@@ -82,6 +80,15 @@ def raw_reference(raw: bytes, profile: SourceSystemProfile) -> dict[str, Any]:
     return {"raw_id": raw_id, "sha256": sha, "topic": RAW.name, "partition": -1, "offset": -1}
 
 
+def encode_event(event: dict[str, Any], ref: dict[str, Any]) -> EncodedEvent:
+    """A source event pointed at its original (`raw_reference`) and Avro-encoded: what the pipeline
+    produces, made here or in a bulk extract worker."""
+    event["envelope"]["raw_message"] = ref
+    return EncodedEvent(event["envelope"]["event_id"], source_event_key(event),
+                        codec.encode("SourcePatientEvent", event), event["envelope"]["occurred_at"],
+                        event["envelope"]["source_ods_code"])
+
+
 def _abandon(in_flight: list[tuple[asyncio.Future[None], list[str]]]) -> None:
     # Chunks still in flight when the publish failed: nobody waits for them now (they are not
     # marked published, so a retry sends them again), but their outcome must still be collected.
@@ -92,7 +99,6 @@ def _abandon(in_flight: list[tuple[asyncio.Future[None], list[str]]]) -> None:
 class IngestPipeline:
     def __init__(self, producer: DurableProducer, redis_client: aioredis.Redis | None) -> None:
         self.producer = producer
-        self.redis = redis_client
         self.markers = PublishedMarkers(redis_client)
 
     async def _confirmed(self, delivery: asyncio.Future[None], event_ids: list[str]) -> None:
@@ -107,32 +113,21 @@ class IngestPipeline:
         confirmed as a whole, up to BULK_CHUNKS_IN_FLIGHT at a time; the original goes with the
         first chunk. A crash part-way repeats only the chunks not yet marked as published."""
         ref = raw_reference(raw, profile)
-
-        def encoded(chunk: list[dict[str, Any]]) -> list[OutgoingRecord]:
-            out = []
-            for event in chunk:
-                event["envelope"]["raw_message"] = ref
-                out.append(OutgoingRecord(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", event),
-                                          source_event_key(event), codec.headers("SourcePatientEvent"),
-                                          event["envelope"]["occurred_at"]))
-            return out
-
         return await self._publish(raw, ref, profile, ods, channel, content_type, events,
-                                   [e["envelope"]["event_id"] for e in events], encoded, received_at_ms)
+                                   [e["envelope"]["event_id"] for e in events],
+                                   lambda chunk: [encode_event(e, ref) for e in chunk], received_at_ms)
 
-    async def publish_encoded(self, raw: bytes, profile: SourceSystemProfile, ods: str, channel: str,
-                              content_type: str, events: list[EncodedEvent], received_at_ms: int) -> IngestResult:
-        """`publish` for events already encoded (with raw_reference set), as bulk_extract_workers makes them."""
-        def records(chunk: list[EncodedEvent]) -> list[OutgoingRecord]:
-            headers = codec.headers("SourcePatientEvent")
-            return [OutgoingRecord(SOURCE_EVENTS.name, e.value, e.key, headers, e.timestamp_ms) for e in chunk]
+    async def publish_encoded(self, raw: bytes, ref: dict[str, Any], profile: SourceSystemProfile, ods: str,
+                              channel: str, content_type: str, events: list[EncodedEvent],
+                              received_at_ms: int) -> IngestResult:
+        """`publish` for events already encoded with `encode_event` and this `ref`, as
+        bulk_extract_workers makes them."""
+        return await self._publish(raw, ref, profile, ods, channel, content_type, events,
+                                   [e.event_id for e in events], lambda chunk: chunk, received_at_ms)
 
-        return await self._publish(raw, raw_reference(raw, profile), profile, ods, channel, content_type, events,
-                                   [e.event_id for e in events], records, received_at_ms)
-
-    async def _publish(self, raw: bytes, ref: dict[str, Any], profile: SourceSystemProfile, ods: str, channel: str, content_type: str,
-                       events: list[Any], ids: list[str], to_records: Callable[[list[Any]], list[OutgoingRecord]],
-                       received_at_ms: int) -> IngestResult:
+    async def _publish(self, raw: bytes, ref: dict[str, Any], profile: SourceSystemProfile, ods: str, channel: str,
+                       content_type: str, events: list[Any], ids: list[str],
+                       encoded: Callable[[list[Any]], list[EncodedEvent]], received_at_ms: int) -> IngestResult:
         started = time.perf_counter()
         if len(raw) > MAX_INBOUND_BYTES:
             await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
@@ -151,7 +146,9 @@ class IngestPipeline:
                         "raw_id": raw_id, "source_system": profile.code, "source_ods_code": ods, "channel": channel,
                         "content_type": content_type, "received_at": received_at_ms, "sha256": sha, "payload": raw}),
                         raw_id, codec.headers("RawMessage"), received_at_ms))
-                records += to_records(chunk)
+                headers = codec.headers("SourcePatientEvent")
+                records += [OutgoingRecord(SOURCE_EVENTS.name, e.value, e.key, headers, e.timestamp_ms)
+                            for e in encoded(chunk)]
                 if max(len(r.value) for r in records) > MAX_RECORD_BYTES:
                     await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
                 in_flight.append((self.producer.produce_all(records), chunk_ids))

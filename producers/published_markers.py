@@ -61,8 +61,6 @@ class PublishedMarkers:
         self._marks: list[str] = []
         self._flush_task: asyncio.Task | None = None
         self._script = redis_client.register_script(_CHECK_AND_MARK) if redis_client is not None else None
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     async def seen(self, event_ids: Sequence[str]) -> bool:
         """True if every one of these ids was marked published."""
@@ -80,14 +78,13 @@ class PublishedMarkers:
         self._schedule()
 
     async def drain(self) -> None:
-        """Wait until every mark so far has been sent (at shutdown, and for tests)."""
-        while self._questions or self._marks or not self._idle.is_set():
-            await self._idle.wait()
-            await asyncio.sleep(0)
+        """Wait until every mark so far has been sent (at shutdown, and for tests). Anything queued
+        has a flush task, which ends only when nothing is left."""
+        while self._flush_task is not None:
+            await asyncio.shield(self._flush_task)     # a caller's timeout must not cancel the flush
 
     def _schedule(self) -> None:
         if self._flush_task is None:
-            self._idle.clear()
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
@@ -99,7 +96,6 @@ class PublishedMarkers:
                 await self._send(questions, marks)
         finally:
             self._flush_task = None
-            self._idle.set()
 
     async def _send(self, questions: list[tuple[Sequence[str], asyncio.Future[bool]]], marks: list[str]) -> None:
         assert self.redis is not None
