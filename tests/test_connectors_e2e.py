@@ -31,13 +31,22 @@ def given_and_born(local_id: str) -> tuple[str, str]:
     return given, f"{1930 + digest[1] % 80}{1 + digest[2] % 12:02d}{1 + digest[3] % 28:02d}"
 
 
+def home_of(local_id: str) -> str:
+    """The address (HL7 XAD) `adt` gives this local id. One shared address made every test patient
+    a neighbour of every other: a record without an NHS number, sharing a given name and the
+    address, chained 29 test patients into one person (the linker's weakness is issue 9's)."""
+    digest = hashlib.sha256(f"home|{local_id}".encode()).digest()
+    postcode = f"E{1 + digest[0] % 20} {digest[1] % 10}{chr(65 + digest[2] % 26)}{chr(65 + digest[3] % 26)}"
+    return f"{1 + digest[4] % 200} HIGH ST^^LONDON^^{postcode}"
+
+
 def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A01", extra: str = "",
         dob: str | None = None, family: str = "SMITH") -> bytes:
     given, born = given_and_born(local_id)
     dob = dob or born
     return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^{trigger}^ADT_A01|{control}|P|2.4\r"
             f"EVN|{trigger}|20261124101000\r"
-            f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||{family}^{given}||{dob}|M|||1 HIGH ST^^LONDON^^NW1 2AB\r"
+            f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||{family}^{given}||{dob}|M|||{home_of(local_id)}\r"
             f"PV1|1|I|WARD1^BED2||||||||||||||||V{control}\r{extra}").encode()
 
 
