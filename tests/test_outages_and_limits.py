@@ -214,6 +214,9 @@ def test_unloadable_files_go_to_failed_with_a_reason_and_later_files_still_load(
     write_drop_file(vision / "incoming", f"large-{unique}.csv", big)
 
     wait_for(lambda: (vision / "processed" / f"large-{unique}.csv").exists(), timeout=180)
+    # Files load in name order: the link comes after the large file, and its reason is written
+    # once its dead letter is in Kafka.
+    wait_for(lambda: (vision / "failed" / f"link-{unique}.csv.reason").exists(), timeout=60)
     assert (vision / "failed" / f"bad-header-{unique}.csv").exists()
     assert "header" in (vision / "failed" / f"bad-header-{unique}.csv.reason").read_text()
     assert not (vision / "processed" / f"bad-header-{unique}.csv").exists()
