@@ -61,7 +61,8 @@ def in_memory(ds: LinkageDataset, params: Parameters, label: str) -> Row:
     started = time.perf_counter()
     store = identity_graph.MemoryGraphStore()
     outcome = identity_graph.link_batch(store, ds.records, params)
-    reviews = len({frozenset((d.a, d.b)) for d in outcome.decisions if d.outcome not in ("match", "non-match")})
+    reviews = len({frozenset((d.a, d.b)) for d in outcome.decisions if d.outcome not in ("match", "non-match")}
+                  | {frozenset(pair) for pair in outcome.refused})
     persons = store.persons()
     return Row(label, pairwise_quality(persons, ds.truth), reviews, largest_cluster(persons),
                time.perf_counter() - started)

@@ -26,8 +26,7 @@ from functools import lru_cache
 
 import jellyfish
 
-from streams.nicknames import canonical_given
-from streams.record_comparison import Demographics, date_digits
+from streams.record_comparison import Demographics, date_digits, given_sound
 
 
 @lru_cache(maxsize=100_000)
@@ -45,7 +44,7 @@ def keys(d: Demographics) -> set[str]:
     if d.nhs:
         out.add(nhs_number_key(d.nhs))
     fam = _sound(d.family_parts[0]) if d.family_parts else ""
-    giv = _sound(canonical_given(d.given)) if d.given else ""
+    giv = given_sound(d.given)
     dob = date_digits(d.birth_date) if d.birth_date is not None else ""
     if dob:
         if fam:

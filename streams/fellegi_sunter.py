@@ -71,9 +71,15 @@ class Parameters:
                 total += weights[f][lvl]
         return total
 
+    def log_odds(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> float:
+        """log2 of the odds that the pair is one person (prior and evidence): the match weight."""
+        return math.log2(self.prevalence / (1 - self.prevalence)) + self.score(vector, values)
+
     def posterior(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> float:
-        prior_odds = self.prevalence / (1 - self.prevalence)
-        log_odds = math.log2(prior_odds) + self.score(vector, values)
+        return self.posterior_of(self.log_odds(vector, values))
+
+    @staticmethod
+    def posterior_of(log_odds: float) -> float:
         if log_odds > 60:
             return 1.0
         odds = 2 ** log_odds

@@ -6,6 +6,14 @@ NHS number (deterministic), a Fellegi-Sunter posterior at or above the match thr
 connected component; its id is derived from its members, so the same records always make the
 same person whatever order they arrived in. A rejected review or an unmerge forbids an edge.
 
+A chain of good links can join records that cannot be one person (A-B and B-C match, A and C
+have different valid NHS numbers), so a person is not simply a component: `cluster_people`
+joins a component's records link by link, strongest first, and refuses a link that would put
+two records that `cannot_join` into one person; a person reviews each refused link. Only links
+a person made (merges, accepted reviews) join whatever the rule says. Softer contradictions
+inside a person (given name and birth date both different) are queued for review, not refused:
+on public data refusing them cost recall and gained no precision (README, Linkage quality).
+
 Linking works on batches and needs no lock, so many workers can link at once:
 
 1. `ingest` writes a batch's demographics and block memberships and returns, atomically, each
@@ -41,6 +49,8 @@ BLOCK_CAP = 200
 # A probabilistic link needs at least this many of these fields present on both records.
 EVIDENCE_FIELDS = ("given", "family", "birth_date", "postcode")
 MIN_FIELDS_TO_LINK = 3
+# An NHS-number edge's weight (centibits): above any probabilistic link's.
+NHS_WEIGHT = 10_000_000
 
 
 def node_hash(key: str) -> str:
@@ -72,9 +82,13 @@ class PairDecision:
     a: str
     b: str
     version_b: int
-    outcome: str           # match / review / too-little-evidence / conflict / nhs-mismatch / incoherent / non-match
+    outcome: str           # match / review / too-little-evidence / name-and-birth-date-differ / conflict /
+    #                        nhs-mismatch / incoherent / non-match
     kind: str | None       # edge kind when outcome is match
     posterior: float
+    # The pair's match weight (log2 odds, in hundredths of a bit): the order in which a person's
+    # links are taken when the coherence rule must choose between them.
+    weight: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,11 +100,23 @@ class Relabel:
 
 
 @dataclass
+class Applied:
+    """What `GraphStore.apply` changed."""
+    relabels: list[Relabel] = field(default_factory=list)
+    emptied: set[str] = field(default_factory=set)     # persons left without members
+    refused: list[tuple[str, str]] = field(default_factory=list)   # links the coherence rule held back
+
+
+@dataclass
 class BatchOutcome:
     decisions: list[PairDecision] = field(default_factory=list)
     relabels: list[Relabel] = field(default_factory=list)
     emptied: set[str] = field(default_factory=set)    # persons left without members
+    refused: list[tuple[str, str]] = field(default_factory=list)
     skipped_blocks: int = 0
+
+    def take(self, applied: Applied) -> None:
+        self.relabels, self.emptied, self.refused = applied.relabels, applied.emptied, applied.refused
 
     def persons_touched(self) -> set[str]:
         out = set(self.emptied)
@@ -105,33 +131,48 @@ class GraphStore(Protocol):
 
     def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
               forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
-              ) -> tuple[list[Relabel], set[str]]: ...
+              ) -> Applied: ...
 
     def person_of(self, key: str) -> str | None: ...
 
 
-def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple[str, str | None, float]:
-    """(outcome, edge kind, posterior).
+def cannot_join(a: Demographics, b: Demographics) -> bool:
+    """Two records that cannot be one person, however they came to be linked: two different valid
+    NHS numbers (checksums pass, so neither is a typo the checksum would catch; one mistyped
+    number is a question for a person, who can join them). identity_store's apply script
+    implements the same rule in Lua."""
+    return bool(a.nhs and b.nhs and a.nhs != b.nhs)
+
+
+def _centibits(log_odds: float) -> int:
+    return max(-NHS_WEIGHT + 1, min(NHS_WEIGHT - 1, round(100 * log_odds)))
+
+
+def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple[str, str | None, float, int]:
+    """(outcome, edge kind, posterior, match weight in centibits).
 
     outcome: match / review / non-match from the score; "too-little-evidence" for a score in the
-    match band from too few fields, or with neither given name nor birth date agreeing; "conflict" for the same NHS number with
+    match band from too few fields, or with neither given name nor birth date agreeing;
+    "name-and-birth-date-differ" for one whose surname and birth date both differ; "conflict" for the same NHS number with
     contradicting demographics, "nhs-mismatch" for two different valid NHS numbers on records
     that otherwise agree (name, birth date, and what else both have): a transcription error looks
     exactly like that, so a person decides. Neither ever links by itself.
     """
     if a.nhs and b.nhs and a.nhs == b.nhs:
         if contradicts(a, b):
-            return "conflict", None, 0.5
-        return "match", NHS, 1.0
+            return "conflict", None, 0.5, 0
+        return "match", NHS, 1.0, NHS_WEIGHT
     vector = compare(a, b)
     values = {"given": a.given, "family": a.family}
     if a.nhs and b.nhs:
         vector["nhs"] = None        # the numbers differ: judge the rest on its own
-        posterior = params.posterior(vector, values)
+        log_odds = params.log_odds(vector, values)
+        posterior = params.posterior_of(log_odds)
         same_person_otherwise = (posterior >= params.match_posterior and (vector["given"] or 0) >= 2
                                  and (vector["family"] or 0) >= 2 and vector["birth_date"] == 3)
-        return ("nhs-mismatch" if same_person_otherwise else "non-match"), None, posterior
-    posterior = params.posterior(vector, values)
+        return ("nhs-mismatch" if same_person_otherwise else "non-match"), None, posterior, _centibits(log_odds)
+    log_odds = params.log_odds(vector, values)
+    posterior = params.posterior_of(log_odds)
     outcome = "match" if posterior >= params.match_posterior else \
         "review" if posterior >= params.review_posterior else "non-match"
     if outcome == "match" and (sum(vector[f] is not None for f in EVIDENCE_FIELDS) < MIN_FIELDS_TO_LINK
@@ -140,31 +181,76 @@ def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple
         # postcode only) would glue unrelated people together through itself: a link also needs
         # something personal (given name or birth date) and enough fields compared.
         outcome = "too-little-evidence"
-    return outcome, (PROBABILISTIC if outcome == "match" else None), posterior
+    elif outcome == "match" and vector["family"] == 0 and vector["birth_date"] == 0:
+        # A relative at the same address (same given name and postcode, another surname and
+        # birth date) scores like a match; a real person changing both is rare enough to ask.
+        outcome = "name-and-birth-date-differ"
+    return outcome, (PROBABILISTIC if outcome == "match" else None), posterior, _centibits(log_odds)
 
 
 def incoherent_pairs(members: Sequence[Demographics]) -> list[tuple[str, str]]:
-    """Pairs of one person's records that cannot be one person: two different valid NHS numbers,
-    or both given name and birth date recorded and different. A chain of good links can join
-    such records through others (A-B and B-C match, A and C contradict); a person reviews them."""
+    """Pairs of one person's records that contradict each other without a rule refusing them:
+    given name and birth date both recorded and both different (A-B and B-C match, A and C
+    contradict). The links stay; a person reviews the pair."""
     out = []
     ordered = sorted(members, key=lambda d: d.key)
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
-            if a.nhs and b.nhs and a.nhs != b.nhs:
-                out.append((a.key, b.key))
-                continue
             v = compare(a, b)
             if v["given"] == 0 and v["birth_date"] == 0:
                 out.append((a.key, b.key))
     return out
 
 
+@dataclass(frozen=True)
+class Edge:
+    a: str
+    b: str
+    kind: str
+    weight: int
+
+
+def cluster_people(members: dict[str, Demographics | None], edges: Sequence[Edge]
+                   ) -> tuple[list[set[str]], list[tuple[str, str]]]:
+    """The people of one connected component, and the links refused to make them.
+
+    Links are taken strongest first (a person's links before any other; then by weight; ties by
+    the records' hashes, so the order never depends on arrival), and one that would put two
+    records that `cannot_join` into one person is refused. The result depends only on the
+    component's records and links: any arrival order, any number of workers, the same people.
+    """
+    parent = {k: k for k in members}
+    groups = {k: [k] for k in members}
+
+    def root(k: str) -> str:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    def order(e: Edge) -> tuple[int, int, str, str]:
+        ha, hb = sorted((node_hash(e.a), node_hash(e.b)))
+        return (0 if e.kind == FORCED else 1), -e.weight, ha, hb
+
+    refused = []
+    for e in sorted(edges, key=order):
+        ra, rb = root(e.a), root(e.b)
+        if ra == rb:
+            continue
+        if e.kind != FORCED and any(cannot_join(members[x], members[y])  # type: ignore[arg-type]
+                                    for x in groups[ra] for y in groups[rb] if members[x] and members[y]):
+            refused.append(tuple(sorted((e.a, e.b))))
+            continue
+        parent[rb] = ra
+        groups[ra] += groups.pop(rb)
+    return [set(g) for g in groups.values()], sorted(refused)  # type: ignore[arg-type]
+
+
 def decide(demo: Demographics, ingested: Ingested, params: Parameters) -> list[PairDecision]:
     out = []
     for c in ingested.candidates:
-        outcome, kind, posterior = pair_decision(demo, c.demo, params)
-        out.append(PairDecision(demo.key, c.key, c.version, outcome, kind, posterior))
+        outcome, kind, posterior, weight = pair_decision(demo, c.demo, params)
+        out.append(PairDecision(demo.key, c.key, c.version, outcome, kind, posterior, weight))
     return out
 
 
@@ -181,8 +267,7 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     # cost, not what candidates cost.
     linked = {(d.key, c.key) for d in demos for c in ingested[d.key].candidates if c.linked}
     writes = [d for d in outcome.decisions if d.kind or (d.a, d.b) in linked]
-    outcome.relabels, outcome.emptied = store.apply({k: i.version for k, i in ingested.items()},
-                                                    writes, forced, forbidden)
+    outcome.take(store.apply({k: i.version for k, i in ingested.items()}, writes, forced, forbidden))
     return outcome
 
 
@@ -193,14 +278,14 @@ def upsert(store: GraphStore, d: Demographics, params: Parameters) -> BatchOutco
 def force_link(store: GraphStore, a: str, b: str) -> BatchOutcome:
     """A40 merge or accepted review: a and b are the same person."""
     out = BatchOutcome()
-    out.relabels, out.emptied = store.apply({}, [], forced=[(a, b)])
+    out.take(store.apply({}, [], forced=[(a, b)]))
     return out
 
 
 def forbid_link(store: GraphStore, a: str, b: str) -> BatchOutcome:
     """Rejected review or unmerge: a and b are different people, whatever the scores say."""
     out = BatchOutcome()
-    out.relabels, out.emptied = store.apply({}, [], forbidden=[(a, b)])
+    out.take(store.apply({}, [], forbidden=[(a, b)]))
     return out
 
 
@@ -209,7 +294,7 @@ class _Node:
     version: int = 0
     demo: Demographics | None = None
     blocks: frozenset[str] = frozenset()
-    edges: dict[str, tuple[str, int]] = field(default_factory=dict)   # neighbour -> (kind, own version then)
+    edges: dict[str, tuple[str, int, int]] = field(default_factory=dict)   # neighbour -> (kind, own version then, weight)
     forbidden: set[str] = field(default_factory=set)
 
 
@@ -256,9 +341,9 @@ class MemoryGraphStore:
             out[d.key] = Ingested(node.version, cands, skipped)
         return out
 
-    def _set_edge(self, a: str, b: str, kind: str, va: int, vb: int) -> None:
-        self._node(a).edges[b] = (kind, va)
-        self._node(b).edges[a] = (kind, vb)
+    def _set_edge(self, a: str, b: str, kind: str, va: int, vb: int, weight: int = 0) -> None:
+        self._node(a).edges[b] = (kind, va, weight)
+        self._node(b).edges[a] = (kind, vb, weight)
 
     def _drop_edge(self, a: str, b: str) -> None:
         self._node(a).edges.pop(b, None)
@@ -266,7 +351,7 @@ class MemoryGraphStore:
 
     def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
               forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
-              ) -> tuple[list[Relabel], set[str]]:
+              ) -> Applied:
         seeds: set[str] = set()
         for a, b in forbidden:
             self._node(a).forbidden.add(b)
@@ -285,7 +370,7 @@ class MemoryGraphStore:
             if node.version != versions[key]:
                 continue    # stale: whoever changed it re-decides
             seeds.add(key)
-            for n, (kind, own_version) in list(node.edges.items()):
+            for n, (kind, own_version, _) in list(node.edges.items()):
                 if kind != FORCED and own_version < node.version:
                     self._drop_edge(key, n)
                     seeds.add(n)
@@ -297,7 +382,7 @@ class MemoryGraphStore:
                 if current and current[0] == FORCED:
                     continue
                 if d.kind:
-                    self._set_edge(key, d.b, d.kind, node.version, other.version)
+                    self._set_edge(key, d.b, d.kind, node.version, other.version, d.weight)
                     seeds.add(d.b)
                 elif current:
                     self._drop_edge(key, d.b)
@@ -313,27 +398,33 @@ class MemoryGraphStore:
                     todo.append(n)
         return seen
 
-    def _relabel(self, seeds: set[str]) -> tuple[list[Relabel], set[str]]:
-        relabels, done, olds = [], set(), set()
+    def _relabel(self, seeds: set[str]) -> Applied:
+        out, done, olds = Applied(), set(), set()
         for seed in sorted(seeds):
             if seed in done:
                 continue
             comp = self._component(seed)
             done |= comp
-            person = person_id_for(comp)
-            moved = {}
-            for k in comp:
-                old = self._person.get(k)
-                if old != person:
-                    moved[k] = old
-                    if old:
-                        self._members[old].discard(k)
-                        olds.add(old)
-                    self._person[k] = person
-                    self._members.setdefault(person, set()).add(k)
-            if moved:
-                relabels.append(Relabel(person, frozenset(comp), moved))
-        return relabels, {p for p in olds if not self._members.get(p)}
+            edges = [Edge(a, b, kind, weight) for a in comp for b, (kind, _, weight) in self._nodes[a].edges.items()
+                     if a < b]
+            people, refused = cluster_people({k: self._node(k).demo for k in comp}, edges)
+            out.refused += refused
+            for cluster in people:
+                person = person_id_for(cluster)
+                moved = {}
+                for k in cluster:
+                    old = self._person.get(k)
+                    if old != person:
+                        moved[k] = old
+                        if old:
+                            self._members[old].discard(k)
+                            olds.add(old)
+                        self._person[k] = person
+                        self._members.setdefault(person, set()).add(k)
+                if moved:
+                    out.relabels.append(Relabel(person, frozenset(cluster), moved))
+        out.emptied = {p for p in olds if not self._members.get(p)}
+        return out
 
     def person_of(self, key: str) -> str | None:
         return self._person.get(key)

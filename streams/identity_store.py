@@ -16,7 +16,8 @@ compact by the listpack settings in carebus/redis_server.py):
   b:<4 hex>              hash: block -> ",id,id,...,"; a block is the 8-byte BLAKE2b digest of
                          its key (blocking.keys), bucketed by its first two bytes, the other six
                          the field. Two keys that collide only add candidates, never a link.
-  e:<id>                 hash: neighbour id -> "<kind>|<own version when decided>"
+  e:<id>                 hash: neighbour id -> "<kind>|<own version when decided>|<match weight,
+                         centibits>" (an edge written before weights existed has none: 0)
   f:<id>                 set of forbidden neighbour ids
   members:<person id>    set of source keys
   merged_into            hash: person id merged away -> the person it was merged into
@@ -33,7 +34,7 @@ from typing import Any
 import redis
 
 from streams import blocking
-from streams.identity_graph import (BLOCK_CAP, Candidate, Ingested, PairDecision, Relabel, node_hash)
+from streams.identity_graph import (BLOCK_CAP, Applied, Candidate, Ingested, PairDecision, Relabel, node_hash)
 from streams.record_comparison import Demographics
 
 P = "carebus:"
@@ -178,10 +179,10 @@ end
 return out
 """
 
-# ARGV: prefix, n versions, (key, version)..., n decisions, (a, b, version_b, kind or '')...,
+# ARGV: prefix, n versions, (key, version)..., n decisions, (a, b, version_b, kind or '', weight)...,
 #       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
-# Returns, per relabelled component: person, n members, (member, old person or '')...; then
-# the persons left empty, after a '' marker.
+# Returns, per relabelled person: person, n members, (member, old person or '')...; a '' marker;
+# the number of links the coherence rule refused and their (key a, key b); the persons left empty.
 _OPEN_REVIEWS = """
 -- KEYS[1] the open set, KEYS[1+i] review i; ARGV[i] its JSON body. Returns the 0-based indexes of new reviews.
 local new = {}
@@ -213,9 +214,9 @@ local function node_id(key, h)
   return id
 end
 local function ver(id) return tonumber(redis.call('HGET', P..'n:'..id, 'v') or '0') end
-local function set_edge(a, b, kind, va, vb)
-  redis.call('HSET', P..'e:'..a, b, kind..'|'..va)
-  redis.call('HSET', P..'e:'..b, a, kind..'|'..vb)
+local function set_edge(a, b, kind, va, vb, w)
+  redis.call('HSET', P..'e:'..a, b, kind..'|'..va..'|'..w)
+  redis.call('HSET', P..'e:'..b, a, kind..'|'..vb..'|'..w)
 end
 local function drop_edge(a, b)
   redis.call('HDEL', P..'e:'..a, b)
@@ -234,8 +235,8 @@ local by_key = {}
 for _ = 1, nd do
   local a = ARGV[i]
   by_key[a] = by_key[a] or {}
-  table.insert(by_key[a], {ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3]})
-  i = i + 4
+  table.insert(by_key[a], {ARGV[i+1], tonumber(ARGV[i+2]), ARGV[i+3], ARGV[i+4]})
+  i = i + 5
 end
 local nfo = tonumber(ARGV[i]); i = i + 1
 local forced = {}
@@ -249,7 +250,7 @@ for _ = 1, nfb do
 end
 for _, f in ipairs(forced) do
   local a, b = node_id(f[1], f[2]), node_id(f[3], f[4])
-  if redis.call('SISMEMBER', P..'f:'..a, b) == 0 then set_edge(a, b, 'forced', 0, 0) end
+  if redis.call('SISMEMBER', P..'f:'..a, b) == 0 then set_edge(a, b, 'forced', 0, 0, 0) end
   seed(a); seed(b)
 end
 table.sort(order)
@@ -260,7 +261,7 @@ for _, key in ipairs(order) do
     seed(id)
     local edges = redis.call('HGETALL', P..'e:'..id)
     for j = 1, #edges, 2 do
-      local kind, own = string.match(edges[j+1], '^([^|]*)|(%d+)$')
+      local kind, own = string.match(edges[j+1], '^([^|]*)|(%d+)')
       if kind ~= 'forced' and tonumber(own) < v then drop_edge(id, edges[j]); seed(edges[j]) end
     end
     for _, d in ipairs(by_key[key] or {}) do
@@ -268,7 +269,7 @@ for _, key in ipairs(order) do
       if b and ver(b) == d[2] and redis.call('SISMEMBER', P..'f:'..id, b) == 0 then
         local current = redis.call('HGET', P..'e:'..id, b)
         if not (current and kind_of(current) == 'forced') then
-          if d[3] ~= '' then set_edge(id, b, d[3], v, d[2]); seed(b)
+          if d[3] ~= '' then set_edge(id, b, d[3], v, d[2], d[4]); seed(b)
           elseif current then drop_edge(id, b); seed(b) end
         end
       end
@@ -276,43 +277,113 @@ for _, key in ipairs(order) do
   end
 end
 
-local out, done, olds = {}, {}, {}
+-- The coherence rule (identity_graph.cannot_join and cluster_people, in Lua: change both together):
+-- two different valid NHS numbers (the first field of the packed demographics).
+local function nhs_of(d) return string.match(d or '', '^([^\\31]*)') end
+local function cannot_join(a, b) return a.nhs ~= '' and b.nhs ~= '' and a.nhs ~= b.nhs end
+
+local out, done, olds, refused = {}, {}, {}, {}
 for _, s in ipairs(seed_list) do
   if not done[s] then
-    local comp, todo = {s}, {s}
+    local comp, todo, raw_edges = {s}, {s}, {}
     done[s] = true
     while #todo > 0 do
       local cur = table.remove(todo)
-      for _, n in ipairs(redis.call('HKEYS', P..'e:'..cur)) do
+      local es = redis.call('HGETALL', P..'e:'..cur)
+      raw_edges[cur] = es
+      for j = 1, #es, 2 do
+        local n = es[j]
         if not done[n] then done[n] = true; comp[#comp+1] = n; todo[#todo+1] = n end
       end
     end
-    local keys, was, best = {}, {}, nil
-    for j, id in ipairs(comp) do
-      local khp = redis.call('HMGET', P..'n:'..id, 'k', 'h', 'p')
-      keys[j], was[j] = khp[1], khp[3]
-      if best == nil or khp[2] < best then best = khp[2] end
+    local info = {}
+    for _, id in ipairs(comp) do
+      local r = redis.call('HMGET', P..'n:'..id, 'k', 'h', 'p', 'd')
+      info[id] = {k = r[1], h = r[2], p = r[3], nhs = nhs_of(r[4])}
     end
-    local person = 'PER-'..best
-    local moved = {}
-    for j, k in ipairs(keys) do
-      local old = was[j]
-      if old ~= person then
-        if old then redis.call('SREM', P..'members:'..old, k); olds[old] = true end
-        redis.call('HSET', P..'n:'..comp[j], 'p', person)
-        redis.call('SADD', P..'members:'..person, k)
-        moved[#moved+1] = k; moved[#moved+1] = old or ''
+    local numbers, distinct = {}, 0
+    for _, id in ipairs(comp) do
+      local nhs = info[id].nhs
+      if nhs ~= '' and not numbers[nhs] then numbers[nhs] = true; distinct = distinct + 1 end
+    end
+    local edges = {}
+    -- With at most one NHS number among them no rule can refuse a link: one person, no sorting.
+    if distinct > 1 then for id, es in pairs(raw_edges) do
+      for j = 1, #es, 2 do
+        local n = es[j]
+        if id < n then
+          local kind, w = string.match(es[j+1], '^([^|]*)|%d+|?(%-?%d*)$')
+          local ha, hb = info[id].h, info[n].h
+          if hb < ha then ha, hb = hb, ha end
+          edges[#edges+1] = {id, n, kind == 'forced' and 0 or 1, tonumber(w) or 0, ha, hb}
+        end
+      end
+    end end
+    table.sort(edges, function(x, y)
+      if x[3] ~= y[3] then return x[3] < y[3] end
+      if x[4] ~= y[4] then return x[4] > y[4] end
+      if x[5] ~= y[5] then return x[5] < y[5] end
+      return x[6] < y[6]
+    end)
+    local parent, groups = {}, {}
+    for _, id in ipairs(comp) do parent[id] = id; groups[id] = {id} end
+    if distinct <= 1 then
+      for j = 2, #comp do parent[comp[j]] = comp[1]; groups[comp[j]] = nil end
+      groups[comp[1]] = comp
+    end
+    local function root(x) while parent[x] ~= x do x = parent[x] end return x end
+    for _, e in ipairs(edges) do
+      local ra, rb = root(e[1]), root(e[2])
+      if ra ~= rb then
+        local ok = true
+        if e[3] == 1 then
+          for _, x in ipairs(groups[ra]) do
+            for _, y in ipairs(groups[rb]) do
+              if cannot_join(info[x], info[y]) then ok = false; break end
+            end
+            if not ok then break end
+          end
+        end
+        if ok then
+          parent[rb] = ra
+          for _, y in ipairs(groups[rb]) do table.insert(groups[ra], y) end
+          groups[rb] = nil
+        else
+          refused[#refused+1] = info[e[1]].k; refused[#refused+1] = info[e[2]].k
+        end
       end
     end
-    if #moved > 0 then
-      out[#out+1] = person; out[#out+1] = #keys
-      for _, k in ipairs(keys) do out[#out+1] = k end
-      out[#out+1] = #moved / 2
-      for _, x in ipairs(moved) do out[#out+1] = x end
+    for _, gid in ipairs(comp) do
+      local cluster = groups[gid]
+      if cluster then
+        local best = nil
+        for _, id in ipairs(cluster) do
+          if best == nil or info[id].h < best then best = info[id].h end
+        end
+        local person = 'PER-'..best
+        local moved = {}
+        for _, id in ipairs(cluster) do
+          local old = info[id].p
+          if old ~= person then
+            if old then redis.call('SREM', P..'members:'..old, info[id].k); olds[old] = true end
+            redis.call('HSET', P..'n:'..id, 'p', person)
+            redis.call('SADD', P..'members:'..person, info[id].k)
+            moved[#moved+1] = info[id].k; moved[#moved+1] = old or ''
+          end
+        end
+        if #moved > 0 then
+          out[#out+1] = person; out[#out+1] = #cluster
+          for _, id in ipairs(cluster) do out[#out+1] = info[id].k end
+          out[#out+1] = #moved / 2
+          for _, x in ipairs(moved) do out[#out+1] = x end
+        end
+      end
     end
   end
 end
 out[#out+1] = ''
+out[#out+1] = #refused / 2
+for _, k in ipairs(refused) do out[#out+1] = k end
 for old, _ in pairs(olds) do
   if redis.call('SCARD', P..'members:'..old) == 0 then out[#out+1] = old end
 end
@@ -389,13 +460,13 @@ class RedisGraphStore:
 
     def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
               forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
-              ) -> tuple[list[Relabel], set[str]]:
+              ) -> Applied:
         args: list[Any] = [P, len(versions)]
         for k, v in versions.items():
             args += [k, v]
         args.append(len(decisions))
         for d in decisions:
-            args += [d.a, self._named(d.b), d.version_b, d.kind or ""]
+            args += [d.a, self._named(d.b), d.version_b, d.kind or "", d.weight]
         for pairs in (forced, forbidden):
             args.append(len(pairs))
             for a, b in pairs:
@@ -410,7 +481,10 @@ class RedisGraphStore:
             moved = {raw[i + 1 + 2 * j]: (raw[i + 2 + 2 * j] or None) for j in range(m)}
             i += 1 + 2 * m
             relabels.append(Relabel(person, members, moved))
-        return relabels, set(raw[i + 1:])
+        n = int(raw[i + 1])
+        pairs = raw[i + 2:i + 2 + 2 * n]
+        refused = sorted({tuple(sorted(p)) for p in zip(pairs[::2], pairs[1::2])})
+        return Applied(relabels, set(raw[i + 2 + 2 * n:]), refused)  # type: ignore[arg-type]
 
     # --- read-only views (the delivery service, monitor and benchmarks call these) ----------------
     def person_of(self, key: str) -> str | None:

@@ -142,6 +142,13 @@ def _postcode_level(a: str | None, b: str | None) -> int | None:
     return 0
 
 
+@lru_cache(maxsize=100_000)
+def given_sound(given: str) -> str:
+    """The sound of a given name, nicknames folded (BILL and WILLIAM sound alike), as blocking
+    keys use it. Empty when there is no name."""
+    return jellyfish.soundex(canonical_given(given)) if given else ""
+
+
 def compare(a: Demographics, b: Demographics) -> dict[str, int | None]:
     """The comparison vector for a pair. Symmetric: compare(a, b) == compare(b, a)."""
     given = _name_level(a.given, b.given, given=True)

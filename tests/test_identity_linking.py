@@ -56,26 +56,30 @@ def test_quality_on_a_faulty_population_is_high():
     assert q.precision > 0.97 and q.recall > 0.9, q
 
 
-def _batches(records, rnd, workers):
+def _batches(demos, rnd, workers):
     """Deal records to workers in random batches, as partitions would."""
     queues = [[] for _ in range(workers)]
-    for r in records:
-        queues[zlib.crc32(pop.source_key(r).encode()) % workers].append(r)
+    for d in demos:
+        queues[zlib.crc32(d.key.encode()) % workers].append(d)
     out = []
     for q in queues:
         rnd.shuffle(q)
         batches, i = [], 0
         while i < len(q):
             n = rnd.randint(1, 40)
-            batches.append([demo(r) for r in q[i:i + n]])
+            batches.append(q[i:i + n])
             i += n
         out.append(batches)
     return out
 
 
 def run_interleaved(store, records, rnd: random.Random, workers: int) -> None:
+    run_interleaved_demographics(store, [demo(r) for r in records], rnd, workers)
+
+
+def run_interleaved_demographics(store, demos, rnd: random.Random, workers: int) -> None:
     """Each worker alternates ingest -> (decide) -> apply; the scheduler picks who moves next."""
-    queues = _batches(records, rnd, workers)
+    queues = _batches(demos, rnd, workers)
     pending: list = [None] * workers
     while any(queues) or any(p is not None for p in pending):
         w = rnd.choice([i for i in range(workers) if queues[i] or pending[i] is not None])

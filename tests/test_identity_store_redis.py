@@ -19,7 +19,9 @@ from streams.identity_graph import MemoryGraphStore, link_batch
 from streams.identity_store import IndexLayoutError, RedisGraphStore, block_digest
 from streams.index_rebuild import forget_index
 from streams.blocking import keys as block_keys
-from tests.test_identity_linking import PARAMS, POPULATION, demo, link_all, run_interleaved
+from tests.test_identity_linking import (PARAMS, POPULATION, demo, link_all, run_interleaved,
+                                        run_interleaved_demographics)
+from tests.test_linkage_failure_modes import tangled_population
 
 pytestmark = pytest.mark.integration
 INDEX_DB = 7
@@ -49,6 +51,22 @@ def test_two_interleaved_workers_on_redis_reach_the_reference_people(index, seed
     assert redis_persons(store, records) == link_all(records)
     assert sorted(k for batch in store.all_keys(batch=97) for k in batch) == sorted(
         pop.source_key(r) for r in records)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_the_coherence_rule_in_lua_makes_the_reference_people(index, seed):
+    """Populations where chains, relatives and mistyped NHS numbers meet: the Lua clustering
+    refuses the same links and makes the same people as identity_graph.cluster_people."""
+    demos = tangled_population(seed, n=60)
+    reference = MemoryGraphStore()
+    expected = link_batch(reference, demos, PARAMS)
+    store = RedisGraphStore(index)
+    run_interleaved_demographics(store, demos, random.Random(seed), 2)
+    assert store.persons_of([d.key for d in demos]) == reference.persons()
+    assert expected.refused
+    # One batch on a fresh index reports the refused links as the reference does.
+    index.flushdb()
+    assert link_batch(RedisGraphStore(index), demos, PARAMS).refused == expected.refused
 
 
 def test_changed_records_leave_their_old_blocks_and_relink(index):

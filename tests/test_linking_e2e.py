@@ -270,6 +270,63 @@ def test_a_person_whose_records_contradict_each_other_is_queued_for_review(bus_s
     assert found and "contradict" in found[0]["reason"]
 
 
+def test_records_that_cannot_be_one_person_are_never_chained_into_one_and_a_person_decides(
+        bus_settings, redis_client, connectors, link_workers, delivery, unique):
+    """A and C carry different valid NHS numbers, B none; B matches both on name, birth date and
+    address. B joins one of them, the other link waits for a person, whose decision wins. (CI once
+    found a person of 29 test patients chained like this through one record.)"""
+    import random
+
+    import httpx
+
+    from producers import nhs_number
+    from tests.test_connectors_e2e import mllp_send
+
+    rng = random.Random(unique)
+    numbers = {"A": nhs_number.generate(rng), "C": nhs_number.generate(rng), "B": ""}
+    assert numbers["A"] != numbers["C"]
+
+    def adt(x: str, local_id: str) -> bytes:
+        nhs = f"~{numbers[x]}^^^NHS^NH" if numbers[x] else ""
+        return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|R{local_id}|P|2.4\r"
+                f"PID|1||{local_id}^^^RAL^MR{nhs}||Rk{unique[:6]}^Marta||19800101|F|||2 B ST^^LONDON^^N7 8AB\r"
+                ).encode()
+
+    a, b, c = (f"R{x}{unique}" for x in "ABC")
+    acks = mllp_send(bus_settings.mllp_port, adt("A", a), adt("B", b), adt("C", c))
+    assert all(b"MSA|AA" in ack for ack in acks), acks
+    keys = [f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|{x}" for x in (a, b, c)]
+    auditor = {"Authorization": "Bearer dev-auditor-token"}
+    deadline = time.monotonic() + 90
+    found: list = []
+    while time.monotonic() < deadline and not found:
+        found = [r for r in httpx.get(f"{delivery.base}/reviews", headers=auditor, timeout=30).json()
+                 if keys[1] in (r["a"], r["b"]) and "cannot be one person" in r["reason"]]
+        time.sleep(0.3)
+    assert found, httpx.get(f"{delivery.base}/reviews", headers=auditor, timeout=30).json()
+    persons = stream_persons(redis_client, keys)
+    assert len(persons) == 3 and persons[keys[0]] != persons[keys[2]], persons
+    assert persons[keys[1]] in (persons[keys[0]], persons[keys[2]]), "B joined the one it matches best"
+    # The reviewer says the held-back pair is one person: it is, and the record that cannot be one
+    # person with its other member leaves (its link now waits for a person in turn).
+    accepted = {found[0]["a"], found[0]["b"]}
+    (third,) = set(keys) - accepted
+    assert httpx.post(f"{delivery.base}/reviews/{found[0]['review_id']}/accept", headers=auditor).status_code == 202
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len({stream_persons(redis_client, sorted(accepted)).get(k) for k in accepted}) != 1:
+        time.sleep(0.3)
+    persons = stream_persons(redis_client, keys)
+    assert len({persons[k] for k in accepted}) == 1, persons
+    assert persons[third] not in {persons[k] for k in accepted}, persons
+    deadline = time.monotonic() + 60
+    held: list = []
+    while time.monotonic() < deadline and not held:
+        held = [r for r in httpx.get(f"{delivery.base}/reviews", headers=auditor, timeout=30).json()
+                if {r["a"], r["b"]} == {third, keys[1]}]
+        time.sleep(0.3)
+    assert held and "cannot be one person" in held[0]["reason"]
+
+
 def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings, redis_client, connectors,
                                                                     link_workers, unique):
     import os
