@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import redis
 from rich.console import Console

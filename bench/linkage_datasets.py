@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
+from producers.birth_date import digits_as_sent
 from simulator import population as pop
 from streams.record_comparison import Demographics, from_patient
 
@@ -50,10 +51,13 @@ def _febrl(frames: list) -> tuple[list[Demographics], dict[str, str], dict[str, 
         for rec_id, row in df.iterrows():
             key = f"{CERNER_KEY}F{n}-{rec_id}"
             postcode = row.postcode if isinstance(row.postcode, str) and row.postcode.strip() else None
-            records.append(Demographics(key, None, _text(row.given_name), _text(row.surname),
-                                        _date(row.date_of_birth), None, postcode))
-            truth[key] = str(rec_id).split("-")[1]
             raw[key] = str(row.date_of_birth) if isinstance(row.date_of_birth, str) else ""
+            born = _date(row.date_of_birth)
+            # What the HL7 connector would keep of a date that is not a real day (birth_date.py).
+            as_sent = digits_as_sent(raw[key], "hl7") if born is None and raw[key] else None
+            records.append(Demographics(key, None, _text(row.given_name), _text(row.surname),
+                                        born, None, postcode, as_sent))
+            truth[key] = str(rec_id).split("-")[1]
     return records, truth, raw
 
 

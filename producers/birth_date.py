@@ -44,3 +44,18 @@ def parse(value: str | None, pattern: str) -> tuple[int | None, list[str]]:
             return None, [BIRTH_DATE_PARTIAL]
         days = to_days(int(match.group(1)), int(match.group(2)), int(match.group(3)))
     return (days, []) if days is not None else (None, [BIRTH_DATE_INVALID])
+
+
+def digits_as_sent(value: str | None, pattern: str) -> str | None:
+    """The digits of a birth date that is not a whole valid date (YYYY, YYYYMM, or a YYYYMMDD
+    that is not a real day), for matching; None for a valid date or no readable digits."""
+    _, flags = parse(value, pattern)
+    if not flags:
+        return None
+    text = (value or "").strip()
+    if pattern == "hl7":
+        digits = text.split("+")[0].split("-")[0].split(".")[0]
+        digits = digits[:8] if len(digits) > 8 else digits      # a time after the day
+    else:
+        digits = text.replace("-", "")
+    return digits if digits.isdigit() and len(digits) in (4, 6, 8) else None

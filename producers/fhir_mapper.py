@@ -248,11 +248,13 @@ def map_payload(raw: bytes, profile: SourceSystemProfile, ods: str, received_at_
         event_type = f"fhir.{doc['resourceType']}"
     # A bad birthDate would fail the whole resource's validation: take it out first, flag it.
     birth_flags: dict[int, list[str]] = {}
+    birth_as_sent: dict[int, str | None] = {}
     for n, (_url, res, _path) in enumerate(resources):
         if res.get("resourceType") == "Patient" and "birthDate" in res:
             days, flags = birth_date.parse(str(res["birthDate"]), "iso")
             if flags:
                 birth_flags[n] = flags
+                birth_as_sent[n] = birth_date.digits_as_sent(str(res["birthDate"]), "iso")
                 resources[n] = (_url, {k: v for k, v in res.items() if k != "birthDate"}, _path)
     validated = [(full_url, _validate(res, path), path) for full_url, res, path in resources]
     patients: dict[str, dict[str, Any]] = {}   # reference key -> event
@@ -261,6 +263,7 @@ def map_payload(raw: bytes, profile: SourceSystemProfile, ods: str, received_at_
         if model.get_resource_type() == "Patient":
             identity, flags = _patient_identity(model, profile, ods)
             flags += birth_flags.get(n, [])
+            identity["birth_date_as_sent"] = birth_as_sent.get(n)
             index = len(events)
             eid = str(uuid.uuid5(EVENT_NAMESPACE, f"{profile.code}|{ods}|{digest}|{index}"))
             event = _empty_event(identity, profile, ods, model.id or identity["local_identifier"]["value"],

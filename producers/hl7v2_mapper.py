@@ -166,6 +166,7 @@ def _identity(msg: HL7v2Message, profile: SourceSystemProfile, ods: str) -> tupl
         "nhs_number_status": status,
         "names": names,
         "birth_date": birth_days,
+        "birth_date_as_sent": birth_date.digits_as_sent(field(msg, "PID", 7), "hl7") if birth_flags else None,
         "sex": SEX.get(field(msg, "PID", 8).upper(), "UNKNOWN"),
         "addresses": addresses,
         "telecom": telecom,

@@ -151,6 +151,7 @@ def _apply_row(row: dict[str, str], line: int, events: dict, file_name: str, dig
             raise ValueError(f"line {line}: a PATIENT row needs family or given name")
         p["names"] = [{"use": "official", "family": family, "given": given.split(), "prefix": None}]
         p["birth_date"] = birth
+        p["birth_date_as_sent"] = birth_date.digits_as_sent(row.get("birth_date"), "iso") if birth_flags else None
         p["sex"] = SEX.get((row.get("sex") or "U").strip().upper()[:1], "UNKNOWN")
         if row.get("address_line") or row.get("postcode"):
             p["addresses"] = [{"use": "home", "lines": [row["address_line"]] if row.get("address_line") else [],

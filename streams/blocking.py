@@ -7,7 +7,7 @@ fault still leaves the true match a key in common:
 
   fd   family sound + birth date        given name wrong, nickname, moved, no NHS number
   gd   given sound + birth date         surname changed (marriage), double-barrelled
-  fgy  family + given + birth year      day or month mistyped
+  fgy  family + given + birth year      day or month mistyped, or only the year (or month) sent
   fgm  family + given + day and month   year mistyped
   dp   birth date + postcode            both names changed or swapped
   ns   both name sounds, sorted + date  given and family swapped
@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import jellyfish
 
-from streams.record_comparison import Demographics, date_digits, given_sound
+from streams.record_comparison import Demographics, birth_digits, given_sound
 
 
 @lru_cache(maxsize=100_000)
@@ -45,14 +45,18 @@ def keys(d: Demographics) -> set[str]:
         out.add(nhs_number_key(d.nhs))
     fam = _sound(d.family_parts[0]) if d.family_parts else ""
     giv = given_sound(d.given)
-    dob = date_digits(d.birth_date) if d.birth_date is not None else ""
+    # A birth date that is not a valid date blocks on its digits as sent: a whole one like any
+    # date (a typo in a day has a valid twin one edit away), a partial one by its year.
+    digits = birth_digits(d)
+    dob = digits if len(digits) == 8 else ""
+    if fam and giv and digits:
+        out.add(f"fgy:{fam}:{giv}:{digits[:4]}")
     if dob:
         if fam:
             out.add(f"fd:{fam}:{dob}")
         if giv:
             out.add(f"gd:{giv}:{dob}")
         if fam and giv:
-            out.add(f"fgy:{fam}:{giv}:{dob[:4]}")
             out.add(f"fgm:{fam}:{giv}:{dob[4:]}")
         if d.postcode:
             out.add(f"dp:{dob}:{d.postcode}")

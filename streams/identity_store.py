@@ -392,14 +392,16 @@ return out
 
 
 def pack(d: Demographics) -> str:
-    dob = d.birth_date.isoformat() if d.birth_date else ""
+    # A valid date as ISO (with '-'), digits as sent without.
+    dob = d.birth_date.isoformat() if d.birth_date else d.birth_as_sent or ""
     return SEP.join((d.nhs or "", d.given, d.family, dob, d.sex or "", d.postcode or ""))
 
 
 def unpack(key: str, raw: str) -> Demographics:
     nhs, given, family, dob, sex, postcode = raw.split(SEP)
-    return Demographics(key, nhs or None, given, family, date.fromisoformat(dob) if dob else None, sex or None,
-                        postcode or None)
+    valid = "-" in dob
+    return Demographics(key, nhs or None, given, family, date.fromisoformat(dob) if valid else None, sex or None,
+                        postcode or None, None if valid else dob or None)
 
 
 def _s(x: Any) -> str:

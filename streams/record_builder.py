@@ -30,7 +30,7 @@ import orjson
 
 from schemas.record_sections import CLINICAL_SECTIONS as SECTIONS
 
-DEMOGRAPHIC_FIELDS = ("nhs_number", "names", "birth_date", "sex", "addresses", "telecom",
+DEMOGRAPHIC_FIELDS = ("nhs_number", "names", "birth_date", "birth_date_as_sent", "sex", "addresses", "telecom",
                       "registered_practice_ods", "deceased_at")
 SOURCE_RANK = {"EMIS_WEB": 0, "INPS_VISION": 0, "OTHER": 1, "CERNER_MILLENNIUM": 2, "RIO": 3, "CAREBUS": 4}
 NHS_STATUS_RANK = {"VERIFIED": 0, "PRESENT_UNVERIFIED": 1}
@@ -64,10 +64,16 @@ def new_source_state(key: str, event: dict[str, Any]) -> dict[str, Any]:
 def patient_view(state: dict[str, Any]) -> dict[str, Any]:
     """The source's current PatientIdentity, assembled from its newest field values (for matching)."""
     fields = {name: f["value"] for name, f in state["fields"].items()}
+    # A source's birth date is its newest word on it: a valid date, or digits that are not one.
+    date_field, sent = state["fields"].get("birth_date"), state["fields"].get("birth_date_as_sent")
+    if sent and date_field and _order(sent["provenance"]) < _order(date_field["provenance"]):
+        fields.pop("birth_date_as_sent")
+    elif sent:
+        fields.pop("birth_date", None)
     return {"local_identifier": state["local_identifier"], "nhs_number": fields.get("nhs_number"),
             "nhs_number_status": state["nhs_number_status"] if fields.get("nhs_number") else "ABSENT",
             "names": fields.get("names", []), "birth_date": fields.get("birth_date"),
-            "sex": fields.get("sex", "UNKNOWN"), "addresses": fields.get("addresses", [])}
+            "birth_date_as_sent": fields.get("birth_date_as_sent"), "sex": fields.get("sex", "UNKNOWN"), "addresses": fields.get("addresses", [])}
 
 
 def apply_event(state: dict[str, Any], event: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -134,7 +140,8 @@ def build_record(person_id: str, states: list[dict[str, Any]], version: int, upd
     demographics: dict[str, Any] = {
         "local_identifier": {"system": "urn:carebus:person", "value": person_id},
         "other_identifiers": [s["local_identifier"] for s in states],
-        "nhs_number": None, "nhs_number_status": "ABSENT", "names": [], "birth_date": None, "sex": "UNKNOWN",
+        "nhs_number": None, "nhs_number_status": "ABSENT", "names": [], "birth_date": None,
+        "birth_date_as_sent": None, "sex": "UNKNOWN",
         "addresses": [], "telecom": [], "registered_practice_ods": None, "deceased_at": None,
         "sharing_objection": any(s["sharing_objection"] for s in states),
     }

@@ -44,6 +44,9 @@ class Demographics:
     birth_date: date | None
     sex: str | None          # MALE / FEMALE / None when unknown
     postcode: str | None     # no spaces
+    # When there is no valid birth date: its digits as sent (YYYY, YYYYMM, or a YYYYMMDD that is
+    # not a real day), compared for what they hold.
+    birth_as_sent: str | None = None
 
     @property
     def family_parts(self) -> list[str]:
@@ -67,7 +70,8 @@ def from_patient(key: str, patient: dict) -> Demographics:
             break
     nhs = patient.get("nhs_number") if patient.get("nhs_number_status") in ("VERIFIED", "PRESENT_UNVERIFIED") else None
     sex = patient.get("sex") if patient.get("sex") in ("MALE", "FEMALE") else None
-    return Demographics(key, nhs, given, family, birth, sex, postcode)
+    as_sent = None if birth is not None else patient.get("birth_date_as_sent") or None
+    return Demographics(key, nhs, given, family, birth, sex, postcode, as_sent)
 
 
 # Names and birth dates repeat across millions of comparisons: their derived forms are cached
@@ -126,6 +130,30 @@ def _birth_level(a: date | None, b: date | None) -> int | None:
     return 0
 
 
+def birth_digits(d: Demographics) -> str:
+    """YYYYMMDD of a valid birth date, else the digits as sent (4, 6 or 8), else ''."""
+    return date_digits(d.birth_date) if d.birth_date is not None else d.birth_as_sent or ""
+
+
+def _birth_digits_level(x: str, y: str) -> int | None:
+    """Birth dates when one is not a valid date: its digits as typed, for what both hold."""
+    if not x or not y:
+        return None
+    if len(x) == 8 and len(y) == 8:
+        if x == y:
+            return 3
+        if _at_most_one_edit(x, y):
+            return 2        # 19800231 against 19800221: a typo that made an impossible day
+        return 1 if x[:4] == y[:4] else 0
+    # A partial date (year, or year and month) contradicts or says nothing: agreeing as far as it
+    # goes would need a level of its own, fitted, to count as evidence.
+    if x[:4] != y[:4]:
+        return 0
+    if min(len(x), len(y)) >= 6 and x[4:6] != y[4:6]:
+        return 1
+    return None
+
+
 def _postcode_level(a: str | None, b: str | None) -> int | None:
     # UK postcodes without spaces: district = outward code (all but the last 3 characters),
     # sector = district + the first character of the inward code.
@@ -167,7 +195,11 @@ def compare(a: Demographics, b: Demographics) -> dict[str, int | None]:
     else:
         nhs = None
     sex = None if a.sex is None or b.sex is None else int(a.sex == b.sex)
-    return {"nhs": nhs, "given": given, "family": family, "birth_date": _birth_level(a.birth_date, b.birth_date),
+    if a.birth_date is not None and b.birth_date is not None or not (a.birth_as_sent or b.birth_as_sent):
+        birth = _birth_level(a.birth_date, b.birth_date)
+    else:
+        birth = _birth_digits_level(birth_digits(a), birth_digits(b))
+    return {"nhs": nhs, "given": given, "family": family, "birth_date": birth,
             "sex": sex, "postcode": _postcode_level(a.postcode, b.postcode)}
 
 

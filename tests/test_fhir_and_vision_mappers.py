@@ -84,13 +84,17 @@ def test_fuzzed_fhir_maps_or_fails_cleanly(body):
         assert exc.issues
 
 
-@pytest.mark.parametrize("value,flag", [("1980-13-01", "BIRTH_DATE_INVALID"), ("1980-02-30", "BIRTH_DATE_INVALID"),
-                                        ("1980", "BIRTH_DATE_PARTIAL"), ("1980-05", "BIRTH_DATE_PARTIAL")])
-def test_fhir_patient_with_a_bad_birth_date_is_kept_and_flagged(value, flag):
+@pytest.mark.parametrize("value,flag,digits", [("1980-13-01", "BIRTH_DATE_INVALID", "19801301"),
+                                               ("1980-02-30", "BIRTH_DATE_INVALID", "19800230"),
+                                               ("1980", "BIRTH_DATE_PARTIAL", "1980"),
+                                               ("1980-05", "BIRTH_DATE_PARTIAL", "198005"),
+                                               ("30/02/1980", "BIRTH_DATE_INVALID", None)])
+def test_fhir_patient_with_a_bad_birth_date_is_kept_and_flagged(value, flag, digits):
     body = json.dumps({"resourceType": "Patient", "id": "x", "birthDate": value, "name": [{"family": "Y"}],
                        "identifier": [{"system": "urn:x", "value": "x1"}]}).encode()
     [event] = fhir_mapper.map_payload(body, EMIS, "F84001", 0)
     assert event["patient"]["birth_date"] is None and flag in event["data_quality_flags"]
+    assert event["patient"]["birth_date_as_sent"] == digits
     codec.encode("SourcePatientEvent", event)
 
 
@@ -110,6 +114,7 @@ def test_vision_extract_groups_rows_and_rejects_bad_rows_alone():
     # A birth date in the wrong format is the sender's data: the patient is kept, the date flagged.
     [bad1] = [e for e in result.events if e["patient"]["local_identifier"]["value"] == "BAD1"]
     assert bad1["patient"]["birth_date"] is None and "BIRTH_DATE_INVALID" in bad1["data_quality_flags"]
+    assert bad1["patient"]["birth_date_as_sent"] is None        # not digits in the documented order
     for e in result.events:
         codec.encode("SourcePatientEvent", e)
 

@@ -72,14 +72,23 @@ def test_bad_messages_fail_with_a_reason(raw, code, ack):
     assert err.value.error_code == code and err.value.ack_code == ack and err.value.reason
 
 
-@pytest.mark.parametrize("value,flag", [(b"19701302", "BIRTH_DATE_INVALID"), (b"19700231", "BIRTH_DATE_INVALID"),
-                                        (b"1970", "BIRTH_DATE_PARTIAL"), (b"197001", "BIRTH_DATE_PARTIAL"),
-                                        (b"UNKNOWN", "BIRTH_DATE_INVALID")])
-def test_a_bad_or_partial_birth_date_is_kept_and_flagged_not_rejected(value, flag):
-    """Like a mistyped NHS number: the patient reaches the index, the date is left out of matching."""
+@pytest.mark.parametrize("value,flag,digits", [(b"19701302", "BIRTH_DATE_INVALID", "19701302"),
+                                               (b"19700231", "BIRTH_DATE_INVALID", "19700231"),
+                                               (b"197002311200", "BIRTH_DATE_INVALID", "19700231"),
+                                               (b"1970", "BIRTH_DATE_PARTIAL", "1970"),
+                                               (b"197001", "BIRTH_DATE_PARTIAL", "197001"),
+                                               (b"UNKNOWN", "BIRTH_DATE_INVALID", None)])
+def test_a_bad_or_partial_birth_date_is_kept_and_flagged_not_rejected(value, flag, digits):
+    """Like a mistyped NHS number: the patient reaches the index; the digits as sent go to matching."""
     event = hl7v2_mapper.map_message(ADT.replace(b"19700102", value), CERNER, "RAL", 0).event
     assert event["patient"]["birth_date"] is None and flag in event["data_quality_flags"]
+    assert event["patient"]["birth_date_as_sent"] == digits
     assert event["patient"]["local_identifier"]["value"] == "1234567"
+    codec.encode("SourcePatientEvent", event)
+
+
+def test_a_valid_birth_date_sends_no_digits():
+    assert hl7v2_mapper.map_message(ADT, CERNER, "RAL", 0).event["patient"]["birth_date_as_sent"] is None
 
 
 def test_ack_carries_the_reason_and_control_id():

@@ -211,3 +211,38 @@ def test_coherent_people_whatever_the_order_and_the_workers(population_seed, ord
     by_key = {d.key: d for d in demos}
     for group in groups(store.persons()):
         assert not any(cannot_join(by_key[x], by_key[y]) for x in group for y in group if x < y), group
+
+
+# 4 (continued). A birth date that is not a valid date is compared on the digits the sender wrote.
+def test_an_impossible_birth_date_is_compared_as_typed():
+    valid = person("v", dob=date(1980, 2, 21))
+    typo = replace(person("t", dob=None), birth_as_sent="19800231")      # one digit off, not a real day
+    far = replace(person("f", dob=None), birth_as_sent="19731399")
+    assert compare(valid, typo)["birth_date"] == 2 and compare(typo, valid)["birth_date"] == 2
+    assert compare(typo, replace(typo, key="t2"))["birth_date"] == 3
+    assert compare(valid, far)["birth_date"] == 0
+    assert blocking.keys(valid) & blocking.keys(typo)
+    store = MemoryGraphStore()
+    link_batch(store, [valid, typo], PARAMS)
+    assert store.person_of("v") == store.person_of("t")
+
+
+def test_a_partial_birth_date_contradicts_or_says_nothing():
+    full = person("a", dob=date(1984, 9, 30))
+    assert compare(full, replace(person("y", dob=None), birth_as_sent="1950"))["birth_date"] == 0
+    assert compare(full, replace(person("y", dob=None), birth_as_sent="1984"))["birth_date"] is None
+    assert compare(full, replace(person("y", dob=None), birth_as_sent="198402"))["birth_date"] == 1
+    assert compare(full, replace(person("y", dob=None), birth_as_sent="198409"))["birth_date"] is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.none(), st.dates(date(1900, 1, 1), date(2030, 1, 1))),
+       st.one_of(st.none(), st.from_regex(r"\A(19|20)\d\d(\d\d(\d\d)?)?\Z")),
+       st.one_of(st.none(), st.dates(date(1900, 1, 1), date(2030, 1, 1))),
+       st.one_of(st.none(), st.from_regex(r"\A(19|20)\d\d(\d\d(\d\d)?)?\Z")))
+def test_birth_date_comparison_is_symmetric_whatever_was_sent(d1, s1, d2, s2):
+    a = replace(person("a", dob=d1), birth_as_sent=None if d1 else s1)
+    b = replace(person("b", dob=d2), birth_as_sent=None if d2 else s2)
+    assert compare(a, b) == compare(b, a)
+    from streams.identity_store import pack, unpack
+    assert unpack("a", pack(a)) == a

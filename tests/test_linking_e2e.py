@@ -327,6 +327,29 @@ def test_records_that_cannot_be_one_person_are_never_chained_into_one_and_a_pers
     assert held and "cannot be one person" in held[0]["reason"]
 
 
+def test_an_impossible_birth_date_still_links_to_its_valid_twin(bus_settings, redis_client, connectors, link_workers,
+                                                                 unique):
+    """19800231 is not a day, but it is one digit from 19800221: the connector keeps the digits
+    as sent and the linker compares them (before, the date was dropped and the pair compared on
+    names and address alone)."""
+    from tests.test_connectors_e2e import mllp_send
+
+    def adt(local_id: str, dob: str) -> bytes:
+        return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|D{local_id}|P|2.4\r"
+                f"PID|1||{local_id}^^^RAL^MR||Dt{unique[:6]}^Ottoline||{dob}|F|||3 C ST^^LONDON^^N7 8AD\r").encode()
+
+    keys = [f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|D{x}{unique}" for x in "AB"]
+    acks = mllp_send(bus_settings.mllp_port, adt(f"DA{unique}", "19800231"), adt(f"DB{unique}", "19800221"))
+    assert all(b"MSA|AA" in ack for ack in acks), acks
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(stream_persons(redis_client, keys)) < 2:
+        time.sleep(0.3)
+    persons = stream_persons(redis_client, keys)
+    assert len(persons) == 2 and len(set(persons.values())) == 1, persons
+    [stored] = graph(redis_client).demographics(keys[:1])
+    assert stored.birth_date is None and stored.birth_as_sent == "19800231"
+
+
 def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings, redis_client, connectors,
                                                                     link_workers, unique):
     import os
