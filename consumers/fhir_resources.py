@@ -61,10 +61,11 @@ def _uri(value: str | None) -> str | None:
 
 
 def _concept(coded: dict[str, Any] | None) -> dict[str, Any]:
+    """A CodeableConcept with every coding the source sent, the first first."""
     coded = coded or {}
-    coding = _clean({"system": _uri(coded.get("system")), "code": _code(coded.get("code")),
-                     "display": coded.get("display")})
-    return _clean({"coding": [coding] if coding else [], "text": coded.get("display")}) or {"text": "unspecified"}
+    codings = [_clean({"system": _uri(c.get("system")), "code": _code(c.get("code")), "display": c.get("display")})
+               for c in [coded, *(coded.get("other_codings") or [])]]
+    return _clean({"coding": [c for c in codings if c], "text": coded.get("display")}) or {"text": "unspecified"}
 
 
 def _resource_id(person_id: str, section: str, item: dict[str, Any]) -> str:
@@ -98,6 +99,7 @@ def _clinical(section: str, item: dict[str, Any], subject: dict[str, str]) -> di
                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                           "code": ENCOUNTER_CLASS.get(item["encounter_class"], "AMB")},
                 "subject": subject, "period": _clean({"start": iso_instant(item.get("start")), "end": iso_instant(item.get("end"))}),
+                "serviceType": _concept(item["service_type"]) if item.get("service_type") else None,
                 "serviceProvider": {"identifier": {"system": ODS_SYSTEM, "value": item["care_provider_ods"]}}
                 if item.get("care_provider_ods") else None}
     if section == "problems":

@@ -77,9 +77,11 @@ def _coded(concept: Any, fallback: str = "unspecified") -> dict[str, Any]:
     if concept is None or not concept.coding:
         text = getattr(concept, "text", None) if concept is not None else None
         return {"system": "urn:carebus:text", "code": fallback, "display": text}
-    c = concept.coding[0]
+    c, *others = concept.coding
     return {"system": str(c.system or "urn:carebus:local"), "code": str(c.code or fallback),
-            "display": c.display or concept.text}
+            "display": c.display or concept.text,
+            "other_codings": [{"system": str(o.system or "urn:carebus:local"), "code": str(o.code), "display": o.display}
+                              for o in others if o.code]}
 
 
 def _validate(resource: dict[str, Any], path: str):
@@ -173,7 +175,9 @@ def _clinical(resource: Any, rtype: str) -> tuple[str, dict[str, Any]]:
             "id": rid, "encounter_class": {"IMP": "inpatient", "EMER": "emergency", "AMB": "outpatient",
                                            "HH": "community"}.get(str(cls), "outpatient"),
             "status": str(resource.status), "movement": "update",
-            "location": None, "start": _ms(period.start) if period else None,
+            "location": None,
+            "service_type": _coded(resource.serviceType) if getattr(resource, "serviceType", None) else None,
+            "start": _ms(period.start) if period else None,
             "end": _ms(period.end) if period else None, "care_provider_ods": None, "episode_id": None,
             "provenance": []}
     if rtype == "Condition":

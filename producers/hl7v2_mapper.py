@@ -179,10 +179,24 @@ def _identity(msg: HL7v2Message, profile: SourceSystemProfile, ods: str) -> tupl
     return patient, flags
 
 
+CODE_SYSTEMS = {"SCT": "http://snomed.info/sct", "LN": "http://loinc.org", "I10": "http://hl7.org/fhir/sid/icd-10",
+                "READ": "http://read.info/readv2", "DMD": "https://dmd.nhs.uk", "NPL": "https://nicip.nhs.uk"}
+HOSPITAL_SERVICE = "http://terminology.hl7.org/CodeSystem/v2-0069"     # PV1-10: site-defined codes
+
+
 def _coded(value: str, text: str, system: str) -> dict[str, Any]:
-    systems = {"SCT": "http://snomed.info/sct", "LN": "http://loinc.org", "I10": "http://hl7.org/fhir/sid/icd-10",
-               "READ": "http://read.info/readv2", "DMD": "https://dmd.nhs.uk", "NPL": "https://nicip.nhs.uk"}
-    return {"system": systems.get(system.upper(), system or "urn:carebus:local"), "code": value, "display": text or None}
+    return {"system": CODE_SYSTEMS.get(system.upper(), system or "urn:carebus:local"), "code": value,
+            "display": text or None}
+
+
+def _ce(msg: HL7v2Message, segment: str, number: int, occurrence: int, fallback: str = "") -> dict[str, Any]:
+    """A CE/CWE field: its code (components 1-3) and its alternate code (4-6) as a second coding."""
+    def part(component: int) -> str:
+        return field(msg, segment, number, 1, component, occurrence=occurrence)
+
+    concept = _coded(part(1) or fallback, part(2), part(3))
+    concept["other_codings"] = [_coded(part(4), part(5), part(6))] if part(4) else []
+    return concept
 
 
 def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, received_at_ms: int) -> MappedHL7:
@@ -228,6 +242,8 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
             "encounter_class": "mental-health" if profile.connector == "rio" and pclass in ("I", "") else PATIENT_CLASS.get(pclass, "outpatient"),
             "status": status, "movement": movement,
             "location": "/".join(x for x in (field(msg, "PV1", 3, 1, 1), field(msg, "PV1", 3, 1, 2)) if x) or None,
+            "service_type": ({"system": HOSPITAL_SERVICE, "code": field(msg, "PV1", 10), "display": None,
+                              "other_codings": []} if field(msg, "PV1", 10) else None),
             "start": parse_ts(field(msg, "PV1", 44), "PV1-44 admit time"),
             "end": parse_ts(field(msg, "PV1", 45), "PV1-45 discharge time"),
             "care_provider_ods": ods, "episode_id": field(msg, "PV1", 19) or None, "provenance": [],
@@ -235,8 +251,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
     for i in range(1, msg.count("AL1") + 1):
         event["allergies"].append({
             "id": f"{control_id}-AL1-{i}",
-            "substance": _coded(field(msg, "AL1", 3, 1, 1, occurrence=i), field(msg, "AL1", 3, 1, 2, occurrence=i),
-                                field(msg, "AL1", 3, 1, 3, occurrence=i)),
+            "substance": _ce(msg, "AL1", 3, i),
             "reaction": field(msg, "AL1", 5, occurrence=i) or None,
             "severity": field(msg, "AL1", 4, occurrence=i) or None,
             "status": "active", "recorded": parse_ts(field(msg, "AL1", 6, occurrence=i), "AL1-6"), "provenance": [],
@@ -244,16 +259,14 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
     for i in range(1, msg.count("DG1") + 1):
         event["problems"].append({
             "id": f"{control_id}-DG1-{i}",
-            "code": _coded(field(msg, "DG1", 3, 1, 1, occurrence=i), field(msg, "DG1", 3, 1, 2, occurrence=i),
-                           field(msg, "DG1", 3, 1, 3, occurrence=i)),
+            "code": _ce(msg, "DG1", 3, i),
             "status": "active", "onset": parse_ts(field(msg, "DG1", 5, occurrence=i), "DG1-5"), "abatement": None,
             "provenance": [],
         })
     for i in range(1, msg.count("RF1") + 1):
         event["referrals"].append({
             "id": field(msg, "RF1", 6, occurrence=i) or f"{control_id}-RF1-{i}",
-            "service": _coded(field(msg, "RF1", 3, 1, 1, occurrence=i) or "unspecified",
-                              field(msg, "RF1", 3, 1, 2, occurrence=i), field(msg, "RF1", 3, 1, 3, occurrence=i)),
+            "service": _ce(msg, "RF1", 3, i, fallback="unspecified"),
             "status": field(msg, "RF1", 1, occurrence=i).lower() or "active",
             "priority": field(msg, "RF1", 2, occurrence=i) or None,
             "referred_at": parse_ts(field(msg, "RF1", 7, occurrence=i), "RF1-7 effective date"),
@@ -271,8 +284,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
                                       "HL7_BAD_OBX_VALUE") from None
         event["observations"].append({
             "id": f"{field(msg, 'OBR', 3) or control_id}-OBX-{field(msg, 'OBX', 1, occurrence=i) or i}",
-            "code": _coded(field(msg, "OBX", 3, 1, 1, occurrence=i), field(msg, "OBX", 3, 1, 2, occurrence=i),
-                           field(msg, "OBX", 3, 1, 3, occurrence=i)),
+            "code": _ce(msg, "OBX", 3, i),
             "value_quantity": quantity, "unit": field(msg, "OBX", 6, occurrence=i) or None,
             "value_text": None if quantity is not None else (value or None),
             "reference_range": field(msg, "OBX", 7, occurrence=i) or None,

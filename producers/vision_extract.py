@@ -22,9 +22,14 @@ from producers.source_systems import NHS_NUMBER_SYSTEM, VISION
 COLUMNS = ("record_type", "patient_id", "practice_ods", "nhs_number", "nhs_verified", "family", "given",
            "birth_date", "sex", "address_line", "city", "postcode", "phone", "item_id", "code_system",
            "code", "display", "value", "unit", "status", "date")
+OPTIONAL_COLUMNS = ("other_code_system", "other_code")     # a second code for the same item
 RECORD_TYPES = {"PATIENT", "PROBLEM", "MEDICATION", "ALLERGY", "OBSERVATION"}
 CODE_SYSTEMS = {"SNOMED": "http://snomed.info/sct", "DMD": "https://dmd.nhs.uk", "READ2": "http://read.info/readv2"}
 SEX = {"M": "MALE", "F": "FEMALE", "I": "OTHER", "U": "UNKNOWN"}
+
+
+def _code_system(name: str | None) -> str:
+    return CODE_SYSTEMS.get((name or "").upper(), name or "urn:carebus:local")
 
 
 @dataclass(frozen=True)
@@ -162,8 +167,12 @@ def _apply_row(row: dict[str, str], line: int, events: dict, file_name: str, dig
     code = (row.get("code") or "").strip()
     if not code:
         raise ValueError(f"line {line}: {rtype} row has no code")
-    coded = {"system": CODE_SYSTEMS.get((row.get("code_system") or "").upper(), row.get("code_system") or "urn:carebus:local"),
-             "code": code, "display": row.get("display") or None}
+    coded = {"system": _code_system(row.get("code_system")), "code": code, "display": row.get("display") or None,
+             "other_codings": []}
+    if (row.get("other_code") or "").strip():
+        # Vision keeps the Read v2 code it was recorded with beside the SNOMED one.
+        coded["other_codings"] = [{"system": _code_system(row.get("other_code_system")),
+                                   "code": row["other_code"].strip(), "display": None}]
     item_id = (row.get("item_id") or "").strip() or f"{pid}-{line}"
     when = _ms(_date((row.get("date") or "").strip(), line))
     status = (row.get("status") or "active").strip().lower()

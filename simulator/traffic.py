@@ -119,13 +119,14 @@ class MessageFactory:
 
 
 def vision_csv(rows: list[dict[str, str]]) -> bytes:
-    from producers.vision_extract import COLUMNS
+    from producers.vision_extract import COLUMNS, OPTIONAL_COLUMNS
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    columns = COLUMNS + OPTIONAL_COLUMNS
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: row.get(c, "") for c in COLUMNS})
+        writer.writerow({c: row.get(c, "") for c in columns})
     return buf.getvalue().encode()
 
 

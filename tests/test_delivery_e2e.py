@@ -236,6 +236,32 @@ def test_a_hospital_diagnosis_in_a_sensitive_category_never_reaches_a_client_tha
     assert {p["code"]["code"] for p in audited["problems"]} == {code, "J45"}
 
 
+def test_a_second_coding_and_a_sexual_health_clinic_visit_are_withheld_too(
+        bus_settings, stack, receiver, redis_client, unique):
+    """A diagnosis sent under a local code with its ICD-10 code as the alternate (DG1-3.4-6), and
+    an outpatient visit to the GUM clinic (PV1-10): neither reaches a client that withholds sexual
+    health; the auditor sees both."""
+    path = f"/second-coding/{unique}"
+    subscribe(stack, RFH, channel="webhook", endpoint=receiver.url(path))
+    dg1 = f"DG1|1||L{unique[:5]}^Local diagnosis^LOCAL^B20.1^HIV disease^I10|||F\rDG1|2||J45^Asthma^I10|||F\r"
+    message = adt(f"G{unique}", f"G{unique}", extra=dg1, **own_identity(unique)).decode()
+    segments = message.split("\r")
+    pv1 = next(i for i, seg in enumerate(segments) if seg.startswith("PV1|"))
+    fields = segments[pv1].split("|")
+    fields[2], fields[10] = "O", "GUM"          # an outpatient visit, hospital service GUM
+    segments[pv1] = "|".join(fields)
+    assert b"MSA|AA" in mllp_send(bus_settings.mllp_port, "\r".join(segments).encode())[0]
+    person = person_of(redis_client, cerner_key(f"G{unique}"))
+    got = wait_for(lambda: [x for x in receiver.for_path(path) if x["json"]["person_id"] == person
+                            and x["json"]["record"]["problems"]], what="the patient's delivery")
+    record = got[-1]["json"]["record"]
+    assert {p["code"]["code"] for p in record["problems"]} == {"J45"}
+    assert record["encounters"] == [], record["encounters"]
+    audited = httpx.get(f"{stack.base}/records/{person}", headers=AUDIT, timeout=30).json()
+    assert {p["code"]["code"] for p in audited["problems"]} == {f"L{unique[:5]}", "J45"}
+    assert [e["service_type"]["code"] for e in audited["encounters"]] == ["GUM"]
+
+
 def test_a_dissent_recorded_at_the_gp_stops_sharing(bus_settings, stack, receiver, redis_client, unique):
     """EMIS sends the patient's record with the SNOMED code for "refused consent for upload to
     local shared electronic record": no subscriber receives that patient."""

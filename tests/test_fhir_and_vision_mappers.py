@@ -122,3 +122,32 @@ def test_vision_extract_groups_rows_and_rejects_bad_rows_alone():
 def test_vision_header_without_required_columns_is_rejected():
     result = vision_extract.parse_extract(b"a,b\n1,2\n", "x.csv", 0)
     assert not result.events and "header lacks columns" in result.errors[0].reason
+
+
+def test_every_coding_of_a_fhir_concept_and_the_encounter_service_are_kept():
+    body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient", "id": "p1", "name": [{"family": "Y"}],
+                                                "identifier": [{"system": "urn:x", "value": "x1"}]},
+         "request": {"method": "PUT", "url": "Patient/p1"}},
+        {"resource": {"resourceType": "Condition", "id": "c1", "subject": {"reference": "urn:uuid:p1"},
+                      "code": {"coding": [{"system": "http://snomed.info/sct", "code": "195967001"},
+                                          {"system": "http://read.info/readv2", "code": "43C3."}]}},
+         "request": {"method": "PUT", "url": "Condition/c1"}},
+        {"resource": {"resourceType": "Encounter", "id": "e1", "status": "finished", "subject": {"reference": "urn:uuid:p1"},
+                      "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                      "serviceType": {"coding": [{"system": "http://snomed.info/sct", "code": "394808002"}]}},
+         "request": {"method": "PUT", "url": "Encounter/e1"}}]}).encode()
+    [event] = fhir_mapper.map_payload(body, EMIS, "F84001", 0)
+    assert event["problems"][0]["code"]["other_codings"] == [{"system": "http://read.info/readv2", "code": "43C3.",
+                                                              "display": None}]
+    assert event["encounters"][0]["service_type"]["code"] == "394808002"
+    codec.encode("SourcePatientEvent", event)
+
+
+def test_a_vision_row_may_carry_a_second_code():
+    rows = [{"record_type": "PATIENT", "patient_id": "V1", "practice_ods": "E87001", "family": "X", "given": "Y"},
+            {"record_type": "PROBLEM", "patient_id": "V1", "practice_ods": "E87001", "item_id": "p1",
+             "code_system": "SNOMED", "code": "195967001", "other_code_system": "READ2", "other_code": "43C3."}]
+    [event] = vision_extract.parse_extract(vision_csv(rows), "x.csv", 0).events
+    assert event["problems"][0]["code"]["other_codings"] == [{"system": "http://read.info/readv2", "code": "43C3.",
+                                                              "display": None}]

@@ -30,7 +30,8 @@ def test_adt_a01_maps_identity_encounter_and_allergy():
     assert p["addresses"][0]["postcode"] == "NW1 2AB"
     assert event["encounters"][0]["movement"] == "admit" and event["encounters"][0]["id"] == "V123"
     assert event["allergies"][0]["substance"] == {"system": "http://snomed.info/sct", "code": "91936005",
-                                                  "display": "Penicillin"}
+                                                  "display": "Penicillin",
+                                                  "other_codings": []}
     assert event["envelope"]["event_type"] == "ADT^A01"
     codec.encode("SourcePatientEvent", event)  # conforms to the schema
 
@@ -141,3 +142,22 @@ def test_a_sender_resends_only_what_may_succeed_later():
     assert not is_transient(hl7v2_mapper.build_ack(ADT, "AE", "no PID segment", "HL7_NO_PID"))
     assert not is_transient(hl7v2_mapper.build_ack(ADT, "AR", "too large", "TOO_LARGE"))
     assert not is_transient(hl7v2_mapper.build_ack(ADT, "AA"))
+
+
+def test_an_alternate_code_and_the_hospital_service_are_kept():
+    """CE/CWE components 4-6 are the same concept in another code system (a local code with its
+    ICD-10); PV1-10 says which service the visit was with. Both are read by the sensitive-data policy."""
+    raw = ADT.replace(b"PV1|1|I|", b"PV1|1|O|") + b"DG1|1||L77^Local^LOCAL^B20.1^HIV disease^I10|||F\r"
+    fields = raw.split(b"\r")
+    pv1 = next(i for i, seg in enumerate(fields) if seg.startswith(b"PV1|"))
+    parts = fields[pv1].split(b"|")
+    parts += [b""] * (11 - len(parts))
+    parts[10] = b"GUM"
+    fields[pv1] = b"|".join(parts)
+    event = hl7v2_mapper.map_message(b"\r".join(fields), CERNER, "RAL", 0).event
+    [problem] = event["problems"]
+    assert problem["code"]["code"] == "L77"
+    assert problem["code"]["other_codings"] == [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "B20.1",
+                                                 "display": "HIV disease"}]
+    assert event["encounters"][0]["service_type"]["code"] == "GUM"
+    codec.encode("SourcePatientEvent", event)

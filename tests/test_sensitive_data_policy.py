@@ -28,7 +28,7 @@ ALL = frozenset(POLICY.categories)
 ])
 def test_each_category_is_withheld_only_from_clients_that_withhold_it(category, system, code):
     coded = {"system": system, "code": code, "display": None}
-    for field in ("code", "substance", "service", "type"):
+    for field in ("code", "substance", "service", "type", "service_type"):
         item = {"id": "i", field: coded}
         assert POLICY.withheld(item, frozenset({category}))
         assert not POLICY.withheld(item, ALL - {category}), "another category's list does not cover it"
@@ -54,3 +54,24 @@ def test_a_deployment_can_load_its_own_expanded_lists(tmp_path, monkeypatch):
     assert policy.version == "trud-2026-10"
     assert policy.withheld({"code": {"system": SNOMED, "code": "1234567"}}, frozenset({"sexual-health"}))
     assert parse({"version": "x", "categories": {}}).withheld({"code": {"system": SNOMED, "code": "86406008"}}, ALL) is False
+
+
+@pytest.mark.parametrize("category, system, code", [
+    ("sexual-health", ICD10, "B20.1"), ("sexual-health", READ, "43C3."), ("ivf", ICD10, "Z31.2"),
+    ("termination-of-pregnancy", SNOMED, "386639001"), ("gender-reassignment", ICD10, "F64.0")])
+def test_every_coding_of_an_item_is_read_not_only_the_first(category, system, code):
+    """A local or ordinary first code hides nothing: the second coding is in the category."""
+    coded = {"system": "urn:carebus:local", "code": "X1", "display": None,
+             "other_codings": [{"system": SNOMED, "code": "195967001", "display": None},
+                               {"system": system, "code": code, "display": None}]}
+    assert POLICY.withheld({"id": "i", "code": coded}, frozenset({category}))
+    assert not POLICY.withheld({"id": "i", "code": {**coded, "other_codings": coded["other_codings"][:1]}}, ALL)
+
+
+@pytest.mark.parametrize("service", [{"system": SNOMED, "code": "394808002"},      # genito-urinary medicine
+                                     {"system": "http://terminology.hl7.org/CodeSystem/v2-0069", "code": "GUM"}])
+def test_an_encounter_at_a_sexual_health_clinic_is_withheld(service):
+    visit = {"id": "v", "encounter_class": "outpatient", "service_type": {**service, "display": None}}
+    assert POLICY.withheld(visit, frozenset({"sexual-health"}))
+    assert not POLICY.withheld({**visit, "service_type": {"system": SNOMED, "code": "394802001"}}, ALL)
+    assert not POLICY.withheld({**visit, "service_type": None}, ALL)
