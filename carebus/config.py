@@ -109,6 +109,9 @@ class Settings:
     kafka_ssl_ca_location: str = ""
     kafka_ssl_certificate_location: str = ""
     kafka_ssl_key_location: str = ""
+    # "1": the embedded broker listens with SASL_SSL (SCRAM-SHA-512 over TLS, carebus/kafka_tls.py)
+    # and every client of it uses that; ignored when KAFKA_BOOTSTRAP_SERVERS names your own cluster.
+    kafka_secure: str = "0"
     # "1" only for `carebus demo`, the tests and the benchmarks: the services then accept the
     # development credentials file and log key above. Anywhere else they refuse to start with them.
     allow_dev_secrets: str = "0"
@@ -142,7 +145,15 @@ class Settings:
                            ("ssl.key.location", self.kafka_ssl_key_location)):
             if value:
                 conf[key] = value
+        if self.embedded_kafka_secure and not self.kafka_security_protocol:
+            from carebus import kafka_tls
+
+            conf.update(kafka_tls.ensure(self.data_dir).client_settings())
         return {**conf, **(extra or {})}
+
+    @property
+    def embedded_kafka_secure(self) -> bool:
+        return self.kafka_secure == "1" and self.uses_embedded_kafka
 
     @property
     def fitted_linkage_parameters(self) -> Path:
@@ -207,6 +218,7 @@ ENVIRONMENT = {
     "CAREBUS_WEBHOOK_ALLOW_HOSTS": "webhook_allow_hosts",
     "CAREBUS_MAX_SUBSCRIPTIONS_PER_CLIENT": "max_subscriptions_per_client",
     "CAREBUS_ALLOW_DEV_SECRETS": "allow_dev_secrets",
+    "CAREBUS_KAFKA_SECURE": "kafka_secure",
     "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
     "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
     "KAFKA_SASL_USERNAME": "kafka_sasl_username",
@@ -260,8 +272,9 @@ def load_settings() -> Settings:
         raise ConfigError("CAREBUS_DELIVERY_BACKOFF_BASE must be a positive number of seconds") from None
     if not values["link_batch_size"]:
         raise ConfigError("CAREBUS_LINK_BATCH_SIZE must be at least 1")
-    if str(values["allow_dev_secrets"]) not in ("0", "1"):
-        raise ConfigError("CAREBUS_ALLOW_DEV_SECRETS must be 0 or 1")
+    for variable, name in (("CAREBUS_ALLOW_DEV_SECRETS", "allow_dev_secrets"), ("CAREBUS_KAFKA_SECURE", "kafka_secure")):
+        if str(values[name]) not in ("0", "1"):
+            raise ConfigError(f"{variable} must be 0 or 1")
     if not values["monitor_sample_seconds"]:
         raise ConfigError("CAREBUS_MONITOR_SAMPLE_SECONDS must be at least 1")
     if values["kafka_port"] == values["kafka_controller_port"]:

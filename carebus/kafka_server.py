@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from carebus import process_control
+from carebus import kafka_tls, process_control
 from carebus.config import REPO_ROOT, Settings
 from schemas.topics import MAX_RECORD_BYTES
 
@@ -138,6 +138,13 @@ def _properties(node: KafkaNode, all_nodes: list[KafkaNode], settings: Settings)
         "message.max.bytes": str(MAX_RECORD_BYTES),
         "replica.fetch.max.bytes": str(MAX_RECORD_BYTES),
     }
+    if settings.embedded_kafka_secure:
+        # Clients and brokers speak SASL_SSL; the KRaft controllers keep their own listener on
+        # 127.0.0.1 (every node of the embedded cluster is on this machine).
+        secure = kafka_tls.ensure(settings.data_dir).broker_properties(node.port)
+        secure["listeners"] += f",CONTROLLER://127.0.0.1:{node.controller_port}"
+        secure["listener.security.protocol.map"] += ",CONTROLLER:PLAINTEXT"
+        lines.update(secure)
     if len(all_nodes) == 1:
         lines["controller.quorum.bootstrap.servers"] = f"127.0.0.1:{node.controller_port}"
     else:
@@ -182,14 +189,28 @@ def up(settings: Settings, timeout: float = 90.0) -> list[KafkaNode]:
         _check_port_free(node.controller_port, f"Kafka controller {node.node_id}", "CAREBUS_KAFKA_CONTROLLER_PORT")
         node.directory.mkdir(parents=True, exist_ok=True)
         node.properties_file.write_text(_properties(node, all_nodes, settings))
+        node.properties_file.chmod(0o600)      # with SASL_SSL it holds the broker's SCRAM password
         (node.directory / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
-        if not (node.log_dir / "meta.properties").exists():
+        mode_file = node.directory / "security"
+        mode = "sasl_ssl" if settings.embedded_kafka_secure else "plaintext"
+        if (node.log_dir / "meta.properties").exists():
+            was = mode_file.read_text().strip() if mode_file.exists() else "plaintext"
+            if was != mode:
+                # SCRAM users live in the cluster's metadata, written when the storage is formatted.
+                raise KafkaSetupError(
+                    f"the embedded Kafka in {settings.data_dir} was created {was}, and CAREBUS_KAFKA_SECURE asks "
+                    f"for {mode}: use another CAREBUS_DATA_DIR, or `carebus down` and remove "
+                    f"{settings.data_dir}/kafka-* to start again (its topics are lost)")
+        else:
             fmt = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(node.properties_file)]
             if len(all_nodes) == 1:
                 fmt.append("--standalone")
+            if settings.embedded_kafka_secure:
+                fmt += ["--add-scram", kafka_tls.ensure(settings.data_dir).scram_argument()]
             result = subprocess.run(_java_cmd(libs, node, settings, fmt), capture_output=True, text=True)
             if result.returncode != 0:
                 raise KafkaSetupError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")
+            mode_file.write_text(mode)
         process_control.start(
             _java_cmd(libs, node, settings, ["kafka.Kafka", str(node.properties_file)]),
             node.pid_file, node.log_file,
@@ -215,7 +236,8 @@ def wait_ready(settings: Settings, all_nodes: list[KafkaNode], timeout: float) -
             if not all(process_control.port_open(n.port) for n in all_nodes):
                 time.sleep(0.3)
                 continue
-            admin = AdminClient({"bootstrap.servers": ",".join(f"127.0.0.1:{n.port}" for n in all_nodes)})
+            admin = AdminClient(settings.kafka_client({"bootstrap.servers": ",".join(f"127.0.0.1:{n.port}"
+                                                                                      for n in all_nodes)}))
         try:
             md = admin.list_topics(timeout=2)
             if len(md.brokers) == len(all_nodes):

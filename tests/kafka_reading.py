@@ -10,12 +10,11 @@ from confluent_kafka import Consumer, TopicPartition
 def read_all(settings, topic: str, expect: int | None = None, timeout: float = 30.0,
              predicate=None) -> list:
     """Read `topic` from the beginning until `expect` matching messages arrived or timeout."""
-    consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap,
+    consumer = Consumer(settings.kafka_client({
         "group.id": f"test-{uuid.uuid4().hex}",
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
-    })
+    }))
     consumer.subscribe([topic])
     out = []
     deadline = time.monotonic() + timeout
@@ -41,7 +40,7 @@ def read_all(settings, topic: str, expect: int | None = None, timeout: float = 3
 
 
 def end_offsets(settings, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "offsets-probe"})
+    consumer = Consumer(settings.kafka_client({"group.id": "offsets-probe"}))
     try:
         md = consumer.list_topics(topic, timeout=10).topics[topic]
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
