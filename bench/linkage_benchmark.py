@@ -36,7 +36,7 @@ from simulator.run import Target, drive
 from streams.batch_linkage import link_events
 from streams.fellegi_sunter import Parameters
 from streams.identity_graph import MemoryGraphStore
-from streams.identity_store import RedisGraphStore
+from streams.identity_store import RedisGraphStore, linkage_statistics
 from streams.linkage_quality import pairwise_quality
 from tests.kafka_reading import read_all
 
@@ -62,7 +62,7 @@ def main() -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(args.workers)]
     try:
         wait_http_ready(f"http://127.0.0.1:{settings.http_port}/ready")
-        reviews_before = int(r.hget("carebus:stats", "reviews") or 0)
+        reviews_before = linkage_statistics(r).get("reviews", 0)
         started = time.time()
         asyncio.run(drive(population, Target("127.0.0.1", settings.mllp_port, settings.http_port, settings.drop_dir),
                           seed=seed, show_progress=True))
@@ -77,7 +77,7 @@ def main() -> None:
             p.terminate()
             p.wait()
     streamed = RedisGraphStore(r).persons_of(keys)
-    stream_reviews = int(r.hget("carebus:stats", "reviews") or 0) - reviews_before
+    stream_reviews = linkage_statistics(r).get("reviews", 0) - reviews_before
 
     ours = set(keys)
     events = [codec.decode(m.value(), "SourcePatientEvent") for m in read_all(settings, SOURCE_EVENTS.name, timeout=120)]

@@ -123,7 +123,7 @@ def stream(ds: LinkageDataset, params: Parameters, env: dict[str, str], settings
     from consumers.stream_lag import total_lag
     from schemas.topics import SOURCE_EVENTS
     from simulator.traffic import MllpClient, ack_code
-    from streams.identity_store import RedisGraphStore
+    from streams.identity_store import RedisGraphStore, linkage_statistics
 
     r = redis.Redis.from_url(settings.redis)
     r.flushall()               # each data set starts from an empty index
@@ -161,7 +161,7 @@ def stream(ds: LinkageDataset, params: Parameters, env: dict[str, str], settings
                                                or total_lag(settings, "carebus-linker", SOURCE_EVENTS.name) > 0):
             time.sleep(0.5)
         persons = graph.persons_of(keys)
-        reviews = int(r.scard("carebus:reviews:open"))
+        reviews = linkage_statistics(r)["open_reviews"]
     finally:
         for p in procs:
             p.terminate()

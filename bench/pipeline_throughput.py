@@ -319,7 +319,7 @@ def main() -> None:
 
         graph = RedisGraphStore(r)
         p50, p99, biggest = candidates_summary(graph.candidates_histogram())
-        indexed = int(r.get("carebus:nodeseq") or 0)
+        indexed = graph.size()
         used = int(r.info("memory")["used_memory"])
         baseline_mem = int(r.info("memory")["used_memory_startup"])
         console.print(f"candidates per linked record: p50 {p50}, p99 {p99}, max {biggest}  ·  "

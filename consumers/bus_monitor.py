@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 from carebus.config import Settings
 from consumers.stream_lag import consumer_lag
 from schemas import codec
+from streams.identity_store import linkage_statistics
 from streams.worker_status import worker_states
 from schemas.topics import CATALOGUE, DLQ_CONNECTORS, DLQ_DELIVERY, DLQ_STREAMS, PATIENT_CHANGES, SOURCE_EVENTS
 
@@ -97,8 +98,7 @@ class BusMonitor:
             for p in partitions:
                 lags.append({"group": g, "topic": topic, "partition": p.partition, "lag": p.lag})
                 LAG.labels(g, topic, str(p.partition)).set(p.lag)
-        linkage = {k.decode(): int(v) for k, v in redis_client.hgetall("carebus:stats").items()}
-        linkage["open_reviews"] = int(redis_client.scard("carebus:reviews:open"))
+        linkage = linkage_statistics(redis_client)
         for k, v in linkage.items():
             LINKAGE.labels(k).set(v)
         for t, n in ends.items():

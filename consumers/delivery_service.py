@@ -39,7 +39,7 @@ from consumers.notification_format import webhook_body
 from consumers.push_delivery import Dispatcher, RetryPolicy
 from streams import demographic_search, record_store
 from streams.fellegi_sunter import Parameters
-from streams.identity_store import RedisGraphStore
+from streams.identity_store import RedisGraphStore, ReviewQueue
 from consumers.subscription_scope import CLINICAL_SECTIONS, ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
 from consumers.webhook_address_guard import WebhookAddressRefused, webhook_policy
@@ -365,23 +365,16 @@ def build_app(service: DeliveryService) -> FastAPI:
     @app.get("/reviews")
     async def reviews(client: Client = Depends(caller)) -> list[dict[str, Any]]:
         require(client, "reviewer")
-        ids = sorted(b.decode() for b in await service.redis.smembers("carebus:reviews:open"))
-        out = []
-        for i in ids:
-            body = await service.redis.hget(f"carebus:review:{i}", "body")
-            if body:
-                out.append(json.loads(body))
-        return out
+        return await ReviewQueue(service.redis).waiting()
 
     @app.post("/reviews/{review_id}/{decision}", status_code=202)
     async def decide(review_id: str, decision: str, client: Client = Depends(caller)) -> dict[str, str]:
         require(client, "reviewer")
         if decision not in ("accept", "reject"):
             raise HTTPException(400, "decision is accept or reject")
-        body = await service.redis.hget(f"carebus:review:{review_id}", "body")
-        if body is None:
+        review = await ReviewQueue(service.redis).review(review_id)
+        if review is None:
             raise HTTPException(404, "no such review")
-        review = json.loads(body)
         event = {"event_id": str(uuid.uuid4()), "recorded_at": int(time.time() * 1000), "caused_by": review_id,
                  "type": "REVIEW_ACCEPTED" if decision == "accept" else "REVIEW_REJECTED",
                  "person_id": review.get("person_a") or "", "other_person_id": review.get("person_b"), "sources": [],

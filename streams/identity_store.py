@@ -32,6 +32,7 @@ from datetime import date
 from typing import Any
 
 import redis
+import redis.asyncio
 
 from streams import blocking
 from streams.identity_graph import (BLOCK_CAP, Applied, Candidate, Ingested, PairDecision, Relabel, node_hash)
@@ -50,6 +51,16 @@ KEY_PATTERNS = ("nid:*", "person_of:*", "n:*", "b:*", "e:*", "f:*", "members:*",
 
 class IndexLayoutError(RuntimeError):
     """Redis holds an index in an older layout: it must be rebuilt from the source-events topic."""
+
+
+REVIEWS_OPEN = f"{P}reviews:open"
+STATS = f"{P}stats"
+MEMBERS = f"{P}members:"          # + person id: the person's source keys (record_store reads them too)
+NODE_SEQUENCE = f"{P}nodeseq"
+
+
+def review_key(review_id: str) -> str:
+    return f"{P}review:{review_id}"
 
 
 def block_digest(block: str) -> bytes:
@@ -188,7 +199,7 @@ _OPEN_REVIEWS = """
 local new = {}
 for i = 1, #ARGV do
   local key = KEYS[i + 1]
-  local rid = string.sub(key, string.len('carebus:review:') + 1)
+  local rid = string.sub(key, string.len('""" + review_key("") + """') + 1)
   if redis.call('HSETNX', key, 'body', ARGV[i]) == 1 then
     redis.call('SADD', KEYS[1], rid)
     table.insert(new, i - 1)
@@ -508,7 +519,7 @@ class RedisGraphStore:
 
     def members(self, person_id: str) -> list[str]:
         """The source keys linked into this person (none: no such person)."""
-        return sorted(_s(m) for m in self.r.smembers(f"{P}members:{person_id}"))
+        return sorted(_s(m) for m in self.r.smembers(f"{MEMBERS}{person_id}"))
 
     def keys_with_nhs_number(self, nhs: str) -> list[str]:
         """Source records that hold this (valid) NHS number: its block is the index by NHS number."""
@@ -531,7 +542,7 @@ class RedisGraphStore:
         """The person a merged-away id now lives on in (following later merges), or None when the
         id is a live person or was never merged."""
         current, seen = person_id, {person_id}
-        while not self.r.exists(f"{P}members:{current}"):
+        while not self.r.exists(f"{MEMBERS}{current}"):
             nxt = self.r.hget(f"{P}merged_into", current)
             if nxt is None or _s(nxt) in seen:
                 return None
@@ -553,7 +564,7 @@ class RedisGraphStore:
 
     def size(self) -> int:
         """Source records ever indexed."""
-        return int(self.r.get(f"{P}nodeseq") or 0)
+        return records_indexed(self.r)
 
     # --- reviews and statistics --------------------------------------------------------------
     def open_reviews_batch(self, bodies: dict[str, dict[str, Any]]) -> set[str]:
@@ -564,23 +575,23 @@ class RedisGraphStore:
         if not bodies:
             return set()
         ids = list(bodies)
-        new = self._open_reviews(keys=[f"{P}reviews:open"] + [f"{P}review:{rid}" for rid in ids],
+        new = self._open_reviews(keys=[REVIEWS_OPEN] + [review_key(rid) for rid in ids],
                                  args=[json.dumps(bodies[rid]) for rid in ids])
         return {ids[int(i)] for i in new}
 
     def close_review(self, review_id: str, outcome: str) -> dict[str, Any] | None:
-        raw = self.r.hget(f"{P}review:{review_id}", "body")
+        raw = self.r.hget(review_key(review_id), "body")
         if raw is None:
             return None
-        self.r.srem(f"{P}reviews:open", review_id)
-        self.r.hset(f"{P}review:{review_id}", "outcome", outcome)
+        self.r.srem(REVIEWS_OPEN, review_id)
+        self.r.hset(review_key(review_id), "outcome", outcome)
         return json.loads(raw)
 
     def count(self, counts: dict[str, int], candidates_histogram: dict[str, int] | None = None) -> None:
         pipe = self.r.pipeline(transaction=False)
         for name, n in counts.items():
             if n:
-                pipe.hincrby(f"{P}stats", name, n)
+                pipe.hincrby(STATS, name, n)
         for bucket, n in (candidates_histogram or {}).items():
             pipe.hincrby(f"{P}candidates_hist", bucket, n)
         pipe.execute()
@@ -590,4 +601,39 @@ class RedisGraphStore:
         return {k.decode(): int(v) for k, v in self.r.hgetall(f"{P}candidates_hist").items()}
 
     def stats(self) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.r.hgetall(f"{P}stats").items()}
+        return linkage_statistics(self.r)
+
+
+# --- read-only views for the other parts of carebus: the key layout stays in this module -------
+def linkage_statistics(client: redis.Redis) -> dict[str, int]:
+    """The linker's counters (links, merges, reviews, candidate pairs, ...) and the reviews waiting."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hgetall(STATS)
+    pipe.scard(REVIEWS_OPEN)
+    counters, waiting = pipe.execute()
+    return {**{_s(k): int(v) for k, v in counters.items()}, "open_reviews": int(waiting)}
+
+
+def records_indexed(client: redis.Redis) -> int:
+    """Source records ever indexed."""
+    return int(client.get(NODE_SEQUENCE) or 0)
+
+
+class ReviewQueue:
+    """The review queue as the delivery service reads it (asyncio Redis): what waits, and one review."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.r = client
+
+    async def waiting(self) -> list[dict[str, Any]]:
+        ids = sorted(_s(b) for b in await self.r.smembers(REVIEWS_OPEN))
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hget(review_key(rid), "body")
+        return [json.loads(body) for body in await pipe.execute() if body]
+
+    async def review(self, review_id: str) -> dict[str, Any] | None:
+        body = await self.r.hget(review_key(review_id), "body")
+        return json.loads(body) if body is not None else None

@@ -15,7 +15,7 @@ Layout (prefix carebus:), values zlib-compressed JSON (`pack`/`unpack`):
   record_meta:<person id> hash: version, digests (record_builder.part_digests, or "retired"), at
                           (updated_at of that version), emitted (0/1), change (JSON: sections,
                           causes, ods; removed once the change is published)
-  members:<person id>     set of source keys (written by identity_store)
+  members:<person id>     set of source keys (written by identity_store: its MEMBERS)
   stats                   persons_with_records, kept by the write script
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import redis
 import redis.asyncio as aioredis
 
 from streams import record_builder
+from streams.identity_store import MEMBERS, STATS
 
 P = "carebus:"
 KEY_PATTERNS = ("source:*", "record:*", "record_meta:*")
@@ -42,15 +43,15 @@ _WRITE = """
 local failed = {}
 for i = 1, #ARGV, 6 do
   local person, expected, version = ARGV[i], ARGV[i+1], ARGV[i+2]
-  local meta = 'carebus:record_meta:'..person
+  local meta = '""" + P + """record_meta:'..person
   local cur = redis.call('HMGET', meta, 'version', 'digests')
   if (cur[1] or '0') ~= expected then
     failed[#failed+1] = person
   else
     local was_live = cur[1] and cur[2] ~= 'retired'
     local live = ARGV[i+3] ~= 'retired'
-    if live and not was_live then redis.call('HINCRBY', 'carebus:stats', 'persons_with_records', 1) end
-    if was_live and not live then redis.call('HINCRBY', 'carebus:stats', 'persons_with_records', -1) end
+    if live and not was_live then redis.call('HINCRBY', '""" + STATS + """', 'persons_with_records', 1) end
+    if was_live and not live then redis.call('HINCRBY', '""" + STATS + """', 'persons_with_records', -1) end
     redis.call('HSET', meta, 'version', version, 'digests', ARGV[i+3], 'at', ARGV[i+4], 'emitted', '0',
                'change', ARGV[i+5])
   end
@@ -62,10 +63,10 @@ return failed
 _READ = """
 local out = {}
 for _, p in ipairs(ARGV) do
-  local members = redis.call('SMEMBERS', 'carebus:members:'..p)
+  local members = redis.call('SMEMBERS', '""" + MEMBERS + """'..p)
   out[#out+1] = #members
   for _, m in ipairs(members) do out[#out+1] = m end
-  local meta = redis.call('HMGET', 'carebus:record_meta:'..p, 'version', 'digests', 'emitted', 'change', 'at')
+  local meta = redis.call('HMGET', '""" + P + """record_meta:'..p, 'version', 'digests', 'emitted', 'change', 'at')
   for j = 1, 5 do out[#out+1] = meta[j] or '' end
 end
 return out
@@ -73,17 +74,17 @@ return out
 
 # ARGV: person id. Returns version, digests, at, then the packed state of each member.
 _READ_RECORD = """
-local meta = redis.call('HMGET', 'carebus:record_meta:'..ARGV[1], 'version', 'digests', 'at')
+local meta = redis.call('HMGET', '""" + P + """record_meta:'..ARGV[1], 'version', 'digests', 'at')
 local out = {meta[1] or '', meta[2] or '', meta[3] or ''}
-for _, m in ipairs(redis.call('SMEMBERS', 'carebus:members:'..ARGV[1])) do
-  out[#out+1] = redis.call('GET', 'carebus:source:'..m) or ''
+for _, m in ipairs(redis.call('SMEMBERS', '""" + MEMBERS + """'..ARGV[1])) do
+  out[#out+1] = redis.call('GET', '""" + P + """source:'..m) or ''
 end
 return out
 """
 
 _MARK_EMITTED = """
 for i = 1, #ARGV, 2 do
-  local meta = 'carebus:record_meta:'..ARGV[i]
+  local meta = '""" + P + """record_meta:'..ARGV[i]
   if redis.call('HGET', meta, 'version') == ARGV[i+1] then
     redis.call('HSET', meta, 'emitted', '1')
     redis.call('HDEL', meta, 'change')
