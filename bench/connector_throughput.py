@@ -30,7 +30,7 @@ from carebus.process_control import wait_http_ready
 from carebus.config import load_settings
 from carebus.durable_producer import producer_config
 from producers import fhir_mapper, hl7v2_mapper
-from producers.source_systems import CERNER, EMIS
+from schemas.source_systems import CERNER, EMIS
 from schemas import codec
 from schemas.topics import SOURCE_EVENTS
 from simulator import population as pop

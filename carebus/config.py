@@ -42,7 +42,7 @@ DEV_CREDENTIALS_FILE = REPO_ROOT / "deploy" / "dev-credentials.json"
 DEV_LOG_PSEUDONYM_KEY = "carebus-dev-log-key"
 DEV_SECRETS_KEY = "carebus-dev-secrets-key"
 DEV_TOKENS = ("dev-subscriber2-token", "dev-subscriber-token", "dev-auditor-token", "dev-emis-token",
-              "dev-cerner-token", "dev-rio-token", "dev-vision-token")
+              "dev-cerner-token", "dev-rio-token", "dev-vision-token", "dev-tpp-token")
 
 
 @dataclass(frozen=True)

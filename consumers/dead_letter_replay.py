@@ -24,11 +24,11 @@ from carebus.mllp_framing import END, frame, unframe
 from carebus.redis_connection import sync_client
 from carebus.durable_producer import DurableProducer
 from consumers.change_reader import read_range
+from schemas.source_systems import BY_CODE
 from schemas import codec
 from schemas.topics import DLQ_CONNECTORS, DLQ_DELIVERY, DLQ_STREAMS, LINK_REVIEW, SOURCE_EVENTS, source_event_key
 
 TOPICS = {"connectors": DLQ_CONNECTORS.name, "streams": DLQ_STREAMS.name, "delivery": DLQ_DELIVERY.name}
-HL7_PORT_OFFSET = {"CERNER_MILLENNIUM": 0, "RIO": 1}   # the connectors' MLLP listeners (see connector_service)
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ class Replayer:
         return Outcome(dead["dead_letter_id"], "replayed", f"to {topic}")
 
     def _connector(self, dead: dict[str, Any]) -> Outcome:
-        offset = HL7_PORT_OFFSET.get(dead["source_system"])
+        profile = BY_CODE.get(dead["source_system"])
+        offset = profile.mllp_port_offset if profile else None
         if offset is None or not dead["payload"].startswith(b"MSH"):
             return Outcome(dead["dead_letter_id"], "not-replayable",
                            "not HL7 v2: resend it from the source system (it needs the sender's credentials)")

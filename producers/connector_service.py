@@ -25,11 +25,11 @@ from carebus.log_privacy import configure_logging
 from carebus.redis_connection import async_client
 from producers.bulk_extract_workers import ExtractWorkers
 from producers.fhir_endpoint import fhir_router
-from producers.file_drop import FileDrop, emis_and_vision
+from producers.file_drop import FileDrop, file_drops
 from producers.ingest_pipeline import IngestPipeline
 from producers import mllp_senders
 from producers.mllp_listener import MllpListener
-from producers.source_systems import CERNER, RIO
+from schemas.source_systems import MLLP, speaking
 
 log = logging.getLogger("carebus.connectors")
 
@@ -79,14 +79,14 @@ async def serve(settings: Settings) -> None:
     ready = {"mllp": False, "http": False}
     limits = {"idle_timeout": settings.mllp_idle_timeout, "message_timeout": settings.mllp_message_timeout,
               "max_connections": settings.mllp_max_connections, **security}
-    listeners = [MllpListener(CERNER, "RAL", pipeline, settings.bind_host, settings.mllp_port, **limits),
-                 MllpListener(RIO, "RAT", pipeline, settings.bind_host, settings.mllp_port + 1, **limits)]
+    listeners = [MllpListener(p, p.default_ods, pipeline, settings.bind_host, settings.mllp_port + (p.mllp_port_offset or 0),
+                              **limits) for p in speaking(MLLP)]
     for listener in listeners:
         await listener.start()
     ready["mllp"] = True
     extract_workers = ExtractWorkers(settings.bulk_workers or None)
     extract_workers.warm_up()
-    drops = emis_and_vision(settings.drop_dir, pipeline, extract_workers)
+    drops = file_drops(settings.drop_dir, pipeline, extract_workers)
     tasks = [asyncio.create_task(d.run(settings.file_drop_poll_ms / 1000)) for d in drops]
 
     async def supervise() -> None:
@@ -112,8 +112,8 @@ async def serve(settings: Settings) -> None:
     while not server.started:
         await asyncio.sleep(0.05)
     ready["http"] = True
-    log.info("connectors ready: MLLP %d (cerner) %d (rio), HTTP %d", settings.mllp_port, settings.mllp_port + 1,
-             settings.http_port)
+    log.info("connectors ready: MLLP %s, HTTP %d",
+             ", ".join(f"{listener.port} ({listener.profile.connector})" for listener in listeners), settings.http_port)
     await stop.wait()
     server.should_exit = True
     for listener in listeners:

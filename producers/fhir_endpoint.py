@@ -20,7 +20,7 @@ from carebus.api_auth import Client, CredentialStore, authenticator
 from carebus.clock import now_ms
 from producers import fhir_mapper
 from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
-from producers.source_systems import BY_CONNECTOR, SourceSystemProfile
+from schemas.source_systems import BY_CONNECTOR, FHIR, SourceSystemProfile
 from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 
 FHIR_JSON = "application/fhir+json"
@@ -63,7 +63,7 @@ def fhir_router(pipeline: IngestPipeline, credentials: CredentialStore) -> APIRo
 
     def _authorise(connector: str, client: Client, ods_header: str | None):
         profile = BY_CONNECTOR.get(connector)
-        if profile is None or connector not in ("emis", "cerner", "rio", "vision"):
+        if profile is None or FHIR not in profile.transports:
             return None, None, _problem(404, "not-found", f"no connector named {connector!r}")
         if not client.has(f"sender:{connector}"):
             return None, None, _problem(403, "forbidden", f"client may not send as {connector}")

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from producers import birth_date, nhs_number, sharing_dissent
 from producers.hl7v2_mapper import EVENT_NAMESPACE
-from producers.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
+from schemas.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
 
 SUPPORTED = ("Patient", "Encounter", "Condition", "Observation", "AllergyIntolerance",
              "MedicationStatement", "MedicationRequest", "ServiceRequest", "DocumentReference", "Consent")

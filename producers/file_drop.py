@@ -17,7 +17,7 @@ from carebus.clock import now_ms
 from producers import fhir_mapper, vision_extract
 from producers.bulk_extract_workers import PARALLEL_FROM_BYTES, ExtractWorkers
 from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable, raw_reference
-from producers.source_systems import EMIS, VISION, SourceSystemProfile
+from schemas.source_systems import FILE, SourceSystemProfile, speaking
 from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 
 log = logging.getLogger("carebus.filedrop")
@@ -40,11 +40,16 @@ class FileDrop:
         self.last_error = ""
 
     @property
+    def is_extract(self) -> bool:
+        """A CSV extract (Vision's format, vision_extract.py); otherwise FHIR Bundles as .json."""
+        return self.profile.file_suffix == ".csv"
+
+    @property
     def content_type(self) -> str:
-        return "text/csv" if self.profile is VISION else "application/fhir+json"
+        return "text/csv" if self.is_extract else "application/fhir+json"
 
     def pending(self) -> list[Path]:
-        suffix = ".csv" if self.profile is VISION else ".json"
+        suffix = self.profile.file_suffix or ".json"
         # Writers create *.part and rename when done, so half-written files are never read.
         return sorted(p for p in self.incoming.iterdir() if p.suffix == suffix)
 
@@ -78,7 +83,7 @@ class FileDrop:
             return 0, 1
         raw = path.read_bytes()
         received = now_ms()
-        if self.profile is VISION:
+        if self.is_extract:
             in_workers = self.extract_workers is not None and size >= PARALLEL_FROM_BYTES
             if in_workers:
                 assert self.extract_workers is not None
@@ -144,6 +149,6 @@ class FileDrop:
             await asyncio.sleep(max(poll_seconds, 0.01))
 
 
-def emis_and_vision(root: Path, pipeline: IngestPipeline,
-                    extract_workers: ExtractWorkers | None = None) -> list[FileDrop]:
-    return [FileDrop(root, EMIS, pipeline, "F84001"), FileDrop(root, VISION, pipeline, "F84700", extract_workers)]
+def file_drops(root: Path, pipeline: IngestPipeline, extract_workers: ExtractWorkers | None = None) -> list[FileDrop]:
+    """One drop folder per system that sends files (schemas/source_systems.py)."""
+    return [FileDrop(root, p, pipeline, p.default_ods, extract_workers) for p in speaking(FILE)]

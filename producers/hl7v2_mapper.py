@@ -15,7 +15,7 @@ from typing import Any
 
 from producers import birth_date, nhs_number
 from producers.hl7v2_message import HL7v2Message
-from producers.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
+from schemas.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
 
 EVENT_NAMESPACE = uuid.UUID("6f1f5d1c-1d4e-4c1b-9b8e-2b7f5e0c0a11")
 

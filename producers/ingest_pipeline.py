@@ -26,7 +26,7 @@ from carebus.clock import now_ms
 from carebus.durable_producer import DurableProducer, OutgoingRecord
 from carebus.log_privacy import pseudonym
 from producers.published_markers import PublishedMarkers
-from producers.source_systems import SourceSystemProfile
+from schemas.source_systems import SourceSystemProfile
 from schemas import codec
 from schemas.topics import (DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, MAX_RECORD_BYTES, RAW,
                             SOURCE_EVENTS, source_event_key)

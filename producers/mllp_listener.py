@@ -23,7 +23,7 @@ from carebus.mllp_framing import END, START, frame
 from producers import hl7v2_mapper, mllp_senders
 from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
 from producers.mllp_senders import SenderIdentity
-from producers.source_systems import SourceSystemProfile
+from schemas.source_systems import SourceSystemProfile
 from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES
 
 READ_CHUNK = 1024 * 1024      # the stream buffer; a message is gathered from chunks of this size

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from producers.source_systems import BY_CODE, SourceSystemProfile
+from schemas.source_systems import BY_CODE, SourceSystemProfile
 
 
 class SendersFileError(ValueError):

@@ -17,7 +17,7 @@ from typing import Any
 
 from producers import birth_date, nhs_number, sharing_dissent
 from producers.hl7v2_mapper import EVENT_NAMESPACE
-from producers.source_systems import NHS_NUMBER_SYSTEM, VISION
+from schemas.source_systems import NHS_NUMBER_SYSTEM, VISION
 
 COLUMNS = ("record_type", "patient_id", "practice_ods", "nhs_number", "nhs_verified", "family", "given",
            "birth_date", "sex", "address_line", "city", "postcode", "phone", "item_id", "code_system",

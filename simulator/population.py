@@ -14,6 +14,7 @@ from datetime import date, timedelta
 
 from producers import nhs_number
 from schemas.source_key import source_key as key_of
+from schemas.source_systems import BY_CODE
 
 GIVEN_MALE = ["James", "Mohammed", "Oliver", "William", "Daniel", "Thomas", "Joseph", "Samuel", "Adam", "Michael",
               "Robert", "Richard", "Anthony", "Christopher", "Edward", "Kwame", "Arjun", "Ibrahim", "Luca", "Jakub"]
@@ -166,14 +167,9 @@ def build(people: int, seed: int = 7, rates: FaultRates = FaultRates(), practice
     return Population(persons, records)
 
 
-_CONNECTOR = {"EMIS_WEB": ("emis", "emis-guid"), "INPS_VISION": ("vision", "vision-id"),
-              "CERNER_MILLENNIUM": ("cerner", "mrn"), "RIO": ("rio", "rio-id")}
-
-
 def source_key(rec: SourceRecord) -> str:
     """The key the connectors give this record on carebus.source-events.v1."""
-    connector, label = _CONNECTOR[rec.system]
-    return key_of(rec.system, f"urn:carebus:id:{connector}:{label}:{rec.ods.upper()}", rec.local_id)
+    return key_of(rec.system, BY_CODE[rec.system].identifier_system(rec.ods), rec.local_id)
 
 
 def patient_dict(rec: SourceRecord) -> dict:
@@ -183,8 +179,7 @@ def patient_dict(rec: SourceRecord) -> dict:
     status = "ABSENT"
     if rec.nhs_number:
         status = "PRESENT_UNVERIFIED" if nhs.is_valid(rec.nhs_number) else "INVALID_CHECKSUM"
-    connector, label = _CONNECTOR[rec.system]
-    return {"local_identifier": {"system": f"urn:carebus:id:{connector}:{label}:{rec.ods.upper()}", "value": rec.local_id},
+    return {"local_identifier": {"system": BY_CODE[rec.system].identifier_system(rec.ods), "value": rec.local_id},
             "other_identifiers": [], "nhs_number": rec.nhs_number, "nhs_number_status": status,
             "names": [{"use": "official", "family": rec.family, "given": [rec.given], "prefix": None}],
             "birth_date": (rec.birth_date - date(1970, 1, 1)).days, "sex": "MALE" if rec.sex == "M" else "FEMALE",

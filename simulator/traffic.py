@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from carebus.mllp_framing import END, frame, unframe
-from producers.source_systems import CERNER, EMIS, NHS_NUMBER_SYSTEM, RIO
+from schemas.source_systems import CERNER, EMIS, NHS_NUMBER_SYSTEM, RIO
 from simulator.population import SourceRecord
 
 PROBLEMS = [("73211009", "Diabetes mellitus"), ("38341003", "Hypertensive disorder"), ("195967001", "Asthma"),

@@ -29,10 +29,11 @@ from typing import Any
 import orjson
 
 from schemas.record_sections import CLINICAL_SECTIONS as SECTIONS
+from schemas.source_systems import PROFILES, survivorship_rank
 
 DEMOGRAPHIC_FIELDS = ("nhs_number", "names", "birth_date", "birth_date_as_sent", "sex", "addresses", "telecom",
                       "registered_practice_ods", "deceased_at")
-SOURCE_RANK = {"EMIS_WEB": 0, "INPS_VISION": 0, "OTHER": 1, "CERNER_MILLENNIUM": 2, "RIO": 3, "CAREBUS": 4}
+GP_SYSTEMS = frozenset(p.code for p in PROFILES if p.is_gp)     # they say which practice a patient is registered with
 NHS_STATUS_RANK = {"VERIFIED": 0, "PRESENT_UNVERIFIED": 1}
 EVENT_IDS_KEPT = 32
 
@@ -124,7 +125,7 @@ def _survivor(states: list[dict[str, Any]], name: str, rank_by_source: bool) -> 
         f = s["fields"].get(name)
         if f is None:
             continue
-        source_rank = SOURCE_RANK.get(s["source_system"], 5) if rank_by_source else 0
+        source_rank = survivorship_rank(s["source_system"]) if rank_by_source else 0
         status_rank = NHS_STATUS_RANK.get(s["nhs_number_status"], 2) if name == "nhs_number" else 0
         prov = f["provenance"]
         candidates.append(((status_rank, source_rank, -prov["recorded_at"], prov["event_id"]), f))
@@ -153,7 +154,7 @@ def build_record(person_id: str, states: list[dict[str, Any]], version: int, upd
         if prov is not None:
             demographics[name] = value
             field_provenance[name] = prov
-    gp_states = [s for s in states if s["source_system"] in ("EMIS_WEB", "INPS_VISION")]
+    gp_states = [s for s in states if s["source_system"] in GP_SYSTEMS]
     value, prov = _survivor(gp_states, "registered_practice_ods", False)
     if prov is not None:
         demographics["registered_practice_ods"], field_provenance["registered_practice_ods"] = value, prov

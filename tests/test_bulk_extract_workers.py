@@ -11,7 +11,7 @@ import pytest
 from producers import vision_extract
 from producers.bulk_extract_workers import ExtractWorkers
 from producers.ingest_pipeline import raw_reference
-from producers.source_systems import VISION
+from schemas.source_systems import VISION
 from schemas import codec
 from schemas.topics import source_event_key
 from simulator import population as pop

@@ -169,6 +169,19 @@ def test_emis_bundle_over_fhir_rest(bus_settings, connectors, unique):
     assert event["envelope"]["source_system"] == "EMIS_WEB" and event["envelope"]["source_ods_code"] == "F84001"
 
 
+def test_a_tpp_systmone_practice_sends_fhir_through_its_profile(bus_settings, connectors, unique):
+    """TPP SystmOne needed one profile entry and a sender credential: the FHIR endpoint, its
+    identifier namespace and the SourceSystem code come from the profile."""
+    body = json.dumps({"resourceType": "Patient", "id": f"T{unique}",
+                       "name": [{"family": "Systmone", "given": ["Tara"]}], "birthDate": "1970-01-02"}).encode()
+    resp = _fhir(bus_settings, "/fhir/tpp/Patient", body, token="dev-tpp-token", ods="F86001")
+    assert resp.status_code == 201, resp.text
+    [event] = events_for(bus_settings, f"T{unique}", expect=1)
+    assert event["envelope"]["source_system"] == "TPP_SYSTMONE"
+    assert event["patient"]["local_identifier"]["system"] == "urn:carebus:id:tpp:systmone-id:F86001"
+    assert _fhir(bus_settings, "/fhir/tpp/Patient", body).status_code == 403     # an EMIS sender is not TPP
+
+
 @pytest.mark.parametrize("system", ["urn:carebus:id:emis:emis-guid:F84002", "urn:carebus:id:cerner:mrn:RAL"])
 def test_a_fhir_sender_cannot_file_a_record_under_another_organisations_identifiers(bus_settings, connectors,
                                                                                     unique, system):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from producers import fhir_mapper, vision_extract
-from producers.source_systems import EMIS
+from schemas.source_systems import EMIS
 from schemas import codec
 from simulator import population as pop
 from simulator.traffic import MessageFactory, vision_csv

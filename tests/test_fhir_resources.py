@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from consumers import fhir_read_api
 from producers import fhir_mapper, hl7v2_mapper
-from producers.source_systems import CERNER, EMIS
+from schemas.source_systems import CERNER, EMIS
 from schemas.topics import source_event_key
 from simulator import population as pop
 from simulator.traffic import MessageFactory

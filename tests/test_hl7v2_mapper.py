@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from producers import hl7v2_mapper
-from producers.source_systems import CERNER, RIO
+from schemas.source_systems import CERNER, RIO
 from schemas import codec
 from simulator import population as pop
 from simulator.traffic import MessageFactory

@@ -136,7 +136,7 @@ def test_a_record_written_but_never_published_is_published_by_the_replay(bus_set
 
     from carebus.durable_producer import DurableProducer
     from producers import hl7v2_mapper
-    from producers.source_systems import CERNER
+    from schemas.source_systems import CERNER
     from schemas import codec
     from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS
     from streams.link_stage import InboundMessage, LinkStage, StageUnavailable

@@ -14,7 +14,7 @@ from simulator.run import Target, drive
 from streams.batch_linkage import link_events
 from streams.fellegi_sunter import Parameters
 from streams.linkage_quality import pairwise_quality
-from streams.identity_store import RedisGraphStore
+from streams.identity_store import RedisGraphStore, linkage_statistics
 from streams.record_store import RedisRecordStore
 from tests.kafka_reading import read_all
 
@@ -164,7 +164,7 @@ def test_review_queue_accept_links_and_reject_unlinks(bus_settings, redis_client
         review = review_for_pair()
         time.sleep(0.5)
     assert review is not None, ("the uncertain pair is queued for review", graph(redis_client).person_of(key_a),
-                                graph(redis_client).person_of(key_b), redis_client.scard("carebus:reviews:open"))
+                                graph(redis_client).person_of(key_b), linkage_statistics(redis_client)["open_reviews"])
     assert graph(redis_client).person_of(key_a) != graph(redis_client).person_of(key_b)
     assert httpx.post(f"{delivery.base}/reviews/{review['review_id']}/accept",
                       headers={"Authorization": "Bearer dev-subscriber-token"}).status_code == 403
@@ -358,7 +358,7 @@ def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings
 
     from carebus.durable_producer import DurableProducer
     from producers import hl7v2_mapper
-    from producers.source_systems import CERNER
+    from schemas.source_systems import CERNER
     from schemas.topics import DLQ_STREAMS
 
     def cli(*args: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from carebus.config import ConfigError, load_settings, mllp_tls_wanted
 from producers import mllp_senders
-from producers.source_systems import CERNER, RIO
+from schemas.source_systems import CERNER, RIO
 from schemas.topics import RAW
 from simulator.traffic import MllpClient, ack_code
 from tests.conftest import ServiceProcess

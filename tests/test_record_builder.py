@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from producers import hl7v2_mapper
-from producers.source_systems import CERNER
+from schemas.source_systems import CERNER
 from streams import record_builder
 from tests.test_connectors_e2e import adt
 
@@ -36,3 +36,23 @@ def test_a_first_version_reports_demographics_and_every_section_it_has():
     changed = record_builder.changed_sections(None, record, record_builder.part_digests(record))
     assert changed == ["demographics", "encounters", "allergies"]
 
+
+
+def test_a_tpp_practice_is_a_gp_source_by_its_profile_alone():
+    """TPP SystmOne is one profile entry (schemas/source_systems.py): its demographics outrank a
+    hospital's, and it names the registered practice, as EMIS and Vision do."""
+    import json
+
+    from producers import fhir_mapper
+    from schemas.source_systems import TPP
+
+    body = json.dumps({"resourceType": "Patient", "id": "T1", "name": [{"family": "Systmone", "given": ["Tara"]}],
+                       "generalPractitioner": [{"identifier": {"value": "F86001"}}]}).encode()
+    [event] = fhir_mapper.map_payload(body, TPP, "F86001", 5000)
+    assert event["patient"]["local_identifier"]["system"] == "urn:carebus:id:tpp:systmone-id:F86001"
+    gp = record_builder.new_source_state("TPP_SYSTMONE|urn:x|T1", event)
+    gp, _ = record_builder.apply_event(gp, event)
+    hospital = state_of(adt("R1", "C1"))       # newer, but a hospital's
+    record = record_builder.build_record("PER-1", [hospital, gp], 1, 10)
+    assert record["demographics"]["names"][0]["family"] == "Systmone"
+    assert record["demographics"]["registered_practice_ods"] == "F86001"

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, strategies as st
 
 from producers import fhir_mapper, sharing_dissent, vision_extract
-from producers.source_systems import EMIS
+from schemas.source_systems import EMIS
 from simulator.traffic import vision_csv
 
 SNOMED = "http://snomed.info/sct"
