@@ -2,6 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY foundation foundation
 COPY carebus carebus
 COPY schemas schemas
 COPY producers producers

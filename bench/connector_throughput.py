@@ -27,8 +27,8 @@ from rich.table import Table
 
 from carebus import local_bus
 from carebus.process_control import wait_http_ready
-from carebus.config import load_settings
-from carebus.durable_producer import producer_config
+from foundation.config import load_settings
+from foundation.durable_producer import producer_config
 from producers import fhir_mapper, hl7v2_mapper
 from schemas.source_systems import CERNER, EMIS
 from schemas import codec

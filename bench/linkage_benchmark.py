@@ -27,7 +27,7 @@ from rich.table import Table
 
 from carebus import local_bus
 from carebus.process_control import wait_http_ready
-from carebus.config import load_settings
+from foundation.config import load_settings
 from consumers.stream_lag import total_lag
 from schemas import codec
 from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS

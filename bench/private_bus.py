@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from carebus import local_bus
-from carebus.config import Settings, load_settings
+from foundation.config import Settings, load_settings
 
 
 @dataclass(frozen=True)

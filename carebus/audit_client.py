@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from consumers.audit_trail import spreadsheet_safe
+from schemas.errors import CarebusError
 
 # Reading a long history from the log takes time; the API answers when it has all of it.
 READ_TIMEOUT = 600.0
 
 
-class AuditError(RuntimeError):
+class AuditError(CarebusError, RuntimeError):
     """The API refused or failed; the message says why (no patient data)."""
 
 

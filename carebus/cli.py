@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from carebus.config import ConfigError, load_settings, require_own_secrets
+from foundation.config import ConfigError, load_settings, require_own_secrets
 
 app = typer.Typer(help="carebus: event-streaming interoperability bus for a London shared record.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -265,7 +265,7 @@ def rebuild_index(yes: bool = typer.Option(False, "--yes", help="confirm: the in
     first; when they start again they replay carebus.source-events.v1 and the review decisions
     from the beginning. Subscribers then receive records again from version 1.
     """
-    from carebus.redis_connection import sync_client
+    from foundation.redis_connection import sync_client
     from streams.index_rebuild import WorkersStillRunning, rebuild
 
     if not yes:

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from carebus import local_bus
 from carebus.process_control import stop_children, wait_http_ready
-from carebus.config import Settings
+from foundation.config import Settings
 from consumers.notification_format import verify
 from simulator import population as pop
 from simulator.run import Target, drive
@@ -104,7 +104,7 @@ async def _inject_bad_messages(settings: Settings) -> None:
 def _rebuild_an_old_index(settings: Settings, console: Console) -> None:
     """The demo's own data, written by an older carebus: rebuild the index from Kafka rather
     than let the link worker refuse it (outside the demo that is the operator's decision)."""
-    from carebus.redis_connection import sync_client
+    from foundation.redis_connection import sync_client
     from streams.identity_store import IndexLayoutError, RedisGraphStore
     from streams.index_rebuild import rebuild
 

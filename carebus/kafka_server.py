@@ -15,9 +15,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from carebus import kafka_tls, process_control
-from carebus.config import REPO_ROOT, Settings
+from carebus import process_control
+from foundation import kafka_tls
+from foundation.config import REPO_ROOT, Settings
 from schemas.topics import MAX_RECORD_BYTES
+from schemas.errors import SetupError
 
 POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 LOG4J2_PROPERTIES = """status = warn
@@ -32,7 +34,7 @@ logger.request.level = WARN
 """
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(SetupError):
     """Something the broker needs is missing or in the way; the message says what and how to fix it."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from carebus import kafka_server, redis_server, topic_admin
-from carebus.config import Settings
+from foundation.config import Settings
 
 
 @dataclass

@@ -10,10 +10,11 @@ import subprocess
 import time
 
 from carebus import process_control
-from carebus.config import Settings
+from foundation.config import Settings
+from schemas.errors import SetupError
 
 
-class RedisSetupError(RuntimeError):
+class RedisSetupError(SetupError):
     """redis-server is missing or its port is taken; the message says how to fix it."""
 
 

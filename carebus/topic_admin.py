@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from carebus.config import Settings
+from foundation.config import Settings
 from schemas.topics import CATALOGUE, TopicSpec
 
 # Settings that must match exactly; others (segment sizes) may be tuned by operators.

@@ -10,9 +10,9 @@ import time
 import uuid
 from typing import Any
 
-from carebus.api_auth import Client
-from carebus.durable_producer import DurableProducer
-from carebus.log_privacy import pseudonym
+from foundation.api_auth import Client
+from foundation.durable_producer import DurableProducer
+from foundation.log_privacy import pseudonym
 from schemas import codec
 from schemas.topics import ACCESS_AUDIT
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from carebus.config import Settings
+from foundation.config import Settings
 from consumers.change_reader import read_one, read_range
 from schemas import codec
 from schemas.record_sections import CLINICAL_SECTIONS

@@ -12,7 +12,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Gauge
 
-from carebus.config import Settings
+from foundation.config import Settings
 from consumers.stream_lag import consumer_lag
 from schemas import codec
 from streams.identity_store import linkage_statistics

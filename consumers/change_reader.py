@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from confluent_kafka import OFFSET_END, Consumer, Message, TopicPartition
 
-from carebus.config import Settings
+from foundation.config import Settings
 
 
 def time_ms(value: str) -> int:

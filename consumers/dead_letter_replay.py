@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from carebus.config import Settings
-from carebus.mllp_framing import END, frame, unframe
-from carebus.redis_connection import sync_client
-from carebus.durable_producer import DurableProducer
+from foundation.config import Settings
+from foundation.mllp_framing import END, frame, unframe
+from foundation.redis_connection import sync_client
+from foundation.durable_producer import DurableProducer
 from consumers.change_reader import read_range
 from schemas.source_systems import BY_CODE
 from schemas import codec

@@ -19,7 +19,6 @@ redelivery sends them in their order: a patient's changes are never delivered ou
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -35,14 +34,16 @@ import httpx
 from confluent_kafka import Consumer
 from prometheus_client import Counter, Gauge, Histogram
 
-from carebus.config import Settings
-from carebus.durable_producer import DurableProducer
+from foundation.clock import now_ms
+from foundation.config import Settings
+from foundation.durable_producer import DurableProducer
 from consumers.change_reader import open_subscription_consumer
-from consumers.notification_format import fhir_rest_hook_bundle, sign, webhook_body
+from consumers.channels import CHANNELS
+from consumers.notification_format import sign
 from consumers.subscription_scope import ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
 from consumers.webhook_address_guard import GuardedResolver, webhook_policy
-from schemas import codec
+from schemas import codec, messages
 from schemas.topics import DLQ_DELIVERY, PATIENT_CHANGES
 
 log = logging.getLogger("carebus.delivery")
@@ -235,13 +236,8 @@ class Dispatcher:
         return "", last_error
 
     async def _post(self, change: dict[str, Any]) -> int:
-        if self.sub.channel == "fhir-rest-hook":
-            number = await self.store.next_event_number(self.sub.subscription_id)
-            body = json.dumps(fhir_rest_hook_bundle(change, self.sub.subscription_id, number)).encode()
-            content_type = "application/fhir+json"
-        else:
-            body = webhook_body(change, self.sub.subscription_id)
-            content_type = "application/json"
+        body, content_type = await CHANNELS[self.sub.channel].render(
+            change, self.sub.subscription_id, lambda: self.store.next_event_number(self.sub.subscription_id))
         timestamp = int(time.time())
         headers = {"Content-Type": content_type, "Idempotency-Key": change["event_id"],
                    "X-Carebus-Signature": sign(self.secret, body, timestamp),
@@ -256,12 +252,10 @@ class Dispatcher:
         # Held first: from now on this patient's later changes queue behind this one.
         await self.store.hold(self.sub.subscription_id, person)
         dead_id = str(uuid.uuid4())
-        await self.producer.send(DLQ_DELIVERY.name, codec.encode("DeadLetter", {
-            "dead_letter_id": dead_id, "stage": f"delivery:{self.sub.subscription_id}", "source_system": "CAREBUS",
-            "reason": reason, "error_code": "DELIVERY_FAILED", "failed_at": int(time.time() * 1000),
-            "original_topic": PATIENT_CHANGES.name, "original_partition": None, "original_offset": None,
-            "content_type": "avro/binary", "payload": original, "attempts": self.sub.max_attempts}),
-            key=self.sub.subscription_id, headers=codec.headers("DeadLetter"))
+        await self.producer.send(DLQ_DELIVERY.name, codec.encode("DeadLetter", messages.dead_letter(
+            f"delivery:{self.sub.subscription_id}", "CAREBUS", reason, "DELIVERY_FAILED", original, "avro/binary",
+            failed_at=now_ms(), dead_letter_id=dead_id, original_topic=PATIENT_CHANGES.name,
+            attempts=self.sub.max_attempts)), key=self.sub.subscription_id, headers=codec.headers("DeadLetter"))
         DELIVERED.labels(self.sub.subscription_id, "parked").inc()
         await self.store.record(self.sub.subscription_id, parked=1)
         await self.store.note(self.sub.subscription_id, status="degraded", last_error=reason)

@@ -15,11 +15,12 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from schemas.errors import CarebusError
 
 PREFIX = "v1:"
 
 
-class SecretUnreadable(ValueError):
+class SecretUnreadable(CarebusError, ValueError):
     """A sealed secret that this key cannot open (another key, or altered)."""
 
 

@@ -7,7 +7,7 @@ import time
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from carebus.config import Settings
+from foundation.config import Settings
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,14 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 
-from carebus.config import Settings
+from foundation.config import Settings
+from schemas.errors import CarebusError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 LOOPBACK = "127.0.0.1,::1,localhost"
 
 
-class WebhookAddressRefused(ValueError):
+class WebhookAddressRefused(CarebusError, ValueError):
     """The URL points where webhooks may not go; the message says why, naming no resolved address."""
 
 

@@ -29,7 +29,7 @@ fi
 # Reinstall the Python package only when its dependency list changed.
 stamp=".carebus/pip-installed.sha256"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! python3 -c "import carebus, faust, confluent_kafka" 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! python3 -c "import carebus, foundation, faust, confluent_kafka" 2>/dev/null; then
   echo "installing Python dependencies"
   python3 -m pip install -q -e '.[test]'
   mkdir -p .carebus && echo "$want" > "$stamp"

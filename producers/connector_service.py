@@ -18,11 +18,11 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from carebus.api_auth import store_for
-from carebus.config import Settings, mllp_tls_wanted
-from carebus.durable_producer import DurableProducer
-from carebus.log_privacy import configure_logging
-from carebus.redis_connection import async_client
+from foundation.api_auth import store_for
+from foundation.config import Settings, mllp_tls_wanted
+from foundation.durable_producer import DurableProducer
+from foundation.log_privacy import configure_logging
+from foundation.redis_connection import async_client
 from producers.bulk_extract_workers import ExtractWorkers
 from producers.fhir_endpoint import fhir_router
 from producers.file_drop import FileDrop, file_drops

@@ -16,8 +16,8 @@ import logging
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from carebus.api_auth import Client, CredentialStore, authenticator
-from carebus.clock import now_ms
+from foundation.api_auth import Client, CredentialStore, authenticator
+from foundation.clock import now_ms
 from producers import fhir_mapper
 from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
 from schemas.source_systems import BY_CONNECTOR, FHIR, SourceSystemProfile

@@ -20,6 +20,8 @@ from pydantic import ValidationError
 from producers import birth_date, nhs_number, sharing_dissent
 from producers.hl7v2_mapper import EVENT_NAMESPACE
 from schemas.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
+from schemas import messages
+from schemas.errors import MappingError
 
 SUPPORTED = ("Patient", "Encounter", "Condition", "Observation", "AllergyIntolerance",
              "MedicationStatement", "MedicationRequest", "ServiceRequest", "DocumentReference", "Consent")
@@ -35,7 +37,7 @@ class Issue:
     expression: str | None = None
 
 
-class FHIRMappingError(ValueError):
+class FHIRMappingError(MappingError):
     def __init__(self, issues: list[Issue], error_code: str = "FHIR_INVALID") -> None:
         super().__init__("; ".join(i.diagnostics for i in issues))
         self.issues = issues
@@ -156,14 +158,8 @@ def _subject_ref(resource: Any) -> Any:
 
 def _empty_event(patient: dict[str, Any], profile: SourceSystemProfile, ods: str, record_id: str,
                  event_type: str, received_at_ms: int, eid: str, correlation: str) -> dict[str, Any]:
-    return {
-        "envelope": {"event_id": eid, "source_system": profile.code, "source_ods_code": ods,
-                     "source_record_id": record_id, "event_type": event_type, "occurred_at": received_at_ms,
-                     "recorded_at": received_at_ms, "correlation_id": correlation, "raw_message": None},
-        "patient": patient, "action": "UPSERT", "merged_from": [],
-        "encounters": [], "problems": [], "medications": [], "allergies": [], "observations": [],
-        "referrals": [], "documents": [], "data_quality_flags": [],
-    }
+    return messages.source_event(messages.envelope(eid, profile.code, ods, record_id, event_type, received_at_ms,
+                                                   received_at_ms, correlation), patient)
 
 
 def _clinical(resource: Any, rtype: str) -> tuple[str, dict[str, Any]]:

@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from carebus.clock import now_ms
+from foundation.clock import now_ms
 from producers import fhir_mapper, vision_extract
 from producers.bulk_extract_workers import PARALLEL_FROM_BYTES, ExtractWorkers
 from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable, raw_reference

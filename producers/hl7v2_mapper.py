@@ -16,6 +16,8 @@ from typing import Any
 from producers import birth_date, nhs_number
 from producers.hl7v2_message import HL7v2Message
 from schemas.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
+from schemas import messages
+from schemas.errors import MappingError
 
 EVENT_NAMESPACE = uuid.UUID("6f1f5d1c-1d4e-4c1b-9b8e-2b7f5e0c0a11")
 
@@ -33,7 +35,7 @@ SEX = {"M": "MALE", "F": "FEMALE", "O": "OTHER", "U": "UNKNOWN", "A": "OTHER", "
 VERIFIED_STATUS = {"01"}
 
 
-class HL7MappingError(ValueError):
+class HL7MappingError(MappingError):
     """The message cannot become a canonical event. `code` chooses the ACK: AR rejects, AE errors."""
 
     def __init__(self, reason: str, ack_code: str = "AE", error_code: str = "HL7_INVALID") -> None:
@@ -215,17 +217,9 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
                 or parse_ts(field(msg, "EVN", 2), "EVN-2 recorded time")
                 or parse_ts(field(msg, "MSH", 7), "MSH-7 message time") or received_at_ms)
     eid = event_id(profile.code, ods, control_id, raw)
-    event: dict[str, Any] = {
-        "envelope": {
-            "event_id": eid, "source_system": profile.code, "source_ods_code": ods,
-            "source_record_id": control_id, "event_type": f"{msg_type}^{trigger}",
-            "occurred_at": occurred, "recorded_at": received_at_ms, "correlation_id": control_id,
-            "raw_message": None,
-        },
-        "patient": patient, "action": "UPSERT", "merged_from": [],
-        "encounters": [], "problems": [], "medications": [], "allergies": [], "observations": [],
-        "referrals": [], "documents": [], "data_quality_flags": flags,
-    }
+    event = messages.source_event(
+        messages.envelope(eid, profile.code, ods, control_id, f"{msg_type}^{trigger}", occurred, received_at_ms,
+                          control_id), patient, data_quality_flags=flags)
     if msg_type == "ADT" and trigger == "A40":
         prior = field(msg, "MRG", 1, 1, 1)
         if not prior:

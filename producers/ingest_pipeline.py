@@ -22,14 +22,15 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
 
-from carebus.clock import now_ms
-from carebus.durable_producer import DurableProducer, OutgoingRecord
-from carebus.log_privacy import pseudonym
+from foundation.clock import now_ms
+from foundation.durable_producer import DurableProducer, OutgoingRecord
+from foundation.log_privacy import pseudonym
 from producers.published_markers import PublishedMarkers
 from schemas.source_systems import SourceSystemProfile
-from schemas import codec
+from schemas import codec, messages
 from schemas.topics import (DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, MAX_RECORD_BYTES, RAW,
                             SOURCE_EVENTS, source_event_key)
+from schemas.errors import CarebusError, Unavailable
 
 log = logging.getLogger("carebus.ingest")
 
@@ -43,11 +44,11 @@ BULK_CHUNK_EVENTS = 2000
 BULK_CHUNKS_IN_FLIGHT = 3
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(Unavailable):
     """Kafka did not confirm; the sender must retry (HL7 AE, HTTP 503)."""
 
 
-class MessageTooLarge(ValueError):
+class MessageTooLarge(CarebusError, ValueError):
     """The bus will never store this message: the sender must not retry it (HL7 AR, HTTP 413).
     It has been parked on the dead-letter topic by the time this is raised."""
 
@@ -204,12 +205,9 @@ class IngestPipeline:
             reason = f"{reason} [payload truncated to its first {DEAD_LETTER_HEAD_BYTES:,} bytes]"
             raw = raw[:DEAD_LETTER_HEAD_BYTES]
         try:
-            await self.producer.send(DLQ_CONNECTORS.name, codec.encode("DeadLetter", {
-                "dead_letter_id": dead_id, "stage": f"connector:{profile.connector}:{channel}",
-                "source_system": profile.code, "reason": reason, "error_code": error_code, "failed_at": now_ms(),
-                "original_topic": None, "original_partition": None, "original_offset": None,
-                "content_type": content_type, "payload": raw, "attempts": 1}),
-                key=dead_id, headers=codec.headers("DeadLetter"))
+            await self.producer.send(DLQ_CONNECTORS.name, codec.encode("DeadLetter", messages.dead_letter(
+                f"connector:{profile.connector}:{channel}", profile.code, reason, error_code, raw, content_type,
+                failed_at=now_ms(), dead_letter_id=dead_id)), key=dead_id, headers=codec.headers("DeadLetter"))
         except Exception as exc:  # noqa: BLE001
             raise StoreUnavailable("rejection could not be recorded, please retry") from exc
         MESSAGES.labels(profile.connector, channel, "rejected").inc()

@@ -18,8 +18,8 @@ import logging
 import ssl
 from dataclasses import dataclass, field
 
-from carebus.clock import now_ms
-from carebus.mllp_framing import END, START, frame
+from foundation.clock import now_ms
+from foundation.mllp_framing import END, START, frame
 from producers import hl7v2_mapper, mllp_senders
 from producers.ingest_pipeline import IngestPipeline, MessageTooLarge, StoreUnavailable
 from producers.mllp_senders import SenderIdentity

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from schemas.source_systems import BY_CODE, SourceSystemProfile
+from schemas.errors import SetupError
 
 
-class SendersFileError(ValueError):
+class SendersFileError(SetupError, ValueError):
     """The senders file cannot be used: the connectors refuse to start rather than guess."""
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from producers import birth_date, nhs_number, sharing_dissent
 from producers.hl7v2_mapper import EVENT_NAMESPACE
+from schemas import messages
 from schemas.source_systems import NHS_NUMBER_SYSTEM, VISION
 
 COLUMNS = ("record_type", "patient_id", "practice_ods", "nhs_number", "nhs_verified", "family", "given",
@@ -126,18 +127,13 @@ def _apply_row(row: dict[str, str], line: int, events: dict, file_name: str, dig
     key = (ods, pid)
     event = events.get(key)
     if event is None:
-        event = events[key] = {
-            "envelope": {"event_id": str(uuid.uuid5(EVENT_NAMESPACE, f"INPS_VISION|{ods}|{pid}|{digest}")),
-                         "source_system": VISION.code, "source_ods_code": ods, "source_record_id": f"{file_name}#{pid}",
-                         "event_type": "vision.extract", "occurred_at": now, "recorded_at": now,
-                         "correlation_id": file_name, "raw_message": None},
-            "patient": {"local_identifier": {"system": VISION.identifier_system(ods), "value": pid},
-                        "other_identifiers": [], "nhs_number": None, "nhs_number_status": "ABSENT", "names": [],
-                        "birth_date": None, "sex": "UNKNOWN", "addresses": [], "telecom": [],
-                        "registered_practice_ods": ods, "deceased_at": None, "sharing_objection": False},
-            "action": "UPSERT", "merged_from": [], "encounters": [], "problems": [], "medications": [],
-            "allergies": [], "observations": [], "referrals": [], "documents": [], "data_quality_flags": [],
-        }
+        event = events[key] = messages.source_event(
+            messages.envelope(str(uuid.uuid5(EVENT_NAMESPACE, f"INPS_VISION|{ods}|{pid}|{digest}")), VISION.code, ods,
+                              f"{file_name}#{pid}", "vision.extract", now, now, file_name),
+            {"local_identifier": {"system": VISION.identifier_system(ods), "value": pid},
+             "other_identifiers": [], "nhs_number": None, "nhs_number_status": "ABSENT", "names": [],
+             "birth_date": None, "sex": "UNKNOWN", "addresses": [], "telecom": [],
+             "registered_practice_ods": ods, "deceased_at": None, "sharing_objection": False})
     if rtype == "PATIENT":
         p = event["patient"]
         number = nhs_number.normalise(row.get("nhs_number"))

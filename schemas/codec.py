@@ -18,12 +18,13 @@ import fastavro
 from fastavro import schemaless_reader, schemaless_writer
 
 from schemas import registry
+from schemas.errors import CarebusError
 
 MAGIC = b"\xc3\x01"
 SCHEMA_HEADER = "carebus-schema"
 
 
-class UnknownSchemaError(ValueError):
+class UnknownSchemaError(CarebusError, ValueError):
     """The bytes are not carebus Avro, or were written with a schema this build does not know."""
 
 

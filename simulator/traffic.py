@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from carebus.mllp_framing import END, frame, unframe
+from foundation.mllp_framing import END, frame, unframe
 from schemas.source_systems import CERNER, EMIS, NHS_NUMBER_SYSTEM, RIO
 from simulator.population import SourceRecord
 

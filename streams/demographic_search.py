@@ -15,6 +15,7 @@ from datetime import date
 from streams import blocking
 from streams.fellegi_sunter import Parameters
 from streams.record_comparison import LEVELS, Demographics, compare
+from schemas.errors import CarebusError
 
 # Minimum criteria, as PDQm lets a supplier set them: a birth date and a name. Fewer would list
 # half a borough, and a search is itself a disclosure.
@@ -22,7 +23,7 @@ MINIMUM_CRITERIA = "birthdate and at least one of family or given"
 SEARCH_FIELDS = ("given", "family", "birth_date", "sex", "postcode")
 
 
-class SearchCriteriaError(ValueError):
+class SearchCriteriaError(CarebusError, ValueError):
     """The query does not meet the minimum criteria or cannot be read."""
 
 

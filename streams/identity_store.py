@@ -37,6 +37,7 @@ import redis.asyncio
 from streams import blocking
 from streams.identity_graph import (BLOCK_CAP, Applied, Candidate, Ingested, PairDecision, Relabel, node_hash)
 from streams.record_comparison import Demographics
+from schemas.errors import SetupError
 
 P = "carebus:"
 SEP = "\x1f"
@@ -49,7 +50,7 @@ KEY_PATTERNS = ("nid:*", "person_of:*", "n:*", "b:*", "e:*", "f:*", "members:*",
                 "merged_into")
 
 
-class IndexLayoutError(RuntimeError):
+class IndexLayoutError(SetupError):
     """Redis holds an index in an older layout: it must be rebuilt from the source-events topic."""
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import redis
 from confluent_kafka.admin import AdminClient
 
-from carebus.config import Settings
+from foundation.config import Settings
 from streams import identity_store, record_store
 from streams.link_worker import GROUP
+from schemas.errors import CarebusError
 
 
-class WorkersStillRunning(RuntimeError):
+class WorkersStillRunning(CarebusError, RuntimeError):
     pass
 
 

@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from carebus.clock import now_ms
-from carebus.durable_producer import DurableProducer
-from carebus.log_privacy import pseudonym
-from schemas import codec
+from foundation.clock import now_ms
+from foundation.durable_producer import DurableProducer
+from foundation.log_privacy import pseudonym
+from schemas import codec, messages
+from schemas.errors import Unavailable
 from schemas.source_key import SourceKey, source_key
 from schemas.topics import (DLQ_STREAMS, IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SHARED_RECORDS,
                             source_event_key)
@@ -53,7 +54,7 @@ REVIEW_REASONS = {
 }
 
 
-class StageUnavailable(RuntimeError):
+class StageUnavailable(Unavailable):
     """Kafka or Redis did not do what was asked in time: retry the batch, the messages are fine."""
 
 
@@ -230,10 +231,10 @@ class LinkStage:
     # ---- identity events --------------------------------------------------------------------
     def _event(self, cause: str, kind: str, person: str, other: str | None, keys: list[str], score: float | None,
                how: str, reasons: list[str]) -> dict[str, Any]:
-        return {"event_id": str(uuid.uuid5(NS, f"{cause}|{kind}|{person}|{other}|{','.join(sorted(keys))}")),
-                "recorded_at": now_ms(), "caused_by": cause, "type": kind, "person_id": person,
-                "other_person_id": other, "sources": [_ref(k) for k in sorted(keys)], "score": score,
-                "method": how, "reasons": reasons}
+        return messages.identity_event(
+            str(uuid.uuid5(NS, f"{cause}|{kind}|{person}|{other}|{','.join(sorted(keys))}")), kind, person,
+            recorded_at=now_ms(), caused_by=cause, other_person_id=other, sources=[_ref(k) for k in sorted(keys)],
+            score=score, method=how, reasons=reasons)
 
     def _check_coherence(self, outcome: identity_graph.BatchOutcome) -> None:
         """Persons that grew in this batch: pairs of their records that contradict each other (given
@@ -409,12 +410,11 @@ class LinkStage:
                                                                "PROCESSING_FAILED")]))
 
     def _dead_letter(self, m: InboundMessage, reason: str, code: str, extra: str = "") -> dict[str, Any]:
-        dead_id = str(uuid.uuid5(NS, f"dlq|{m.topic}|{m.partition}|{m.offset}|{extra}"))
-        return {"dead_letter_id": dead_id, "stage": "streams:linker", "source_system": "CAREBUS", "reason": reason,
-                "error_code": code, "failed_at": now_ms(), "original_topic": m.topic or None,
-                "original_partition": m.partition if m.partition >= 0 else None,
-                "original_offset": m.offset if m.offset >= 0 else None, "content_type": "avro/binary",
-                "payload": m.value or b"", "attempts": 1}
+        return messages.dead_letter(
+            "streams:linker", "CAREBUS", reason, code, m.value or b"", "avro/binary", failed_at=now_ms(),
+            dead_letter_id=str(uuid.uuid5(NS, f"dlq|{m.topic}|{m.partition}|{m.offset}|{extra}")),
+            original_topic=m.topic or None, original_partition=m.partition if m.partition >= 0 else None,
+            original_offset=m.offset if m.offset >= 0 else None)
 
     def _count(self, outcome: identity_graph.BatchOutcome, stats: BatchStats, reviews: int) -> None:
         counts = {"links": sum(1 for r in outcome.relabels),

@@ -29,9 +29,9 @@ from functools import partial
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from carebus.config import Settings
-from carebus.redis_connection import sync_client
-from carebus.durable_producer import DurableProducer
+from foundation.config import Settings
+from foundation.redis_connection import sync_client
+from foundation.durable_producer import DurableProducer
 from schemas.topics import LINK_REVIEW, SOURCE_EVENTS
 from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
@@ -117,7 +117,7 @@ def process_with_retry(stage: LinkStage, batch: list[InboundMessage], stopping, 
 
 
 def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) -> None:
-    from carebus.log_privacy import configure_logging
+    from foundation.log_privacy import configure_logging
 
     configure_logging()
     stage = create_stage(settings)

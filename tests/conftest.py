@@ -31,7 +31,7 @@ TEST_PORTS = {
 def bus_settings():
     """Settings pointing at the test bus; the servers start here and stop at session end."""
     from carebus import local_bus
-    from carebus.config import load_settings
+    from foundation.config import load_settings
 
     data_dir = Path(tempfile.mkdtemp(prefix="carebus-test-"))
     saved = {k: os.environ.get(k) for k in [*TEST_PORTS, "CAREBUS_DATA_DIR", "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"]}

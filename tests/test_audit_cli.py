@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from carebus.log_privacy import pseudonym
+from foundation.log_privacy import pseudonym
 from schemas import codec
 from schemas.topics import ACCESS_AUDIT
 from tests.kafka_reading import read_all

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from carebus.mllp_framing import END, START, frame, unframe
+from foundation.mllp_framing import END, START, frame, unframe
 from schemas import codec
 from schemas.topics import DLQ_CONNECTORS, RAW, SOURCE_EVENTS
 from simulator import population as pop

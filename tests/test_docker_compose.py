@@ -7,7 +7,7 @@ import yaml
 from typer.main import get_command
 
 from carebus.cli import app
-from carebus.config import ENVIRONMENT, REPO_ROOT
+from foundation.config import ENVIRONMENT, REPO_ROOT
 from carebus.kafka_server import LOG4J2_PROPERTIES  # noqa: F401 - the embedded twin of the kafka service
 
 COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
@@ -56,8 +56,11 @@ def test_carebus_services_use_only_documented_settings_and_real_commands():
 
 
 def test_dockerfile_copies_every_package():
+    import tomllib
+
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
-    for package in ("carebus", "schemas", "producers", "streams", "consumers", "deploy"):
+    found = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for package in [*(p.rstrip("*") for p in found["include"]), "deploy"]:
         assert f"COPY {package} {package}" in dockerfile
         assert Path(REPO_ROOT / package).is_dir()
 

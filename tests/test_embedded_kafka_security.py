@@ -9,8 +9,9 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from carebus import kafka_server, kafka_tls, topic_admin
-from carebus.durable_producer import DurableProducer
+from carebus import kafka_server, topic_admin
+from foundation import kafka_tls
+from foundation.durable_producer import DurableProducer
 from schemas import codec
 from schemas.topics import DLQ_CONNECTORS
 from tests.free_ports import free_ports
@@ -29,7 +30,7 @@ def _refused(conf: dict) -> bool:
 
 def test_the_embedded_kafka_speaks_sasl_ssl_when_asked_and_refuses_anyone_without_the_credential(
         tmp_path, monkeypatch):
-    from carebus.config import load_settings
+    from foundation.config import load_settings
 
     base = free_ports(1, width=2)[0]
     monkeypatch.setenv("CAREBUS_DATA_DIR", str(tmp_path))

@@ -134,7 +134,7 @@ def test_a_record_written_but_never_published_is_published_by_the_replay(bus_set
     before publishing): the replayed batch publishes that version, rebuilt from the same states."""
     from dataclasses import replace as with_fields
 
-    from carebus.durable_producer import DurableProducer
+    from foundation.durable_producer import DurableProducer
     from producers import hl7v2_mapper
     from schemas.source_systems import CERNER
     from schemas import codec

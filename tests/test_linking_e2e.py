@@ -7,7 +7,7 @@ import time
 import pytest
 
 from consumers.stream_lag import total_lag
-from schemas import codec
+from schemas import codec, messages
 from schemas.topics import IDENTITY_EVENTS, PATIENT_CHANGES, SOURCE_EVENTS, source_event_key
 from simulator import population as pop
 from simulator.run import Target, drive
@@ -356,7 +356,7 @@ def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings
     import subprocess
     import sys
 
-    from carebus.durable_producer import DurableProducer
+    from foundation.durable_producer import DurableProducer
     from producers import hl7v2_mapper
     from schemas.source_systems import CERNER
     from schemas.topics import DLQ_STREAMS
@@ -373,11 +373,10 @@ def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings
     dead_id = f"parked-{unique}"
     # A worker parked this event (say, a bug since fixed): it is on the dead-letter topic only.
     producer = DurableProducer(bus_settings)
-    producer.send_sync(DLQ_STREAMS.name, codec.encode("DeadLetter", {
-        "dead_letter_id": dead_id, "stage": "streams:linker", "source_system": "CAREBUS",
-        "reason": "processing failed: KeyError", "error_code": "PROCESSING_FAILED", "failed_at": int(time.time() * 1000),
-        "original_topic": SOURCE_EVENTS.name, "original_partition": 0, "original_offset": 0,
-        "content_type": "avro/binary", "payload": codec.encode("SourcePatientEvent", event), "attempts": 1}),
+    producer.send_sync(DLQ_STREAMS.name, codec.encode("DeadLetter", messages.dead_letter(
+        "streams:linker", "CAREBUS", "processing failed: KeyError", "PROCESSING_FAILED",
+        codec.encode("SourcePatientEvent", event), "avro/binary", failed_at=int(time.time() * 1000),
+        dead_letter_id=dead_id, original_topic=SOURCE_EVENTS.name, original_partition=0, original_offset=0)),
         key=dead_id, headers=codec.headers("DeadLetter"))
     producer.close()
     listed = cli("list", "--topic", "streams")

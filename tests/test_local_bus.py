@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings
 
 from carebus import kafka_server, local_bus, redis_server, topic_admin
-from carebus.config import ConfigError, load_settings
-from carebus.durable_producer import DurableProducer
+from foundation.config import ConfigError, load_settings
+from foundation.durable_producer import DurableProducer
 from schemas import codec, registry
 from schemas.topics import CATALOGUE, SHARED_RECORDS
 from tests.avro_strategies import for_schema

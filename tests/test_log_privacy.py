@@ -6,7 +6,7 @@ import random
 
 from hypothesis import given, strategies as st
 
-from carebus.log_privacy import RedactNhsNumbers, pseudonym
+from foundation.log_privacy import RedactNhsNumbers, pseudonym
 from producers import nhs_number
 
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from carebus.config import ConfigError, load_settings, mllp_tls_wanted
+from foundation.config import ConfigError, load_settings, mllp_tls_wanted
 from producers import mllp_senders
 from schemas.source_systems import CERNER, RIO
 from schemas.topics import RAW

@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, strategies as st
 
-from carebus.config import DEV_CREDENTIALS_FILE, ConfigError, load_settings, require_own_secrets
+from foundation.config import DEV_CREDENTIALS_FILE, ConfigError, load_settings, require_own_secrets
 
 
 def _without_dev_allowance() -> dict[str, str]:
@@ -52,7 +52,7 @@ def test_a_copy_of_the_development_file_is_refused_and_own_secrets_are_accepted(
 
 
 def test_kafka_client_security_settings_reach_every_client_and_the_password_is_never_printed(monkeypatch):
-    from carebus.durable_producer import producer_config
+    from foundation.durable_producer import producer_config
     from streams.link_worker import consumer_config
 
     given = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from carebus import kafka_server, local_bus, process_control
-from carebus.durable_producer import DurableProducer
+from foundation.durable_producer import DurableProducer
 from schemas import codec
 from schemas.topics import DLQ_CONNECTORS
 from tests.kafka_reading import read_all
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_three_node_cluster_survives_a_broker_crash(tmp_path, monkeypatch):
-    from carebus.config import load_settings
+    from foundation.config import load_settings
 
     base = free_ports(1, width=6)[0]
     monkeypatch.setenv("CAREBUS_DATA_DIR", str(tmp_path))

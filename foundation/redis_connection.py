@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
 
-from carebus.config import Settings
+from foundation.config import Settings
 
 RETRIED = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
 

@@ -13,7 +13,7 @@ import os
 import re
 from functools import lru_cache
 
-from carebus.config import load_settings
+from foundation.config import load_settings
 
 _NHS_LIKE = re.compile(r"(?<!\d)(\d{3}[ -]?\d{3}[ -]?\d{4})(?!\d)")
 # A pseudonym's hex can hold ten digits in a row: it is matched first and kept as it is.

@@ -11,12 +11,13 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from schemas.errors import SetupError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_LINKAGE_PARAMETERS = REPO_ROOT / "streams" / "linkage_parameters.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(SetupError, ValueError):
     """A setting is missing or malformed; the message names the variable and what is wrong."""
 
 
@@ -109,7 +110,7 @@ class Settings:
     kafka_ssl_ca_location: str = ""
     kafka_ssl_certificate_location: str = ""
     kafka_ssl_key_location: str = ""
-    # "1": the embedded broker listens with SASL_SSL (SCRAM-SHA-512 over TLS, carebus/kafka_tls.py)
+    # "1": the embedded broker listens with SASL_SSL (SCRAM-SHA-512 over TLS, foundation/kafka_tls.py)
     # and every client of it uses that; ignored when KAFKA_BOOTSTRAP_SERVERS names your own cluster.
     kafka_secure: str = "0"
     # "1" only for `carebus demo`, the tests and the benchmarks: the services then accept the
@@ -146,7 +147,7 @@ class Settings:
             if value:
                 conf[key] = value
         if self.embedded_kafka_secure and not self.kafka_security_protocol:
-            from carebus import kafka_tls
+            from foundation import kafka_tls
 
             conf.update(kafka_tls.ensure(self.data_dir).client_settings())
         return {**conf, **(extra or {})}

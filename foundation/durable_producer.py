@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from carebus.config import Settings
+from foundation.config import Settings
 from schemas.topics import MAX_RECORD_BYTES
 
 
