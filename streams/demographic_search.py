@@ -12,10 +12,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
+from schemas.errors import CarebusError
 from streams import blocking
 from streams.fellegi_sunter import Parameters
-from streams.record_comparison import LEVELS, Demographics, compare
-from schemas.errors import CarebusError
+from streams.record_comparison import BIRTH_DATE, FAMILY, GIVEN, POSTCODE, SEX, Demographics, compare
+
+# What "agrees" means for each searched field.
+AGREES = {"given": GIVEN.alike, "family": FAMILY.alike, "birth_date": BIRTH_DATE.typo, "postcode": POSTCODE.sector,
+          "sex": SEX.same}
 
 # Minimum criteria, as PDQm lets a supplier set them: a birth date and a name. Fewer would list
 # half a borough, and a search is itself a disclosure.
@@ -71,7 +75,7 @@ def rank(query: Query, candidates: Iterable[Demographics], params: Parameters) -
         vector = compare(q, c)
         # "Agrees": a typo, nickname or sound-alike for names, one mistyped digit for the birth
         # date, the same sector for a postcode, the same sex.
-        if all(vector[f] is not None and vector[f] >= min(2, LEVELS[f] - 1) for f in asked):
+        if all(vector[f] is not None and vector[f] >= AGREES[f] for f in asked):
             # No name-frequency adjustment: every exact match agrees with the same query value, so
             # it would only lift rarer *misspellings* above the exact name asked for.
             # Levels break ties: fitted weights may pool "typo" with "exact" (they are as likely

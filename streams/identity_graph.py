@@ -38,7 +38,7 @@ from typing import Protocol
 
 from streams import blocking
 from streams.fellegi_sunter import Parameters
-from streams.record_comparison import Demographics, compare, contradicts
+from streams.record_comparison import BIRTH_DATE, FAMILY, GIVEN, Demographics, compare, contradicts
 
 FORCED = "forced"          # merge or accepted review: never removed by re-scoring
 NHS = "nhs-number"
@@ -168,20 +168,23 @@ def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple
         vector["nhs"] = None        # the numbers differ: judge the rest on its own
         log_odds = params.log_odds(vector, values)
         posterior = params.posterior_of(log_odds)
-        same_person_otherwise = (posterior >= params.match_posterior and (vector["given"] or 0) >= 2
-                                 and (vector["family"] or 0) >= 2 and vector["birth_date"] == 3)
+        same_person_otherwise = (posterior >= params.match_posterior and (vector["given"] or 0) >= GIVEN.alike
+                                 and (vector["family"] or 0) >= FAMILY.alike
+                                 and vector["birth_date"] == BIRTH_DATE.same)
         return ("nhs-mismatch" if same_person_otherwise else "non-match"), None, posterior, _centibits(log_odds)
     log_odds = params.log_odds(vector, values)
     posterior = params.posterior_of(log_odds)
     outcome = "match" if posterior >= params.match_posterior else \
         "review" if posterior >= params.review_posterior else "non-match"
+    personal = (vector["given"] or 0) >= GIVEN.alike or (vector["birth_date"] or 0) >= BIRTH_DATE.typo
     if outcome == "match" and (sum(vector[f] is not None for f in EVIDENCE_FIELDS) < MIN_FIELDS_TO_LINK
-                               or max(vector["given"] or 0, vector["birth_date"] or 0) < 2):
+                               or not personal):
         # Surname and postcode are shared by a household, and a sparse record (surname and
         # postcode only) would glue unrelated people together through itself: a link also needs
         # something personal (given name or birth date) and enough fields compared.
         outcome = "too-little-evidence"
-    elif outcome == "match" and vector["family"] == 0 and vector["birth_date"] == 0:
+    elif (outcome == "match" and vector["family"] == FAMILY.different
+          and vector["birth_date"] == BIRTH_DATE.different):
         # A relative at the same address (same given name and postcode, another surname and
         # birth date) scores like a match; a real person changing both is rare enough to ask.
         outcome = "name-and-birth-date-differ"
@@ -197,7 +200,7 @@ def incoherent_pairs(members: Sequence[Demographics]) -> list[tuple[str, str]]:
     for i, a in enumerate(ordered):
         for b in ordered[i + 1:]:
             v = compare(a, b)
-            if v["given"] == 0 and v["birth_date"] == 0:
+            if v["given"] == GIVEN.different and v["birth_date"] == BIRTH_DATE.different:
                 out.append((a.key, b.key))
     return out
 

@@ -16,22 +16,51 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 
 from streams.nicknames import canonical_given
 
-FIELDS = ("nhs", "given", "family", "birth_date", "sex", "postcode")
-# The named levels of each comparison, lowest = strong disagreement. "Missing" is not a level:
-# a comparison with a missing side contributes no evidence (level None).
-LEVEL_NAMES = {
-    "nhs": ("different", "same"),
-    "given": ("different", "similar (Jaro-Winkler >= 0.80)", "typo, nickname or sounds alike", "exact"),
-    "family": ("different", "similar (Jaro-Winkler >= 0.80)", "typo, sounds alike or part of a double-barrelled name",
-               "exact"),
-    "birth_date": ("different", "same year", "one digit, adjacent digits or day/month swapped, or one day off",
-                   "exact"),
-    "sex": ("different", "same"),
-    "postcode": ("different", "same district", "same sector", "one character off", "exact"),
-}
-LEVELS = {f: len(names) for f, names in LEVEL_NAMES.items()}
+@dataclass(frozen=True)
+class Comparison:
+    """One field's comparison and its named levels, lowest (strong disagreement) first, as Splink
+    names them. Each level is an attribute by its short name (`BIRTH_DATE.typo` is 2), so rules
+    say which level they mean. "Missing" is not a level: a comparison with a missing side gives
+    no evidence (level None)."""
+    field: str
+    levels: tuple[tuple[str, str], ...]      # (short name, description)
+
+    def __post_init__(self) -> None:
+        # Plain attributes, not a lookup: rules and the comparisons read them per candidate pair.
+        for i, (short, _) in enumerate(self.levels):
+            object.__setattr__(self, short, i)
+
+    def __getattr__(self, name: str) -> int:      # only for names that are not levels
+        raise AttributeError(f"{self.field} has no level {name!r}")
+
+    @property
+    def descriptions(self) -> tuple[str, ...]:
+        return tuple(d for _, d in self.levels)
+
+    @property
+    def exact(self) -> int:
+        """The top level: agreeing exactly (where a term-frequency adjustment applies)."""
+        return len(self.levels) - 1
+
+
+NHS = Comparison("nhs", (("different", "different"), ("same", "same")))
+GIVEN = Comparison("given", (("different", "different"), ("similar", "similar (Jaro-Winkler >= 0.80)"),
+                             ("alike", "typo, nickname or sounds alike"), ("same", "exact")))
+FAMILY = Comparison("family", (("different", "different"), ("similar", "similar (Jaro-Winkler >= 0.80)"),
+                               ("alike", "typo, sounds alike or part of a double-barrelled name"), ("same", "exact")))
+BIRTH_DATE = Comparison("birth_date", (
+    ("different", "different"), ("same_year", "same year"),
+    ("typo", "one digit, adjacent digits or day/month swapped, or one day off"), ("same", "exact")))
+SEX = Comparison("sex", (("different", "different"), ("same", "same")))
+POSTCODE = Comparison("postcode", (("different", "different"), ("district", "same district"),
+                                   ("sector", "same sector"), ("typo", "one character off"), ("same", "exact")))
+COMPARISONS = (NHS, GIVEN, FAMILY, BIRTH_DATE, SEX, POSTCODE)
+
+FIELDS = tuple(c.field for c in COMPARISONS)
+LEVEL_NAMES = {c.field: c.descriptions for c in COMPARISONS}
+LEVELS = {c.field: len(c.levels) for c in COMPARISONS}
 # Levels at which a term-frequency adjustment applies: agreeing on a rare value says more.
-EXACT = {f: len(names) - 1 for f, names in LEVEL_NAMES.items()}
+EXACT = {c.field: c.exact for c in COMPARISONS}
 
 
 @dataclass(frozen=True)
@@ -91,28 +120,32 @@ def date_digits(d: date) -> str:
     return f"{d.year:04d}{d.month:02d}{d.day:02d}"
 
 
+# Given and family names share their level numbers (a swap compares one with the other).
+_NAME = GIVEN
+
+
 def _name_level(a: str, b: str, given: bool) -> int | None:
     if not a or not b:
         return None
     if a == b:
-        return 3
+        return _NAME.same
     if given and canonical_given(a) == canonical_given(b):
-        return 2
+        return _NAME.alike
     if (_metaphone(a) == _metaphone(b) or JaroWinkler.similarity(a, b) >= 0.92
             or _at_most_one_edit(a, b)):
-        return 2
+        return _NAME.alike
     if JaroWinkler.similarity(a, b) >= 0.80:
-        return 1
-    return 0
+        return _NAME.similar
+    return _NAME.different
 
 
 def _family_level(a: Demographics, b: Demographics) -> int | None:
     level = _name_level(a.family, b.family, given=False)
-    if level is None or level >= 2:
+    if level is None or level >= FAMILY.alike:
         return level
     # Double-barrelled: one surname is a part of the other.
     if set(a.family_parts) & set(b.family_parts):
-        return 2
+        return FAMILY.alike
     return level
 
 
@@ -120,14 +153,14 @@ def _birth_level(a: date | None, b: date | None) -> int | None:
     if a is None or b is None:
         return None
     if a == b:
-        return 3
+        return BIRTH_DATE.same
     if a.year == b.year and a.month == b.day and a.day == b.month:
-        return 2  # day and month transposed
+        return BIRTH_DATE.typo  # day and month transposed
     if _at_most_one_edit(date_digits(a), date_digits(b)) or abs((a - b).days) == 1:
-        return 2  # a single mistyped digit, or two adjacent digits swapped
+        return BIRTH_DATE.typo  # a single mistyped digit, or two adjacent digits swapped
     if a.year == b.year:
-        return 1
-    return 0
+        return BIRTH_DATE.same_year
+    return BIRTH_DATE.different
 
 
 def birth_digits(d: Demographics) -> str:
@@ -141,16 +174,16 @@ def _birth_digits_level(x: str, y: str) -> int | None:
         return None
     if len(x) == 8 and len(y) == 8:
         if x == y:
-            return 3
+            return BIRTH_DATE.same
         if _at_most_one_edit(x, y):
-            return 2        # 19800231 against 19800221: a typo that made an impossible day
-        return 1 if x[:4] == y[:4] else 0
+            return BIRTH_DATE.typo        # 19800231 against 19800221: a typo that made an impossible day
+        return BIRTH_DATE.same_year if x[:4] == y[:4] else BIRTH_DATE.different
     # A partial date (year, or year and month) contradicts or says nothing: agreeing as far as it
     # goes would need a level of its own, fitted, to count as evidence.
     if x[:4] != y[:4]:
-        return 0
+        return BIRTH_DATE.different
     if min(len(x), len(y)) >= 6 and x[4:6] != y[4:6]:
-        return 1
+        return BIRTH_DATE.same_year
     return None
 
 
@@ -160,14 +193,14 @@ def _postcode_level(a: str | None, b: str | None) -> int | None:
     if not a or not b:
         return None
     if a == b:
-        return 4
+        return POSTCODE.same
     if len(a) == len(b) and _at_most_one_edit(a, b):
-        return 3  # one character mistyped or two swapped
+        return POSTCODE.typo  # one character mistyped or two swapped
     if a[:-2] == b[:-2]:
-        return 2  # same sector: a few streets
+        return POSTCODE.sector  # a few streets
     if a[:-3] == b[:-3]:
-        return 1  # same district: moved nearby
-    return 0
+        return POSTCODE.district  # moved nearby
+    return POSTCODE.different
 
 
 @lru_cache(maxsize=100_000)
@@ -182,19 +215,19 @@ def compare(a: Demographics, b: Demographics) -> dict[str, int | None]:
     given = _name_level(a.given, b.given, given=True)
     family = _family_level(a, b)
     # Given and family swapped between systems: score the crossed names instead if better.
-    if (given or 0) + (family or 0) <= 2 and a.given and a.family and b.given and b.family:
+    if (given or 0) + (family or 0) <= GIVEN.alike and a.given and a.family and b.given and b.family:
         cross_g = _name_level(a.given, b.family, given=False)
         cross_f = _name_level(a.family, b.given, given=False)
         if (cross_g or 0) + (cross_f or 0) > (given or 0) + (family or 0):
             # Capped below "exact" (a swap is itself a discrepancy) and ordered, so that
             # compare(a, b) == compare(b, a): swapping a and b swaps cross_g and cross_f.
             high, low = max(cross_g or 0, cross_f or 0), min(cross_g or 0, cross_f or 0)
-            given, family = min(high, 2), min(low, 2)
+            given, family = min(high, GIVEN.alike), min(low, FAMILY.alike)
     if a.nhs and b.nhs:
-        nhs = 1 if a.nhs == b.nhs else 0
+        nhs = NHS.same if a.nhs == b.nhs else NHS.different
     else:
         nhs = None
-    sex = None if a.sex is None or b.sex is None else int(a.sex == b.sex)
+    sex = None if a.sex is None or b.sex is None else (SEX.same if a.sex == b.sex else SEX.different)
     if a.birth_date is not None and b.birth_date is not None or not (a.birth_as_sent or b.birth_as_sent):
         birth = _birth_level(a.birth_date, b.birth_date)
     else:
@@ -206,4 +239,6 @@ def compare(a: Demographics, b: Demographics) -> dict[str, int | None]:
 def contradicts(a: Demographics, b: Demographics) -> bool:
     """Same NHS number but names and birth date disagree: someone typed the wrong number."""
     v = compare(a, b)
-    return (v["birth_date"] is not None and v["birth_date"] <= 1) and ((v["family"] or 0) + (v["given"] or 0) <= 2)
+    # Names: at best one alike and the other different (levels add up to "alike" or less).
+    return (v["birth_date"] is not None and v["birth_date"] <= BIRTH_DATE.same_year) and \
+        ((v["family"] or 0) + (v["given"] or 0) <= GIVEN.alike)
