@@ -18,9 +18,9 @@ from schemas.topics import RAW
 from simulator.traffic import MllpClient, ack_code
 from tests.conftest import ServiceProcess
 from tests.kafka_reading import read_all
-from tests.test_connectors_e2e import adt
-from tests.test_delivery_e2e import own_identity
-from tests.test_outages_and_limits import dead_letters, segment
+from tests.builders import adt
+from tests.builders import own_identity
+from tests.bus_clients import parked_with, segment
 from tests.tls_certificates import CertificateAuthority
 
 TLS_MLLP_PORT, TLS_HTTP_PORT = 22775, 28280
@@ -95,7 +95,7 @@ def test_a_sender_beyond_its_registration_is_refused_parked_and_not_stored(bus_s
     ack = send(port, client_context(pki, who), message)
     assert ack_code(ack) == "AR", ack
     assert segment(ack, b"ERR") and b"SENDER_NOT_AUTHORISED" in ack
-    [dead] = dead_letters(bus_settings, f"X{unique}")
+    [dead] = parked_with(bus_settings, f"X{unique}")
     assert dead["error_code"] == "SENDER_NOT_AUTHORISED"
     assert not read_all(bus_settings, RAW.name, timeout=5, predicate=lambda m: f"X{unique}".encode() in m.value())
 

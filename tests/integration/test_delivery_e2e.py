@@ -11,80 +11,12 @@ import pytest
 from consumers.notification_format import verify
 from streams.identity_store import RedisGraphStore
 from streams.record_store import RedisRecordStore
-from tests.test_connectors_e2e import adt, mllp_send
+from tests.builders import adt
+from tests.bus_clients import mllp_send
+from tests.builders import cerner_key, own_identity, unique_nhs
+from tests.bus_clients import AUDIT, RFH, SUB2, delivery_state, person_of, person_story, send_story, subscribe, wait_for
 
 pytestmark = pytest.mark.integration
-SUB2 = {"Authorization": "Bearer dev-subscriber2-token"}     # gp-federation, all organisations
-RFH = {"Authorization": "Bearer dev-subscriber-token"}       # royal-free-epr, RAL only, sensitive withheld
-AUDIT = {"Authorization": "Bearer dev-auditor-token"}
-
-
-def subscribe(delivery, headers, **body) -> dict:
-    resp = httpx.post(f"{delivery.base}/subscriptions", json=body, headers=headers, timeout=30)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
-
-
-def wait_for(predicate, timeout=180.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
-
-
-def person_story(redis_client, person: str) -> str:
-    """What a failed delivery test prints: who is in the person (joined to another test's
-    patient?), their demographics, and how far its record had got."""
-    graph = RedisGraphStore(redis_client)
-    members = graph.members(person)
-    return (f"person {person}: members {members}, demographics {graph.demographics(members)}, "
-            f"record {redis_client.hgetall(f'carebus:record_meta:{person}')}")
-
-
-def person_of(redis_client, key: str) -> str:
-    return wait_for(lambda: RedisGraphStore(redis_client).person_of(key) or "", what="linking")
-
-
-def delivery_state(redis_client, subscription_id: str, person: str, key: str) -> str:
-    """What a timed-out delivery test prints: the subscription's counters and the person's record."""
-    def text(h: dict) -> dict:
-        return {k.decode(): v.decode()[:80] for k, v in h.items()}
-    return (f"delivery of {person}: subscription {text(redis_client.hgetall(f'carebus:delivery:{subscription_id}'))}, "
-            f"record {text(redis_client.hgetall(f'carebus:record_meta:{person}'))}, "
-            f"person of the source now {RedisGraphStore(redis_client).person_of(key)}")
-
-
-def cerner_key(local_id: str) -> str:
-    return f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|{local_id}"
-
-
-def unique_nhs(unique: str) -> str:
-    from producers import nhs_number
-    import random
-    return nhs_number.generate(random.Random(unique))
-
-
-def own_identity(seed: str) -> dict[str, str]:
-    """A patient's own NHS number and surname for `adt`: its defaults would make every patient
-    one person, or a crowd of Smiths at one address whom the linker may join to an earlier test's
-    patient (whose record versions then continue), and skew the linkage parameters later tests
-    estimate from the topic."""
-    import hashlib
-
-    letters = "".join(chr(ord("A") + b % 26) for b in hashlib.sha256(seed.encode()).digest()[:7])
-    return {"nhs": unique_nhs(seed), "family": letters}
-
-
-def send_story(bus_settings, unique, n=3, extra=""):
-    """An admission, an update and a discharge for one new patient at the Royal Free (RAL)."""
-    identity = own_identity(unique)
-    msgs = [adt(f"S{unique}", f"S{unique}{i}", trigger=t, extra=extra, **identity)
-            for i, t in enumerate(["A01", "A08", "A03"][:n])]
-    acks = mllp_send(bus_settings.mllp_port, *msgs)
-    assert all(b"MSA|AA" in a for a in acks)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from streams.record_store import RedisRecordStore
-from tests.test_delivery_e2e import cerner_key, person_of, send_story, wait_for
+from tests.builders import cerner_key
+from tests.bus_clients import person_of, send_story, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +101,7 @@ def test_dashboard_charts_the_last_hour(bus_settings, connectors, link_workers, 
 
 
 def test_dead_letters_are_browsable_by_reason_without_content(bus_settings, connectors, delivery, unique):
-    from tests.test_connectors_e2e import mllp_send
+    from tests.bus_clients import mllp_send
 
     bad = (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A01^ADT_A01|BAD{unique}|P|2.4\r"
            f"PID|1||||SECRET{unique}^NAME\r").encode()

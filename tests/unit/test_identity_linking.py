@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-import zlib
 from dataclasses import replace
 from datetime import date, timedelta
 
@@ -10,32 +9,12 @@ from hypothesis import given, settings, strategies as st
 
 from simulator import population as pop
 from streams import blocking
-from streams.fellegi_sunter import Parameters, estimate, starting_point
-from streams.identity_graph import MemoryGraphStore, decide, forbid_link, force_link, link_batch, upsert
+from streams.fellegi_sunter import estimate, starting_point
+from streams.identity_graph import MemoryGraphStore, forbid_link, force_link, link_batch, upsert
 from streams.linkage_quality import pairwise_quality
-from streams.record_comparison import Demographics, compare, from_patient
-
-PARAMS = Parameters.load()
-POPULATION = pop.build(400, seed=21, hospital_rate=0.6, mental_health_rate=0.3,
-                       rates=pop.FaultRates(0.15, 0.05, 0.15, 0.05, 0.05, 0.2, 0.05))
-
-
-def demo(rec) -> Demographics:
-    return from_patient(pop.source_key(rec), pop.patient_dict(rec))
-
-
-def link_all(records) -> dict[str, str]:
-    store = MemoryGraphStore()
-    for r in records:
-        upsert(store, demo(r), PARAMS)
-    return store.persons()
-
-
-def groups(persons: dict[str, str]) -> set[frozenset[str]]:
-    out: dict[str, set[str]] = {}
-    for k, p in persons.items():
-        out.setdefault(p, set()).add(k)
-    return {frozenset(v) for v in out.values()}
+from streams.record_comparison import compare
+from tests.builders import PARAMS, POPULATION, demo
+from tests.linking_harness import groups, link_all, run_interleaved
 
 
 @settings(max_examples=15, deadline=None)
@@ -54,43 +33,6 @@ def test_quality_on_a_faulty_population_is_high():
     truth = {pop.source_key(r): r.person_id for r in POPULATION.records}
     q = pairwise_quality(link_all(POPULATION.records), truth)
     assert q.precision > 0.97 and q.recall > 0.9, q
-
-
-def _batches(demos, rnd, workers):
-    """Deal records to workers in random batches, as partitions would."""
-    queues = [[] for _ in range(workers)]
-    for d in demos:
-        queues[zlib.crc32(d.key.encode()) % workers].append(d)
-    out = []
-    for q in queues:
-        rnd.shuffle(q)
-        batches, i = [], 0
-        while i < len(q):
-            n = rnd.randint(1, 40)
-            batches.append(q[i:i + n])
-            i += n
-        out.append(batches)
-    return out
-
-
-def run_interleaved(store, records, rnd: random.Random, workers: int) -> None:
-    run_interleaved_demographics(store, [demo(r) for r in records], rnd, workers)
-
-
-def run_interleaved_demographics(store, demos, rnd: random.Random, workers: int) -> None:
-    """Each worker alternates ingest -> (decide) -> apply; the scheduler picks who moves next."""
-    queues = _batches(demos, rnd, workers)
-    pending: list = [None] * workers
-    while any(queues) or any(p is not None for p in pending):
-        w = rnd.choice([i for i in range(workers) if queues[i] or pending[i] is not None])
-        if pending[w] is None:
-            batch = queues[w].pop(0)
-            pending[w] = (batch, store.ingest(batch))
-        else:
-            batch, ingested = pending[w]
-            decisions = [x for d in batch for x in decide(d, ingested[d.key], PARAMS)]
-            store.apply({k: i.version for k, i in ingested.items()}, decisions)
-            pending[w] = None
 
 
 @settings(max_examples=25, deadline=None)

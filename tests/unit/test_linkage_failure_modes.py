@@ -14,14 +14,10 @@ from streams.fellegi_sunter import Parameters, monotone
 from streams.identity_graph import MemoryGraphStore, cannot_join, link_batch, pair_decision
 from streams.linkage_training import estimate_from
 from streams.record_comparison import LEVELS, Demographics, compare, from_patient
-from tests.test_identity_linking import groups, run_interleaved_demographics
+from tests.linking_harness import groups, run_interleaved_demographics
+from tests.builders import person, tangled_population
 
 PARAMS = Parameters.load()
-
-
-def person(key: str, given: str = "AMARA", family: str = "OKONKWO-BELL", dob: date | None = date(1961, 4, 17),
-           sex: str | None = "FEMALE", postcode: str | None = "N78AA", nhs: str | None = None) -> Demographics:
-    return Demographics(key, nhs, given, family, dob, sex, postcode)
 
 
 def outcome(a: Demographics, b: Demographics) -> str:
@@ -184,19 +180,6 @@ def test_a_link_a_person_made_joins_whatever_the_rule_says():
     assert store.person_of("x") != store.person_of("y")
     force_link(store, "x", "y")
     assert store.person_of("x") == store.person_of("y")
-
-
-def tangled_population(seed: int, n: int = 30) -> list[Demographics]:
-    """Records drawn from a few values each, so that chains, relatives, mistyped NHS numbers and
-    missing fields meet in the same blocks: where the coherence rule has to choose."""
-    rnd = random.Random(seed)
-    givens = ["MARTA", "MARTHA", "ZARA", "GRACE", ""]
-    families = ["SMITH", "SMYTHE", "OKAFOR", ""]
-    dobs = [date(1980, 1, 1), date(1980, 1, 10), date(1955, 6, 7), date(1979, 12, 31), None]
-    numbers = [None, None, None, "9434765919", "9434765870", "4010232137"]
-    postcodes = ["NW12AB", "NW12AD", None]
-    return [Demographics(f"k{i:03d}", rnd.choice(numbers), rnd.choice(givens), rnd.choice(families),
-                         rnd.choice(dobs), rnd.choice(["FEMALE", None]), rnd.choice(postcodes)) for i in range(n)]
 
 
 @settings(max_examples=60, deadline=None)

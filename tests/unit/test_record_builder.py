@@ -1,20 +1,9 @@
 """The shared record, pure: built from source states, and what a new version says changed."""
 from __future__ import annotations
 
-from producers import hl7v2_mapper
-from schemas.source_systems import CERNER
 from streams import record_builder
-from tests.test_connectors_e2e import adt
-
-ALLERGY = "AL1|1|DA|91936005^Penicillin^SCT|SV|Rash\r"
-
-
-def state_of(*messages: bytes) -> dict:
-    events = [hl7v2_mapper.map_message(m, CERNER, "RAL", 1000 + i).event for i, m in enumerate(messages)]
-    state = record_builder.new_source_state("CERNER_MILLENNIUM|urn:x|R1", events[0])
-    for e in events:
-        state, _ = record_builder.apply_event(state, e)
-    return state
+from tests.builders import adt
+from tests.builders import ALLERGY, state_of
 
 
 def test_a_new_allergy_changes_the_allergies_section_only():
@@ -35,7 +24,6 @@ def test_a_first_version_reports_demographics_and_every_section_it_has():
     record = record_builder.build_record("PER-1", [state_of(adt("R1", "C1", extra=ALLERGY))], 1, 10)
     changed = record_builder.changed_sections(None, record, record_builder.part_digests(record))
     assert changed == ["demographics", "encounters", "allergies"]
-
 
 
 def test_a_tpp_practice_is_a_gp_source_by_its_profile_alone():

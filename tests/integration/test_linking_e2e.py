@@ -137,7 +137,7 @@ def test_review_queue_accept_links_and_reject_unlinks(bus_settings, redis_client
     """Two records in the review band; a reviewer accepts (one person), then a second pair is rejected."""
     import httpx
 
-    from tests.test_connectors_e2e import mllp_send
+    from tests.bus_clients import mllp_send
 
     def adt_demo(local_id: str, given: str, family: str, dob: str, postcode: str) -> bytes:
         return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|R{local_id}|P|2.4\r"
@@ -244,7 +244,7 @@ def test_a_person_whose_records_contradict_each_other_is_queued_for_review(bus_s
     and birth date. The chain stays (which link is wrong is for a person to say) and A-C is queued."""
     import httpx
 
-    from tests.test_connectors_e2e import mllp_send
+    from tests.bus_clients import mllp_send
 
     def adt(local_id: str, given: str, dob: str) -> bytes:
         return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|K{local_id}|P|2.4\r"
@@ -280,7 +280,7 @@ def test_records_that_cannot_be_one_person_are_never_chained_into_one_and_a_pers
     import httpx
 
     from producers import nhs_number
-    from tests.test_connectors_e2e import mllp_send
+    from tests.bus_clients import mllp_send
 
     rng = random.Random(unique)
     numbers = {"A": nhs_number.generate(rng), "C": nhs_number.generate(rng), "B": ""}
@@ -332,7 +332,7 @@ def test_an_impossible_birth_date_still_links_to_its_valid_twin(bus_settings, re
     """19800231 is not a day, but it is one digit from 19800221: the connector keeps the digits
     as sent and the linker compares them (before, the date was dropped and the pair compared on
     names and address alone)."""
-    from tests.test_connectors_e2e import mllp_send
+    from tests.bus_clients import mllp_send
 
     def adt(local_id: str, dob: str) -> bytes:
         return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^A04^ADT_A01|D{local_id}|P|2.4\r"

@@ -10,8 +10,10 @@ import httpx
 import pytest
 
 from consumers.webhook_address_guard import AddressPolicy, WebhookAddressRefused
-from tests.test_connectors_e2e import adt, mllp_send
-from tests.test_delivery_e2e import SUB2, own_identity, subscribe, wait_for
+from tests.builders import adt
+from tests.bus_clients import mllp_send
+from tests.builders import own_identity
+from tests.bus_clients import SUB2, subscribe, wait_for
 
 PRODUCTION = AddressPolicy.from_settings("", development=False)
 
@@ -72,7 +74,7 @@ def test_a_failed_push_says_the_same_whether_a_port_is_closed_or_silent(bus_sett
 # ---- quotas -------------------------------------------------------------------------------------
 def test_a_client_holds_at_most_its_quota_of_subscriptions(delivery):
     """Each subscription costs a consumer and a task: one client cannot exhaust the service."""
-    from tests.test_delivery_e2e import RFH
+    from tests.bus_clients import RFH
 
     made, refused = [], None
     for _ in range(101):                 # the default quota is 100

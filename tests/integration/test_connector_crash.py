@@ -10,7 +10,7 @@ from simulator.traffic import MllpClient, TrafficStats, send_hl7_with_retry
 from tests.conftest import ServiceProcess
 from tests.free_ports import free_ports
 from tests.kafka_reading import read_all
-from tests.test_connectors_e2e import adt
+from tests.builders import adt
 
 pytestmark = pytest.mark.integration
 

@@ -17,26 +17,18 @@ import pytest
 
 from carebus import redis_server
 from schemas import codec
-from schemas.topics import (DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, PATIENT_CHANGES, RAW,
-                            SOURCE_EVENTS)
+from schemas.topics import DEAD_LETTER_HEAD_BYTES, MAX_INBOUND_BYTES, PATIENT_CHANGES, RAW, SOURCE_EVENTS
 from simulator.traffic import MllpClient, ack_code, vision_csv, write_drop_file
 from tests.conftest import ServiceProcess
 from tests.kafka_reading import read_all
-from tests.test_connectors_e2e import adt, mllp_send
-from tests.test_delivery_e2e import own_identity, person_story, wait_for
+from tests.builders import adt
+from tests.bus_clients import mllp_send
+from tests.builders import own_identity
+from tests.bus_clients import person_story, wait_for
+from tests.bus_clients import parked_with, segment
 
 pytestmark = pytest.mark.integration
 EMIS = {"Authorization": "Bearer dev-emis-token", "X-Ods-Code": "F84001"}
-
-
-def dead_letters(settings, needle: str) -> list[dict]:
-    found = read_all(settings, DLQ_CONNECTORS.name, timeout=15,
-                     predicate=lambda m: needle.encode() in (m.value() or b""))
-    return [codec.decode(m.value(), "DeadLetter") for m in found]
-
-
-def segment(ack: bytes, name: bytes) -> list[bytes]:
-    return next((s.split(b"|") for s in ack.split(b"\r") if s.startswith(name + b"|")), [])
 
 
 # ---- sizes ---------------------------------------------------------------------------------------
@@ -64,7 +56,7 @@ def test_an_mllp_message_over_the_limit_is_refused_parked_and_the_connection_goe
     assert ack_code(refused) == "AR" and b"TOO_LARGE" in refused
     assert segment(refused, b"MSA")[2] == f"HUGE{unique}".encode(), "the AR names the refused message"
     assert ack_code(after) == "AA"
-    parked = dead_letters(bus_settings, f"HUGE{unique}")
+    parked = parked_with(bus_settings, f"HUGE{unique}")
     assert parked and parked[0]["error_code"] == "TOO_LARGE"
     assert parked[0]["payload"].startswith(b"MSH|") and len(parked[0]["payload"]) == DEAD_LETTER_HEAD_BYTES
     assert "exceeds" in parked[0]["reason"]
@@ -75,14 +67,14 @@ def test_a_fhir_body_over_the_limit_gets_413_and_is_parked(bus_settings, connect
                        "entry": [{"resource": {"resourceType": "Basic", "id": "x" * (MAX_INBOUND_BYTES + 10)}}]})
     r = httpx.post(f"http://127.0.0.1:{bus_settings.http_port}/fhir/emis", content=body, headers=EMIS, timeout=120)
     assert r.status_code == 413 and r.json()["resourceType"] == "OperationOutcome"
-    assert dead_letters(bus_settings, f"huge{unique}")[0]["error_code"] == "TOO_LARGE"
+    assert parked_with(bus_settings, f"huge{unique}")[0]["error_code"] == "TOO_LARGE"
 
 
 def test_deeply_nested_json_is_a_fhir_error_and_parked(bus_settings, connectors, unique):
     body = '{"resourceType": "Bundle", "id": "nest' + unique + '", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
     r = httpx.post(f"http://127.0.0.1:{bus_settings.http_port}/fhir/emis", content=body, headers=EMIS, timeout=60)
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
-    assert dead_letters(bus_settings, f"nest{unique}")[0]["error_code"] == "FHIR_NOT_JSON"
+    assert parked_with(bus_settings, f"nest{unique}")[0]["error_code"] == "FHIR_NOT_JSON"
 
 
 def test_a_transaction_response_has_one_entry_per_request_entry_in_order(bus_settings, connectors, unique):
@@ -188,7 +180,7 @@ def test_a_large_extract_is_loaded_by_the_extract_workers_whole_and_once(bus_set
         predicate=lambda m: (m.key() or b"").endswith(unique.encode()) and b"vision.extract" in m.value())]
     assert sorted(e["patient"]["local_identifier"]["value"] for e in events) == sorted(r.local_id for r in recs)
     assert {e["envelope"]["correlation_id"] for e in events} == {name}
-    parked = dead_letters(bus_settings, name)
+    parked = parked_with(bus_settings, name)
     assert [d["reason"] for d in parked] == [f"{name}: line {bad_at + 2}: PROBLEM row has no code"]
     [dead] = parked
     assert dead["error_code"] == "VISION_BAD_ROW" and f"L0{unique}".encode() in dead["payload"]
@@ -255,7 +247,7 @@ def test_a_redis_outage_costs_no_ack_and_no_event(bus_settings, connectors, link
     graph = RedisGraphStore(redis_client)
     keys = [f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|R{i}{unique}" for i in range(20)]
     wait_for(lambda: all(graph.persons_of(keys).get(k) for k in keys), timeout=120)
-    assert not dead_letters(bus_settings, f"R0{unique}")
+    assert not parked_with(bus_settings, f"R0{unique}")
     wait_for(lambda: all(code == 200 for code, _ in readiness()), what="workers ready again")
     write_drop_file(bus_settings.data_dir / "drop" / "vision" / "incoming", f"after-{unique}.csv",
                     vision_csv([{"record_type": "PATIENT", "patient_id": f"A{unique}", "practice_ods": "E87001",
@@ -276,7 +268,8 @@ def delivery_stats(redis_client, subscription_id: str) -> dict[str, str]:
 
 def test_by_default_a_subscriber_outage_waits_and_loses_nothing_and_no_order(bus_settings, connectors, link_workers,
                                                                             delivery, redis_client, unique):
-    from tests.test_delivery_e2e import SUB2, cerner_key, person_of, send_story, subscribe
+    from tests.builders import cerner_key
+    from tests.bus_clients import SUB2, person_of, send_story, subscribe
     from tests.webhook_receiver import Receiver
 
     down = Receiver()
@@ -316,7 +309,8 @@ def test_by_default_a_subscriber_outage_waits_and_loses_nothing_and_no_order(bus
 def test_with_parking_chosen_a_patients_later_changes_wait_behind_the_parked_one(bus_settings, connectors,
                                                                                link_workers, delivery, redis_client,
                                                                                unique):
-    from tests.test_delivery_e2e import SUB2, cerner_key, person_of, subscribe, unique_nhs
+    from tests.builders import cerner_key, unique_nhs
+    from tests.bus_clients import SUB2, person_of, subscribe
     from tests.webhook_receiver import Receiver
 
     down = Receiver()

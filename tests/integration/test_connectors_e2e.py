@@ -1,10 +1,7 @@
 """Each connector end to end through its real interface (MLLP socket, HTTP, files) against real Kafka."""
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
-import os
 import random
 import socket
 import time
@@ -15,60 +12,14 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from foundation.mllp_framing import END, START, frame, unframe
 from schemas import codec
-from schemas.topics import DLQ_CONNECTORS, RAW, SOURCE_EVENTS
+from schemas.topics import RAW, SOURCE_EVENTS
 from simulator import population as pop
-from simulator.traffic import MessageFactory, MllpClient, ack_code, vision_csv, write_drop_file
+from simulator.traffic import MessageFactory, ack_code, vision_csv, write_drop_file
 from tests.kafka_reading import read_all
+from tests.builders import adt
+from tests.bus_clients import dead_letters, events_for, mllp_send, send_fhir
 
 pytestmark = pytest.mark.integration
-
-
-def given_and_born(local_id: str) -> tuple[str, str]:
-    """The given name and birth date (YYYYMMDD) `adt` gives this local id: each test patient gets
-    its own, so patients of different tests never look alike to the probabilistic linker."""
-    digest = hashlib.sha256(local_id.encode()).digest()
-    given = ["JOHN", "AMIR", "KOFI", "LENA", "MARTA", "OWEN", "PRIYA", "SEAN"][digest[0] % 8]
-    return given, f"{1930 + digest[1] % 80}{1 + digest[2] % 12:02d}{1 + digest[3] % 28:02d}"
-
-
-def home_of(local_id: str) -> str:
-    """The address (HL7 XAD) `adt` gives this local id. One shared address made every test patient
-    a neighbour of every other: a record without an NHS number, sharing a given name and the
-    address, chained 29 test patients into one person (the linker's weakness is issue 9's)."""
-    digest = hashlib.sha256(f"home|{local_id}".encode()).digest()
-    postcode = f"E{1 + digest[0] % 20} {digest[1] % 10}{chr(65 + digest[2] % 26)}{chr(65 + digest[3] % 26)}"
-    return f"{1 + digest[4] % 200} HIGH ST^^LONDON^^{postcode}"
-
-
-def adt(local_id: str, control: str, nhs: str = "9434765919", trigger: str = "A01", extra: str = "",
-        dob: str | None = None, family: str = "SMITH") -> bytes:
-    given, born = given_and_born(local_id)
-    dob = dob or born
-    return (f"MSH|^~\\&|CERNER|RAL|CAREBUS|LONDON|20261124101500||ADT^{trigger}^ADT_A01|{control}|P|2.4\r"
-            f"EVN|{trigger}|20261124101000\r"
-            f"PID|1||{local_id}^^^RAL^MR~{nhs}^^^NHS^NH||{family}^{given}||{dob}|M|||{home_of(local_id)}\r"
-            f"PV1|1|I|WARD1^BED2||||||||||||||||V{control}\r{extra}").encode()
-
-
-def mllp_send(port: int, *messages: bytes) -> list[bytes]:
-    async def go():
-        client = MllpClient("127.0.0.1", port)
-        out = [await client.send(m) for m in messages]
-        await client.close()
-        return out
-    return asyncio.run(go())
-
-
-def events_for(settings, local_id: str, expect: int | None = None, timeout: float = 30):
-    msgs = read_all(settings, SOURCE_EVENTS.name, expect=expect, timeout=timeout,
-                    predicate=lambda m: (m.key() or b"").endswith(f"|{local_id}".encode()))
-    return [codec.decode(m.value(), "SourcePatientEvent") for m in msgs]
-
-
-def dead_letters(settings, marker: bytes, expect: int = 1):
-    msgs = read_all(settings, DLQ_CONNECTORS.name, expect=expect,
-                    predicate=lambda m: marker in codec.decode(m.value())["payload"])
-    return [codec.decode(m.value(), "DeadLetter") for m in msgs]
 
 
 def test_cerner_adt_over_mllp_is_acked_after_kafka_has_it(bus_settings, connectors, unique):
@@ -151,18 +102,11 @@ def test_fuzzed_mllp_input_always_gets_an_answer(bus_settings, connectors, raw):
     assert ack_code(unframe(reply)) in ("AA", "AE", "AR")
 
 
-def _fhir(settings, path: str, body: bytes, token: str | None = "dev-emis-token", ods: str = "F84001"):
-    headers = {"Content-Type": "application/fhir+json", "X-Ods-Code": ods}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    return httpx.post(f"http://127.0.0.1:{settings.http_port}{path}", content=body, headers=headers, timeout=30)
-
-
 def test_emis_bundle_over_fhir_rest(bus_settings, connectors, unique):
     from dataclasses import replace
     rec = replace(pop.build(1, seed=4).records[0], local_id=f"EM{unique}", ods="F84001")
     body = MessageFactory(random.Random(2)).emis_bundle(rec)
-    resp = _fhir(bus_settings, "/fhir/emis", body)
+    resp = send_fhir(bus_settings, "/fhir/emis", body)
     assert resp.status_code == 200, resp.text
     assert resp.json()["type"] == "transaction-response"
     [event] = events_for(bus_settings, f"EM{unique}", expect=1)
@@ -174,12 +118,12 @@ def test_a_tpp_systmone_practice_sends_fhir_through_its_profile(bus_settings, co
     identifier namespace and the SourceSystem code come from the profile."""
     body = json.dumps({"resourceType": "Patient", "id": f"T{unique}",
                        "name": [{"family": "Systmone", "given": ["Tara"]}], "birthDate": "1970-01-02"}).encode()
-    resp = _fhir(bus_settings, "/fhir/tpp/Patient", body, token="dev-tpp-token", ods="F86001")
+    resp = send_fhir(bus_settings, "/fhir/tpp/Patient", body, token="dev-tpp-token", ods="F86001")
     assert resp.status_code == 201, resp.text
     [event] = events_for(bus_settings, f"T{unique}", expect=1)
     assert event["envelope"]["source_system"] == "TPP_SYSTMONE"
     assert event["patient"]["local_identifier"]["system"] == "urn:carebus:id:tpp:systmone-id:F86001"
-    assert _fhir(bus_settings, "/fhir/tpp/Patient", body).status_code == 403     # an EMIS sender is not TPP
+    assert send_fhir(bus_settings, "/fhir/tpp/Patient", body).status_code == 403     # an EMIS sender is not TPP
 
 
 @pytest.mark.parametrize("system", ["urn:carebus:id:emis:emis-guid:F84002", "urn:carebus:id:cerner:mrn:RAL"])
@@ -190,14 +134,14 @@ def test_a_fhir_sender_cannot_file_a_record_under_another_organisations_identifi
     body = json.dumps({"resourceType": "Patient", "id": f"O{unique}",
                        "identifier": [{"system": system, "value": f"O{unique}"}],
                        "name": [{"family": "Scope", "given": ["Test"]}]}).encode()
-    resp = _fhir(bus_settings, "/fhir/emis/Patient", body)
+    resp = send_fhir(bus_settings, "/fhir/emis/Patient", body)
     assert resp.status_code == 403, resp.text
     assert resp.json()["resourceType"] == "OperationOutcome" and system in resp.json()["issue"][0]["diagnostics"]
     [dead] = dead_letters(bus_settings, f"O{unique}".encode())
     assert dead["error_code"] == "FHIR_OUT_OF_SCOPE"
     assert not events_for(bus_settings, f"O{unique}", timeout=5)
     own = body.replace(system.encode(), b"urn:carebus:id:emis:emis-guid:F84001")
-    assert _fhir(bus_settings, "/fhir/emis/Patient", own).status_code == 201
+    assert send_fhir(bus_settings, "/fhir/emis/Patient", own).status_code == 201
 
 
 def test_a_bar_in_an_identifier_never_makes_two_patients_one_source_record(bus_settings, connectors, unique):
@@ -207,8 +151,8 @@ def test_a_bar_in_an_identifier_never_makes_two_patients_one_source_record(bus_s
                            "name": [{"family": family, "given": ["Bar"]}]}).encode()
 
     base = f"https://emis.example/{unique}/a"
-    assert _fhir(bus_settings, "/fhir/emis/Patient", patient(base, f"b|c{unique}", "One")).status_code == 201
-    assert _fhir(bus_settings, "/fhir/emis/Patient", patient(f"{base}|b", f"c{unique}", "Two")).status_code == 201
+    assert send_fhir(bus_settings, "/fhir/emis/Patient", patient(base, f"b|c{unique}", "One")).status_code == 201
+    assert send_fhir(bus_settings, "/fhir/emis/Patient", patient(f"{base}|b", f"c{unique}", "Two")).status_code == 201
     found = read_all(bus_settings, SOURCE_EVENTS.name, expect=2, timeout=30,
                      predicate=lambda m: unique.encode() in (m.key() or b""))
     keys = {m.key() for m in found}
@@ -219,11 +163,11 @@ def test_a_bar_in_an_identifier_never_makes_two_patients_one_source_record(bus_s
 
 def test_fhir_rest_authentication_and_errors(bus_settings, connectors, unique):
     body = json.dumps({"resourceType": "Patient", "id": f"X{unique}", "active": "perhaps"}).encode()
-    assert _fhir(bus_settings, "/fhir/emis", body, token=None).status_code == 401
-    assert _fhir(bus_settings, "/fhir/emis", body, token="wrong").status_code == 401
-    assert _fhir(bus_settings, "/fhir/emis", body, token="dev-cerner-token").status_code == 403
-    assert _fhir(bus_settings, "/fhir/cerner", body, token="dev-cerner-token", ods="F84001").status_code == 403
-    resp = _fhir(bus_settings, "/fhir/emis", body)
+    assert send_fhir(bus_settings, "/fhir/emis", body, token=None).status_code == 401
+    assert send_fhir(bus_settings, "/fhir/emis", body, token="wrong").status_code == 401
+    assert send_fhir(bus_settings, "/fhir/emis", body, token="dev-cerner-token").status_code == 403
+    assert send_fhir(bus_settings, "/fhir/cerner", body, token="dev-cerner-token", ods="F84001").status_code == 403
+    resp = send_fhir(bus_settings, "/fhir/emis", body)
     assert resp.status_code == 422
     outcome = resp.json()
     assert outcome["resourceType"] == "OperationOutcome"

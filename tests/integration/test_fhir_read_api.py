@@ -12,8 +12,8 @@ from fhir.resources.R4B.patient import Patient
 from schemas import codec
 from schemas.topics import ACCESS_AUDIT
 from tests.kafka_reading import read_all
-from tests.test_delivery_e2e import (AUDIT, RFH, SUB2, cerner_key, own_identity, person_of, send_story, unique_nhs,
-                                     wait_for)
+from tests.builders import cerner_key, own_identity, unique_nhs
+from tests.bus_clients import AUDIT, RFH, SUB2, person_of, send_story, wait_for
 
 pytestmark = pytest.mark.integration
 NHS = "https://fhir.nhs.uk/Id/nhs-number"
@@ -78,7 +78,8 @@ def test_reads_are_audited(bus_settings, delivery, patient):
 
 def test_a_client_sees_only_its_scope(bus_settings, delivery, redis_client, patient):
     """A RiO patient (RAT) is outside the Royal Free's scope (RAL only): not found, not readable."""
-    from tests.test_connectors_e2e import adt, mllp_send
+    from tests.builders import adt
+    from tests.bus_clients import mllp_send
 
     identity = own_identity(f"rio{patient['unique']}")      # its own NHS number and surname: linked to no one
     nhs = identity["nhs"]
@@ -109,7 +110,7 @@ def test_a_client_sees_only_its_scope(bus_settings, delivery, redis_client, pati
 
 def _born_and_given(local_id: str) -> tuple[str, str]:
     """The birth date (YYYY-MM-DD) and given name tests.test_connectors_e2e.adt gives this local id."""
-    from tests.test_connectors_e2e import given_and_born
+    from tests.builders import given_and_born
 
     given, born = given_and_born(local_id)
     return f"{born[:4]}-{born[4:6]}-{born[6:]}", given
@@ -154,7 +155,8 @@ def test_a_merge_across_nhs_numbers_waits_for_review_then_the_merged_away_id_ans
         bus_settings, connectors, link_workers, delivery, redis_client, unique):
     """An A40 asks to merge two Royal Free patients with different NHS numbers: nothing is merged
     until a reviewer accepts; then the id that disappears is replaced by the survivor."""
-    from tests.test_connectors_e2e import adt, mllp_send
+    from tests.builders import adt
+    from tests.bus_clients import mllp_send
 
     a, b = f"MA{unique}", f"MB{unique}"
     for local in (a, b):
@@ -198,7 +200,7 @@ def test_everything_over_http_carries_every_section_of_the_record_valid_with_pro
     from schemas.record_sections import CLINICAL_SECTIONS
     from simulator import population as pop
     from simulator.traffic import MessageFactory
-    from tests.test_connectors_e2e import _fhir, mllp_send
+    from tests.bus_clients import mllp_send, send_fhir
 
     identity = own_identity(f"ev{unique}")
     gp = replace(pop.build(1, seed=4).records[0], system="EMIS_WEB", local_id=f"EV{unique}", ods="F84001",
@@ -207,7 +209,7 @@ def test_everything_over_http_carries_every_section_of_the_record_valid_with_pro
     # The generator draws 0-2 problems and medications: take the first seed that draws both.
     factory, body = next((f, b) for f in (MessageFactory(random.Random(seed)) for seed in range(100))
                          for b in [f.emis_bundle(gp)] if b'"Condition"' in b and b'"MedicationStatement"' in b)
-    assert _fhir(bus_settings, "/fhir/emis", body).status_code == 200
+    assert send_fhir(bus_settings, "/fhir/emis", body).status_code == 200
     acks = mllp_send(bus_settings.mllp_port, factory.hl7_adt(hospital, "A01"), factory.hl7_oru(hospital))
     assert all(b"MSA|AA" in a for a in acks), acks
     person = wait_for(lambda: (lambda p: p if p and p == person_of(redis_client, cerner_key(f"EC{unique}")) else "")(

@@ -19,9 +19,9 @@ from streams.identity_graph import MemoryGraphStore, link_batch
 from streams.identity_store import IndexLayoutError, RedisGraphStore, block_digest
 from streams.index_rebuild import forget_index
 from streams.blocking import keys as block_keys
-from tests.test_identity_linking import (PARAMS, POPULATION, demo, link_all, run_interleaved,
-                                        run_interleaved_demographics)
-from tests.test_linkage_failure_modes import tangled_population
+from tests.builders import PARAMS, POPULATION, demo
+from tests.linking_harness import link_all, run_interleaved, run_interleaved_demographics
+from tests.builders import tangled_population
 
 pytestmark = pytest.mark.integration
 INDEX_DB = 7
@@ -142,7 +142,7 @@ def test_a_record_written_but_never_published_is_published_by_the_replay(bus_set
     from streams.link_stage import InboundMessage, LinkStage, StageUnavailable
     from streams.record_store import RedisRecordStore
     from tests.kafka_reading import read_all
-    from tests.test_connectors_e2e import adt
+    from tests.builders import adt
 
     event = hl7v2_mapper.map_message(adt(f"RP{unique}", f"C{unique}", nhs="9990000026"), CERNER, "RAL", 1).event
     message = InboundMessage(SOURCE_EVENTS.name, 0, 0, codec.encode("SourcePatientEvent", event))

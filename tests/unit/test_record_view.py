@@ -5,8 +5,8 @@ from rich.console import Console
 
 from carebus.record_view import render
 from streams import record_builder
-from tests.test_connectors_e2e import adt
-from tests.test_record_builder import ALLERGY, state_of
+from tests.builders import adt
+from tests.builders import ALLERGY, state_of
 
 
 def test_a_record_reads_as_tables_with_its_sources():

@@ -17,7 +17,8 @@ from foundation.log_privacy import pseudonym
 from schemas import codec
 from schemas.topics import ACCESS_AUDIT
 from tests.kafka_reading import read_all
-from tests.test_delivery_e2e import cerner_key, person_of, send_story, unique_nhs
+from tests.builders import cerner_key, unique_nhs
+from tests.bus_clients import person_of, send_story
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,1 @@
+"""Pure logic, no servers: parsers, mappers, matching, record building, schemas, policies."""
