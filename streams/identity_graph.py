@@ -149,7 +149,7 @@ def _centibits(log_odds: float) -> int:
 
 
 def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple[str, str | None, float, int]:
-    """(outcome, edge kind, posterior, match weight in centibits).
+    """(outcome, edge kind, posterior, match weight in centibits when it links, else 0).
 
     outcome: match / review / non-match from the score; "too-little-evidence" for a score in the
     match band from too few fields, or with neither given name nor birth date agreeing;
@@ -171,7 +171,7 @@ def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple
         same_person_otherwise = (posterior >= params.match_posterior and (vector["given"] or 0) >= GIVEN.alike
                                  and (vector["family"] or 0) >= FAMILY.alike
                                  and vector["birth_date"] == BIRTH_DATE.same)
-        return ("nhs-mismatch" if same_person_otherwise else "non-match"), None, posterior, _centibits(log_odds)
+        return ("nhs-mismatch" if same_person_otherwise else "non-match"), None, posterior, 0
     log_odds = params.log_odds(vector, values)
     posterior = params.posterior_of(log_odds)
     outcome = "match" if posterior >= params.match_posterior else \
@@ -188,7 +188,9 @@ def pair_decision(a: Demographics, b: Demographics, params: Parameters) -> tuple
         # A relative at the same address (same given name and postcode, another surname and
         # birth date) scores like a match; a real person changing both is rare enough to ask.
         outcome = "name-and-birth-date-differ"
-    return outcome, (PROBABILISTIC if outcome == "match" else None), posterior, _centibits(log_odds)
+    if outcome != "match":
+        return outcome, None, posterior, 0      # the weight orders links only: most candidates are not
+    return outcome, PROBABILISTIC, posterior, _centibits(log_odds)
 
 
 def incoherent_pairs(members: Sequence[Demographics]) -> list[tuple[str, str]]:
