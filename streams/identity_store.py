@@ -90,7 +90,11 @@ end
 local function block_add(dg, id)
   local bk, f = block_loc(dg)
   local v = redis.call('HGET', bk, f) or ','
-  if not string.find(v, ','..id..',', 1, true) then redis.call('HSET', bk, f, v..id..',') end
+  if not string.find(v, ','..id..',', 1, true) then
+    v = v..id..','
+    redis.call('HSET', bk, f, v)
+  end
+  return v
 end
 local function block_remove(dg, id)
   local bk, f = block_loc(dg)
@@ -121,6 +125,7 @@ while i <= #ARGV do
   local nk = P..'n:'..id
   local cur = redis.call('HMGET', nk, 'd', 'v', 'b')
   local version = tonumber(cur[2] or '0')
+  local written = {}
   if cur[1] ~= d or version == 0 then
     version = version + 1
     local newset = {}
@@ -131,7 +136,8 @@ while i <= #ARGV do
         if not newset[old] then block_remove(old, id) end
       end
     end
-    for _, b in ipairs(blocks) do block_add(b, id) end
+    -- The members just written are the candidates read below: no second read of each block.
+    for _, b in ipairs(blocks) do written[b] = block_add(b, id) end
     redis.call('HSET', nk, 'd', d, 'v', version, 'b', table.concat(blocks))
   end
   -- Forbidden neighbours are skipped and linked ones flagged: one read of each per node, not
@@ -142,9 +148,15 @@ while i <= #ARGV do
   for _, c in ipairs(redis.call('HKEYS', P..'e:'..id)) do linked[c] = true end
   for _, b in ipairs(blocks) do
     local bk, f = block_loc(b)
-    local members = redis.call('HGET', bk, f) or ','
-    local _, commas = string.gsub(members, ',', ',')
-    if commas - 1 > cap then
+    local members = written[b] or redis.call('HGET', bk, f) or ','
+    -- Each member takes at least two characters (",7"): a short string is under the cap
+    -- without counting its commas (which copies the string).
+    local over = false
+    if #members > 2 * cap + 1 then
+      local _, commas = string.gsub(members, ',', ',')
+      over = commas - 1 > cap
+    end
+    if over then
       skipped = skipped + 1
     else
       for c in string.gmatch(members, '%d+') do
