@@ -43,30 +43,47 @@ def verify(secret: str, body: bytes, header: str, now: int, tolerance: int = 300
 def fhir_rest_hook_bundle(change: dict[str, Any], subscription_id: str, events_since_start: int,
                           base_url: str = "urn:carebus") -> dict[str, Any]:
     """A subscription-notification per the FHIR R4 Subscriptions Backport IG (history Bundle)."""
-    status = {"resourceType": "Parameters", "id": change["event_id"], "parameter": [
+    return fhir_rest_hook_notification([change], subscription_id, events_since_start, base_url)
+
+
+def fhir_rest_hook_notification(changes: list[dict[str, Any]], subscription_id: str, last_event_number: int,
+                                base_url: str = "urn:carebus") -> dict[str, Any]:
+    """One notification for one or more changes, in log order: the SubscriptionStatus names each
+    as a notification-event, numbered so that the last is `last_event_number`, and each change's
+    resources follow it."""
+    first = last_event_number - len(changes) + 1
+    events = [{"name": "notification-event", "part": [
+        {"name": "event-number", "valueString": str(first + i)},
+        {"name": "timestamp", "valueInstant": iso_instant(c["changed_at"])},
+        {"name": "focus", "valueReference": {"reference": f"Patient/{c['person_id']}"}}]}
+        for i, c in enumerate(changes)]
+    status = {"resourceType": "Parameters", "id": changes[0]["event_id"], "parameter": [
         {"name": "subscription", "valueReference": {"reference": f"{base_url}/Subscription/{subscription_id}"}},
         {"name": "topic", "valueCanonical": "https://carebus.london.nhs.uk/SubscriptionTopic/patient-record-change"},
         {"name": "status", "valueCode": "active"},
         {"name": "type", "valueCode": "event-notification"},
-        {"name": "events-since-subscription-start", "valueString": str(events_since_start)},
-        {"name": "notification-event", "part": [
-            {"name": "event-number", "valueString": str(events_since_start)},
-            {"name": "timestamp", "valueInstant": iso_instant(change["changed_at"])},
-            {"name": "focus", "valueReference": {"reference": f"Patient/{change['person_id']}"}}]}]}
-    entries = [{"fullUrl": f"urn:uuid:{change['event_id']}", "resource": status,
+        {"name": "events-since-subscription-start", "valueString": str(last_event_number)}, *events]}
+    entries = [{"fullUrl": f"urn:uuid:{changes[0]['event_id']}", "resource": status,
                 "request": {"method": "GET", "url": f"Subscription/{subscription_id}/$status"},
                 "response": {"status": "200"}}]
-    if change["change_type"] != "merged":
-        entries.append({"fullUrl": f"{base_url}/Patient/{change['person_id']}", "resource": fhir_patient(change["record"]),
-                        "request": {"method": "PUT", "url": f"Patient/{change['person_id']}"},
-                        "response": {"status": "200"}})
-        # The changed sections' resources ride along (a created record: all of them), each with
-        # its Provenance, so a subscriber need not read the record back to see what changed.
-        changed = tuple(s for s in SECTIONS if change["change_type"] == "created" or s in change["changed_sections"])
-        for resource, provenance in clinical_resources(change["record"], changed):
-            for r in (resource, provenance) if provenance is not None else (resource,):
-                url = f"{r['resourceType']}/{r['id']}"
-                entries.append({"fullUrl": f"{base_url}/{url}", "resource": r, "request": {"method": "PUT", "url": url},
-                                "response": {"status": "200"}})
-    return {"resourceType": "Bundle", "id": change["event_id"], "type": "history",
-            "timestamp": iso_instant(change["changed_at"]), "entry": entries}
+    for change in changes:
+        entries += _change_entries(change, base_url)
+    return {"resourceType": "Bundle", "id": changes[0]["event_id"], "type": "history",
+            "timestamp": iso_instant(changes[-1]["changed_at"]), "entry": entries}
+
+
+def _change_entries(change: dict[str, Any], base_url: str) -> list[dict[str, Any]]:
+    if change["change_type"] == "merged":
+        return []
+    entries = [{"fullUrl": f"{base_url}/Patient/{change['person_id']}", "resource": fhir_patient(change["record"]),
+                "request": {"method": "PUT", "url": f"Patient/{change['person_id']}"},
+                "response": {"status": "200"}}]
+    # The changed sections' resources ride along (a created record: all of them), each with
+    # its Provenance, so a subscriber need not read the record back to see what changed.
+    changed = tuple(s for s in SECTIONS if change["change_type"] == "created" or s in change["changed_sections"])
+    for resource, provenance in clinical_resources(change["record"], changed):
+        for r in (resource, provenance) if provenance is not None else (resource,):
+            url = f"{r['resourceType']}/{r['id']}"
+            entries.append({"fullUrl": f"{base_url}/{url}", "resource": r, "request": {"method": "PUT", "url": url},
+                            "response": {"status": "200"}})
+    return entries

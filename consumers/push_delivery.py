@@ -19,6 +19,7 @@ redelivery sends them in their order: a patient's changes are never delivered ou
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -122,17 +123,7 @@ class Dispatcher:
                 msgs = [m for m in await self._blocking(self._take, consumer) if not m.error()]
                 if not msgs:
                     continue
-                lanes: dict[bytes, list[bytes]] = {}
-                for m in msgs:
-                    lanes.setdefault(m.key() or b"", []).append(m.value())
-                gate = asyncio.Semaphore(LANES)
-
-                async def lane(values: list[bytes]) -> None:
-                    async with gate:
-                        for value in values:          # one patient's changes, in log order
-                            await self.handle(value)
-
-                await asyncio.gather(*(lane(values) for values in lanes.values()))
+                await self.deliver_batch([(m.key() or b"", m.value()) for m in msgs])
                 await self.flush_tally()
                 await self._blocking(consumer.commit, asynchronous=False)
         finally:
@@ -166,21 +157,65 @@ class Dispatcher:
             await self._session.close()
         self._thread.shutdown(wait=False)
 
-    async def handle(self, value: bytes, redelivery: bool = False) -> str:
+    async def deliver_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """A batch of (person key, change) from the log: in lanes, one per patient, each in log
+        order; or, when the subscription takes several changes per notification, in chunks."""
+        if self.sub.max_per_notification > 1 and CHANNELS[self.sub.channel].carries_several:
+            await self._notify_in_chunks([value for _, value in batch])
+            return
+        lanes: dict[bytes, list[bytes]] = {}
+        for key, value in batch:
+            lanes.setdefault(key, []).append(value)
+        gate = asyncio.Semaphore(LANES)
+
+        async def lane(values: list[bytes]) -> None:
+            async with gate:
+                for value in values:          # one patient's changes, in log order
+                    await self.handle(value)
+
+        await asyncio.gather(*(lane(values) for values in lanes.values()))
+
+    async def _notify_in_chunks(self, values: list[bytes]) -> None:
+        """Several changes per notification, in log order, one notification at a time: each
+        patient's changes stay in order within and across notifications."""
+        chunk: list[tuple[dict[str, Any], bytes]] = []
+        for value in values:
+            visible, outcome = await self._admit(value, redelivery=False)
+            if visible is not None:
+                chunk.append((visible, value))
+            if len(chunk) == self.sub.max_per_notification:
+                await self.deliver_many(chunk)
+                chunk = []
+        if chunk:
+            await self.deliver_many(chunk)
+
+    async def _admit(self, value: bytes, redelivery: bool) -> tuple[dict[str, Any] | None, str]:
+        """The change as this subscriber may see it, or None with why not (filtered, or held)."""
         change = codec.decode(value, "RecordChange")
         visible = visible_change(change, self.sub, self.scope)
         if visible is None:
             DELIVERED.labels(self.sub.subscription_id, "filtered").inc()
             self._tally["filtered"] = self._tally.get("filtered", 0) + 1
-            return "filtered"
+            return None, "filtered"
         if not redelivery and self.sub.max_attempts and await self.store.is_held(self.sub.subscription_id,
                                                                                  change["person_id"]):
             await self._park(value, "held behind an earlier parked change for this patient", change["person_id"])
-            return "held"
+            return None, "held"
+        return visible, ""
+
+    async def handle(self, value: bytes, redelivery: bool = False) -> str:
+        visible, outcome = await self._admit(value, redelivery)
+        if visible is None:
+            return outcome
         return await self.deliver(visible, value, park=not redelivery)
 
     async def deliver(self, change: dict[str, Any], original: bytes, park: bool = True) -> str:
         """"delivered", or after max_attempts "parked" (or "failed", not parked, if `park` is False)."""
+        return await self.deliver_many([(change, original)], park)
+
+    async def deliver_many(self, changes: list[tuple[dict[str, Any], bytes]], park: bool = True) -> str:
+        """One notification for these changes (one, unless the channel carries several): delivered
+        together, or after max_attempts each parked with the reason."""
         last_error = ""
         attempt = 0
         try:
@@ -191,7 +226,7 @@ class Dispatcher:
                         raise DeliveryStopped()
                     except asyncio.TimeoutError:
                         pass
-                outcome, last_error = await self._attempt(change)
+                outcome, last_error = await self._attempt([c for c, _ in changes])
                 if outcome:
                     if attempt >= DEGRADED_AFTER:
                         await self.store.note(self.sub.subscription_id, status="active")
@@ -205,21 +240,24 @@ class Dispatcher:
                 WAITING.labels(self.sub.subscription_id).set(0)
         if not park:
             return "failed"
-        await self._park(original, f"{last_error} after {self.sub.max_attempts} attempts", change["person_id"])
+        for change, original in changes:
+            await self._park(original, f"{last_error} after {self.sub.max_attempts} attempts", change["person_id"])
         return "parked"
 
-    async def _attempt(self, change: dict[str, Any]) -> tuple[str, str]:
+    async def _attempt(self, changes: list[dict[str, Any]]) -> tuple[str, str]:
         """("delivered", "") or ("", why it failed)."""
         try:
-            status = await self._post(change)
+            status = await self._post(changes)
             if 200 <= status < 300:
-                DELIVERED.labels(self.sub.subscription_id, "delivered").inc()
-                latency = max(0.0, time.time() - change["changed_at"] / 1000)
-                LATENCY.labels(self.sub.subscription_id).observe(latency)
-                self._tally["delivered"] = self._tally.get("delivered", 0) + 1
-                # A running total: the dashboard's history charts mean latency per interval from it.
-                self._tally["latency_ms_total"] = self._tally.get("latency_ms_total", 0) + int(latency * 1000)
-                self._last_delivered_at = int(time.time() * 1000)
+                now = time.time()
+                for change in changes:
+                    DELIVERED.labels(self.sub.subscription_id, "delivered").inc()
+                    latency = max(0.0, now - change["changed_at"] / 1000)
+                    LATENCY.labels(self.sub.subscription_id).observe(latency)
+                    self._tally["delivered"] = self._tally.get("delivered", 0) + 1
+                    # A running total: the dashboard's history charts mean latency per interval from it.
+                    self._tally["latency_ms_total"] = self._tally.get("latency_ms_total", 0) + int(latency * 1000)
+                self._last_delivered_at = int(now * 1000)
                 return "delivered", ""
             # Only the status: an endpoint's error text can echo what it was sent.
             last_error = f"HTTP {status}"
@@ -235,11 +273,14 @@ class Dispatcher:
         await self.store.record(self.sub.subscription_id, failed_attempts=1)
         return "", last_error
 
-    async def _post(self, change: dict[str, Any]) -> int:
+    async def _post(self, changes: list[dict[str, Any]]) -> int:
         body, content_type = await CHANNELS[self.sub.channel].render(
-            change, self.sub.subscription_id, lambda: self.store.next_event_number(self.sub.subscription_id))
+            changes, self.sub.subscription_id, lambda n: self.store.next_event_number(self.sub.subscription_id, n))
         timestamp = int(time.time())
-        headers = {"Content-Type": content_type, "Idempotency-Key": change["event_id"],
+        # One change: its event id; several: one key for exactly that run of changes.
+        key = changes[0]["event_id"] if len(changes) == 1 else "changes-" + hashlib.sha256(
+            "|".join(c["event_id"] for c in changes).encode()).hexdigest()[:32]
+        headers = {"Content-Type": content_type, "Idempotency-Key": key,
                    "X-Carebus-Signature": sign(self.secret, body, timestamp),
                    "X-Carebus-Subscription": self.sub.subscription_id}
         # HTTP header values are ASCII; percent-encode anything else rather than fail the delivery.

@@ -29,6 +29,7 @@ class Subscription:
     sections: frozenset[str] = frozenset()       # empty = all
     status: str = "active"
     max_attempts: int = 0             # 0: never give up (wait for the subscriber); n: park after n attempts
+    max_per_notification: int = 1     # fhir-rest-hook: up to this many changes in one history Bundle
 
 
 @dataclass(frozen=True)

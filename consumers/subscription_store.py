@@ -37,10 +37,11 @@ class SubscriptionStore:
         self.key = secrets_key
 
     async def create(self, client_id: str, channel: str, endpoint: str, change_types: set[str], ods_codes: set[str],
-                     persons: set[str], sections: set[str], max_attempts: int) -> tuple[Subscription, str, int]:
+                     persons: set[str], sections: set[str], max_attempts: int,
+                     max_per_notification: int = 1) -> tuple[Subscription, str, int]:
         sub = Subscription(str(uuid.uuid4()), client_id, channel, endpoint, frozenset(change_types),
                            frozenset(o.upper() for o in ods_codes), frozenset(persons), frozenset(sections),
-                           "active", max_attempts)
+                           "active", max_attempts, max_per_notification)
         secret = secrets.token_urlsafe(32)
         created = int(time.time() * 1000)
         await self.r.set(f"{P}{sub.subscription_id}", _to_json(sub, secret, created, self.key))
@@ -94,5 +95,6 @@ class SubscriptionStore:
         if released:
             await self.r.srem(key, *released)
 
-    async def next_event_number(self, subscription_id: str) -> int:
-        return int(await self.r.hincrby(f"carebus:delivery:{subscription_id}", "events_since_start", 1))
+    async def next_event_number(self, subscription_id: str, count: int = 1) -> int:
+        """Number `count` more events of this subscription; returns the last number."""
+        return int(await self.r.hincrby(f"carebus:delivery:{subscription_id}", "events_since_start", count))

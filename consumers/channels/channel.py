@@ -8,8 +8,10 @@ from typing import Any, Protocol
 class Channel(Protocol):
     name: str
     pushes: bool        # carebus POSTs each change to the subscriber's endpoint; else the subscriber reads a stream
+    carries_several: bool   # one notification may carry several changes (the subscription's max_per_notification)
 
-    async def render(self, change: dict[str, Any], subscription_id: str,
-                     next_event_number: Callable[[], Awaitable[int]]) -> tuple[bytes, str]:
-        """The body to send for this change and its content type."""
+    async def render(self, changes: list[dict[str, Any]], subscription_id: str,
+                     next_event_number: Callable[[int], Awaitable[int]]) -> tuple[bytes, str]:
+        """The body to send for these changes (one, unless `carries_several`) and its content type.
+        `next_event_number(n)` numbers n more events of the subscription and returns the last."""
         ...

@@ -11,10 +11,11 @@ from consumers.notification_format import webhook_body
 class ServerSentEvents:
     name = "sse"
     pushes = False
+    carries_several = False
 
-    async def render(self, change: dict[str, Any], subscription_id: str,
-                     next_event_number: Callable[[], Awaitable[int]]) -> tuple[bytes, str]:
-        return event(change, subscription_id).encode(), "text/event-stream"
+    async def render(self, changes: list[dict[str, Any]], subscription_id: str,
+                     next_event_number: Callable[[int], Awaitable[int]]) -> tuple[bytes, str]:
+        return "".join(event(change, subscription_id) for change in changes).encode(), "text/event-stream"
 
 
 def event(change: dict[str, Any], subscription_id: str) -> str:

@@ -10,9 +10,11 @@ from consumers.notification_format import webhook_body
 class Webhook:
     name = "webhook"
     pushes = True
+    carries_several = False
 
-    async def render(self, change: dict[str, Any], subscription_id: str,
-                     next_event_number: Callable[[], Awaitable[int]]) -> tuple[bytes, str]:
+    async def render(self, changes: list[dict[str, Any]], subscription_id: str,
+                     next_event_number: Callable[[int], Awaitable[int]]) -> tuple[bytes, str]:
+        [change] = changes
         return webhook_body(change, subscription_id), "application/json"
 
 

@@ -35,6 +35,9 @@ class SubscriptionRequest(BaseModel):
     # nothing is skipped. n: after n attempts a change is parked (and the patient's later changes
     # are held behind it until redelivery), so other patients' changes go on.
     max_attempts: int = Field(0, ge=0, le=50)
+    # fhir-rest-hook only: more than 1 lets one notification (a history Bundle) carry up to this
+    # many changes, in log order: fewer requests when a subscriber has much to catch up on.
+    max_per_notification: int = Field(1, ge=1, le=100)
 
 
 class TimeRange(BaseModel):
@@ -57,6 +60,8 @@ def router(access: Access) -> APIRouter:
                 await webhook_policy(service.settings).check(req.endpoint)
             except WebhookAddressRefused as exc:
                 raise HTTPException(400, f"endpoint refused: {exc}") from None
+        if req.max_per_notification > 1 and req.channel != "fhir-rest-hook":
+            raise HTTPException(400, "only fhir-rest-hook notifications carry several changes (max_per_notification)")
         bad_types = set(req.change_types) - set(CHANGE_TYPES)
         bad_sections = set(req.sections) - set(CLINICAL_SECTIONS) - {"demographics"}
         if bad_types or bad_sections:
@@ -70,7 +75,7 @@ def router(access: Access) -> APIRouter:
                                      f"(CAREBUS_MAX_SUBSCRIPTIONS_PER_CLIENT); delete one first")
         sub, secret, created = await service.store.create(
             client.client_id, req.channel, req.endpoint, set(req.change_types), set(req.ods_codes), set(req.persons),
-            set(req.sections), req.max_attempts)
+            set(req.sections), req.max_attempts, req.max_per_notification)
         service.start_dispatcher(sub, secret, created)
         return {"id": sub.subscription_id, "secret": secret, "channel": sub.channel, "created_at": created}
 

@@ -289,6 +289,40 @@ def test_fhir_rest_hook_notifications_are_valid_fhir(bus_settings, stack, receiv
     assert "Encounter" in kinds and "Provenance" in kinds, kinds
 
 
+def test_a_rest_hook_may_carry_several_changes_per_notification(bus_settings, stack, receiver, redis_client,
+                                                                unique):
+    """Several changes per Bundle is a rest-hook choice: every change still arrives once, numbered
+    without gaps, each Bundle a valid FHIR history Bundle."""
+    from fhir.resources.R4B.bundle import Bundle
+
+    refused = httpx.post(f"{stack.base}/subscriptions", headers=SUB2, timeout=30, json={
+        "channel": "webhook", "endpoint": receiver.url(f"/one/{unique}"), "max_per_notification": 5})
+    assert refused.status_code == 400 and "fhir-rest-hook" in refused.text
+    path = f"/bundled/{unique}"
+    subscribe(stack, SUB2, channel="fhir-rest-hook", endpoint=receiver.url(path), max_per_notification=5)
+    send_story(bus_settings, unique)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+
+    def events() -> list[tuple[int, str]]:
+        out = []
+        for x in receiver.for_path(path):
+            status = x["json"]["entry"][0]["resource"]
+            for e in (p for p in status["parameter"] if p["name"] == "notification-event"):
+                parts = {q["name"]: q for q in e["part"]}
+                out.append((int(parts["event-number"]["valueString"]), parts["focus"]["valueReference"]["reference"]))
+        return out
+
+    def done() -> bool:
+        version = redis_client.hget(f"carebus:record_meta:{person}", "version")
+        return bool(version) and sum(1 for _, f in events() if f == f"Patient/{person}") >= int(version)
+
+    wait_for(done, what=lambda: f"every version of {person} in the rest-hook notifications: {events()}")
+    numbers = sorted(n for n, _ in events())
+    assert numbers == list(range(1, len(numbers) + 1)), "numbered without gaps or repeats"
+    for x in receiver.for_path(path):
+        assert Bundle.model_validate(x["json"]).type == "history"
+
+
 def test_server_sent_events_stream(bus_settings, stack, redis_client, unique):
     sub = subscribe(stack, SUB2, channel="sse")
     send_story(bus_settings, unique, n=1)

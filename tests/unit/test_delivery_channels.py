@@ -15,14 +15,21 @@ CHANGE = {"event_id": "e1", "person_id": "PER-1", "version": 2, "changed_at": 1_
                                       "names": [], "birth_date": None, "sex": "UNKNOWN", "addresses": [],
                                       "telecom": [], "registered_practice_ods": None, "deceased_at": None,
                                       "sharing_objection": False},
-                     "field_provenance": {}, "encounters": [], "problems": [], "medications": [], "allergies": [],
-                     "observations": [], "referrals": [], "documents": [], "members": []}}
+                     "demographics_provenance": {}, "encounters": [], "problems": [], "medications": [],
+                     "allergies": [], "observations": [], "referrals": [], "documents": [],
+                     "sources": [{"system": "CERNER_MILLENNIUM",
+                                  "local_identifier": {"system": "urn:carebus:id:cerner:mrn:RAL", "value": "R1"}}]}}
 
 
-def render(name: str, number: int = 7) -> tuple[bytes, str]:
-    async def next_number() -> int:
+def render(name: str, number: int = 7, changes: list | None = None) -> tuple[bytes, str]:
+    asked: list[int] = []
+
+    async def next_number(count: int) -> int:
+        asked.append(count)
         return number
-    return asyncio.run(CHANNELS[name].render(CHANGE, "sub-1", next_number))
+    out = asyncio.run(CHANNELS[name].render(changes or [CHANGE], "sub-1", next_number))
+    assert asked in ([], [len(changes or [CHANGE])])
+    return out
 
 
 def test_the_channels_and_who_pushes():
@@ -50,3 +57,17 @@ def test_a_server_sent_event_names_the_change():
     assert content_type == "text/event-stream"
     text = body.decode()
     assert text.startswith("id: e1\nevent: record-change\ndata: {") and text.endswith("\n\n")
+
+
+def test_a_fhir_rest_hook_notification_may_carry_several_changes_in_order():
+    second = {**CHANGE, "event_id": "e2", "person_id": "PER-2", "record": {**CHANGE["record"], "person_id": "PER-2"}}
+    body, _ = render("fhir-rest-hook", number=9, changes=[CHANGE, second])
+    bundle = json.loads(body)
+    status = bundle["entry"][0]["resource"]
+    events = [p for p in status["parameter"] if p["name"] == "notification-event"]
+    assert [[x for x in e["part"] if x["name"] == "event-number"][0]["valueString"] for e in events] == ["8", "9"]
+    assert [[x for x in e["part"] if x["name"] == "focus"][0]["valueReference"]["reference"] for e in events] == \
+        ["Patient/PER-1", "Patient/PER-2"]
+    patients = [e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert patients == ["urn:carebus/Patient/PER-1", "urn:carebus/Patient/PER-2"]
+    assert CHANNELS["fhir-rest-hook"].carries_several and not CHANNELS["webhook"].carries_several

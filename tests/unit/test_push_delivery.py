@@ -37,8 +37,9 @@ class RecordingStore:
     async def is_held(self, sid: str, person: str) -> bool:
         return False
 
-    async def next_event_number(self, sid: str) -> int:
-        return 1
+    async def next_event_number(self, sid: str, count: int = 1) -> int:
+        self.numbered = getattr(self, "numbered", 0) + count
+        return self.numbered
 
 
 class RecordingProducer:
@@ -49,9 +50,11 @@ class RecordingProducer:
         self.sent.append((topic, value))
 
 
-def run(answers: list[int], max_attempts: int, port: int | None = None) -> tuple[str, list[dict], RecordingProducer,
-                                                                                  RecordingStore]:
-    """Deliver CHANGE to an endpoint that answers each POST with the next status in `answers`."""
+def run(answers: list[int], max_attempts: int, port: int | None = None, channel: str = "webhook",
+        max_per_notification: int = 1, batch: list[dict] | None = None
+        ) -> tuple[str, list[dict], RecordingProducer, RecordingStore]:
+    """Deliver CHANGE (or, with `batch`, those changes as one batch from the log) to an endpoint
+    that answers each POST with the next status in `answers`."""
     received: list[dict] = []
     store, producer = RecordingStore(), RecordingProducer()
 
@@ -67,12 +70,17 @@ def run(answers: list[int], max_attempts: int, port: int | None = None) -> tuple
         listen = free_port()
         await web.TCPSite(runner, "127.0.0.1", listen).start()
         settings = replace(load_settings(), allow_dev_secrets="1")      # development: plain http to this machine
-        sub = Subscription("sub-1", "gp-federation", "webhook", f"http://127.0.0.1:{port or listen}/hook",
-                           max_attempts=max_attempts)
+        sub = Subscription("sub-1", "gp-federation", channel, f"http://127.0.0.1:{port or listen}/hook",
+                           max_attempts=max_attempts, max_per_notification=max_per_notification)
         dispatcher = Dispatcher(settings, store, producer, httpx.AsyncClient(timeout=5), sub, "secret", 0,  # type: ignore[arg-type]
                                 ClientScope("gp-federation", frozenset({"*"})), RetryPolicy(base_seconds=0.001))
         try:
-            outcome = await dispatcher.deliver(CHANGE, codec.encode("RecordChange", CHANGE))
+            if batch is None:
+                outcome = await dispatcher.deliver(CHANGE, codec.encode("RecordChange", CHANGE))
+            else:
+                await dispatcher.deliver_batch([(c["person_id"].encode(), codec.encode("RecordChange", c))
+                                                for c in batch])
+                outcome = "batch"
         finally:
             await dispatcher.close()
             await runner.cleanup()
@@ -105,3 +113,23 @@ def test_no_answer_is_one_reason_whatever_the_cause():
     outcome, received, producer, _ = run([200], max_attempts=1, port=free_port())     # nothing listens there
     assert outcome == "parked" and not received
     assert codec.decode(producer.sent[0][1], "DeadLetter")["reason"] == "no HTTP answer after 1 attempts"
+
+
+def test_a_rest_hook_subscription_may_take_several_changes_per_notification_in_log_order():
+    changes = [{**CHANGE, "event_id": f"e{i}", "person_id": f"PER-{i % 2}", "version": 1 + i // 2,
+                "record": {**CHANGE["record"], "person_id": f"PER-{i % 2}"}} for i in range(5)]
+    _, received, producer, store = run([200], max_attempts=0, channel="fhir-rest-hook", max_per_notification=3,
+                                       batch=changes)
+    assert len(received) == 2 and not producer.sent          # 3 + 2 changes: two requests, not five
+    numbers, focus = [], []
+    for r in received:
+        status = json.loads(r["body"])["entry"][0]["resource"]
+        for event in (p for p in status["parameter"] if p["name"] == "notification-event"):
+            parts = {x["name"]: x for x in event["part"]}
+            numbers.append(int(parts["event-number"]["valueString"]))
+            focus.append(parts["focus"]["valueReference"]["reference"])
+    assert numbers == [1, 2, 3, 4, 5]
+    assert focus == [f"Patient/PER-{i % 2}" for i in range(5)]           # log order, each patient's in order
+    keys = [{k.lower(): v for k, v in r["headers"].items()}["idempotency-key"] for r in received]
+    assert len(set(keys)) == 2 and all(k.startswith("changes-") for k in keys)
+    assert [c for c in store.calls if c[0] == "record"][-1][1]["delivered"] == 5
