@@ -1,0 +1,146 @@
+"""The link and record stage alone, in process, on a large index: what one worker's batches cost
+once the index holds a million records, next to the same batches on an empty index (the
+baseline: the issue's "cost stays flat as the index grows").
+
+    python -m bench.link_stage_scale --index 1000000 --events 10000
+
+A real Redis (Debian's redis-server, on a bench port, with carebus's memory settings) holds the
+index; Kafka is left out (a producer that confirms at once), so the figures are the stage's own:
+Python CPU and Redis CPU per event, Redis commands per event, events/s, bytes per source record.
+Building a million-record index takes a while (the link stage itself fills it, at its own speed);
+it is saved as a Redis snapshot under --cache (default .carebus/bench-cache) and reused by later
+runs. Figures are printed, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from bench.pipeline_throughput import source_event
+from carebus.redis_server import MEMORY_SETTINGS
+from foundation.config import REPO_ROOT, load_settings
+from schemas import codec
+from schemas.topics import SOURCE_EVENTS
+from simulator import population as pop
+from streams.fellegi_sunter import Parameters
+from streams.identity_store import RedisGraphStore
+from streams.link_stage import InboundMessage, LinkStage
+from streams.record_store import RedisRecordStore
+
+PORT = 24479
+console = Console(width=140)
+
+
+class ConfirmingProducer:
+    """Confirms every message at once: the stage's own cost, without Kafka's."""
+
+    def produce(self, topic, value=None, key=None, headers=None, timestamp_ms=None, on_delivery=None) -> None:
+        if on_delivery:
+            on_delivery(None, None)
+
+    def flush(self, timeout=None) -> int:
+        return 0
+
+
+def start_redis(folder: Path, snapshot: str) -> subprocess.Popen:
+    subprocess.run(["redis-cli", "-p", str(PORT), "shutdown", "nosave"], capture_output=True)
+    args = ["redis-server", "--port", str(PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(folder), "--dbfilename", snapshot]
+    for name, value in MEMORY_SETTINGS.items():
+        args += [f"--{name}", value]
+    server = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=PORT)
+    while True:
+        try:
+            if client.info("persistence")["loading"] == 0:
+                return server
+        except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+            pass
+        time.sleep(0.3)
+
+
+def messages(records: list[pop.SourceRecord], lo: int, hi: int) -> list[InboundMessage]:
+    return [InboundMessage(SOURCE_EVENTS.name, 0, i, codec.encode("SourcePatientEvent", source_event(rec, i)))
+            for i, rec in zip(range(lo, hi), records[lo:hi])]
+
+
+def run(stage: LinkStage, client: redis.Redis, batches: list[list[InboundMessage]]) -> dict[str, float]:
+    client.config_resetstat()
+    cpu = client.info("cpu")
+    redis_cpu = cpu["used_cpu_user"] + cpu["used_cpu_sys"]
+    events = sum(len(b) for b in batches)
+    started, python_cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        stage.process(batch)
+    elapsed, python_cpu = time.perf_counter() - started, time.process_time() - python_cpu
+    cpu = client.info("cpu")
+    redis_cpu = cpu["used_cpu_user"] + cpu["used_cpu_sys"] - redis_cpu
+    commands = sum(v["calls"] for k, v in client.info("commandstats").items()
+                   if k not in ("cmdstat_evalsha", "cmdstat_config", "cmdstat_info"))
+    return {"events/s": events / elapsed, "python": 1e6 * python_cpu / events, "redis": 1e6 * redis_cpu / events,
+            "commands": commands / events}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--index", type=int, default=1_000_000, help="source records already in the index")
+    parser.add_argument("--events", type=int, default=10_000, help="new source records linked and measured")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--cache", type=Path, default=REPO_ROOT / ".carebus" / "bench-cache")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    snapshot = f"link-index-{args.index}.rdb"
+    records = pop.source_records(args.index + args.events)
+    params = Parameters.load(load_settings().linkage_parameters_in_use)
+    server = start_redis(args.cache, snapshot)
+    try:
+        client = redis.Redis(port=PORT)
+        stage = LinkStage(RedisGraphStore(client), RedisRecordStore(client), ConfirmingProducer(), params)
+        if not (args.cache / snapshot).exists():
+            console.print(f"building an index of {args.index:,} records (once; kept in {args.cache})")
+            client.flushdb()
+            started = time.perf_counter()
+            for lo in range(0, args.index, 10_000):
+                chunk = messages(records, lo, min(args.index, lo + 10_000))
+                for i in range(0, len(chunk), args.batch):
+                    stage.process(chunk[i:i + args.batch])
+                console.print(f"  {lo + len(chunk):,} records, {(lo + len(chunk)) / (time.perf_counter() - started):,.0f}"
+                              " events/s")
+            client.save()
+        size = RedisGraphStore(client).size()
+        bytes_per_record = client.info("memory")["used_memory"] / max(size, 1)
+        new = messages(records, args.index, args.index + args.events)
+        batches = [new[i:i + args.batch] for i in range(0, len(new), args.batch)]
+        del records
+        gc.collect()
+        gc.freeze()
+        big = run(stage, client, batches)
+        # The baseline: the same batches on an empty index, in the same Redis, in the same run.
+        empty = redis.Redis(port=PORT, db=1)
+        empty.flushdb()
+        baseline = run(LinkStage(RedisGraphStore(empty), RedisRecordStore(empty), ConfirmingProducer(), params),
+                       empty, batches)
+        empty.flushdb()
+    finally:
+        subprocess.run(["redis-cli", "-p", str(PORT), "shutdown", "nosave"], capture_output=True)
+        server.wait()
+    table = Table(title=f"link and record stage, one worker, in process: {args.events:,} new records in batches of "
+                        f"{args.batch} (Kafka left out)")
+    for col in ("index", "events/s", "Python CPU µs/event", "Redis CPU µs/event", "Redis commands/event"):
+        table.add_column(col)
+    for label, r in ((f"{size:,} records", big), ("empty (baseline)", baseline)):
+        table.add_row(label, f"{r['events/s']:,.0f}", f"{r['python']:,.0f}", f"{r['redis']:,.0f}",
+                      f"{r['commands']:,.1f}")
+    console.print(table)
+    console.print(f"Redis: {bytes_per_record:,.0f} bytes per source record at {size:,} records")
+
+
+if __name__ == "__main__":
+    main()
