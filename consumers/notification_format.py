@@ -40,17 +40,11 @@ def verify(secret: str, body: bytes, header: str, now: int, tolerance: int = 300
     return hmac.compare_digest(expected, parts.get("v1", ""))
 
 
-def fhir_rest_hook_bundle(change: dict[str, Any], subscription_id: str, events_since_start: int,
-                          base_url: str = "urn:carebus") -> dict[str, Any]:
-    """A subscription-notification per the FHIR R4 Subscriptions Backport IG (history Bundle)."""
-    return fhir_rest_hook_notification([change], subscription_id, events_since_start, base_url)
-
-
 def fhir_rest_hook_notification(changes: list[dict[str, Any]], subscription_id: str, last_event_number: int,
                                 base_url: str = "urn:carebus") -> dict[str, Any]:
-    """One notification for one or more changes, in log order: the SubscriptionStatus names each
-    as a notification-event, numbered so that the last is `last_event_number`, and each change's
-    resources follow it."""
+    """A subscription-notification per the FHIR R4 Subscriptions Backport IG (history Bundle) for
+    one or more changes, in log order: the SubscriptionStatus names each as a notification-event,
+    numbered so that the last is `last_event_number`, and each change's resources follow it."""
     first = last_event_number - len(changes) + 1
     events = [{"name": "notification-event", "part": [
         {"name": "event-number", "valueString": str(first + i)},

@@ -180,7 +180,7 @@ class Dispatcher:
         patient's changes stay in order within and across notifications."""
         chunk: list[tuple[dict[str, Any], bytes]] = []
         for value in values:
-            visible, outcome = await self._admit(value, redelivery=False)
+            visible, _ = await self._admit(value, redelivery=False)
             if visible is not None:
                 chunk.append((visible, value))
             if len(chunk) == self.sub.max_per_notification:

@@ -108,11 +108,9 @@ class Applied:
 
 
 @dataclass
-class BatchOutcome:
+class BatchOutcome(Applied):
+    """What a batch decided (`decisions`) and what applying it changed (the Applied fields)."""
     decisions: list[PairDecision] = field(default_factory=list)
-    relabels: list[Relabel] = field(default_factory=list)
-    emptied: set[str] = field(default_factory=set)    # persons left without members
-    refused: list[tuple[str, str]] = field(default_factory=list)
     skipped_blocks: int = 0
 
     def take(self, applied: Applied) -> None:

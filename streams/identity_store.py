@@ -203,10 +203,6 @@ end
 return out
 """
 
-# ARGV: prefix, n versions, (key, version)..., n decisions, (a, b, version_b, kind or '', weight)...,
-#       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
-# Returns, per relabelled person: person, n members, (member, old person or '')...; a '' marker;
-# the number of links the coherence rule refused and their (key a, key b); the persons left empty.
 _OPEN_REVIEWS = """
 -- KEYS[1] the open set, KEYS[1+i] review i; ARGV[i] its JSON body. Returns the 0-based indexes of new reviews.
 local new = {}
@@ -228,6 +224,10 @@ end
 return new
 """
 
+# ARGV: prefix, n versions, (key, version)..., n decisions, (a, b, version_b, kind or '', weight)...,
+#       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
+# Returns, per relabelled person: person, n members, (member, old person or '')...; a '' marker;
+# the number of links the coherence rule refused and their (key a, key b); the persons left empty.
 _APPLY = _LUA_COMMON + """
 local i = 2
 -- A record is named by its node id ('#' and the id, when the caller has read it) or its key.
@@ -320,14 +320,11 @@ for _, s in ipairs(seed_list) do
         if not done[n] then done[n] = true; comp[#comp+1] = n; todo[#todo+1] = n end
       end
     end
-    local info = {}
+    local info, numbers, distinct = {}, {}, 0
     for _, id in ipairs(comp) do
       local r = redis.call('HMGET', P..'n:'..id, 'k', 'h', 'p', 'd')
-      info[id] = {k = r[1], h = r[2], p = r[3], nhs = nhs_of(r[4])}
-    end
-    local numbers, distinct = {}, 0
-    for _, id in ipairs(comp) do
-      local nhs = info[id].nhs
+      local nhs = nhs_of(r[4])
+      info[id] = {k = r[1], h = r[2], p = r[3], nhs = nhs}
       if nhs ~= '' and not numbers[nhs] then numbers[nhs] = true; distinct = distinct + 1 end
     end
     local edges = {}

@@ -145,7 +145,6 @@ class LinkStage:
         stats.candidates = [per_record.get(d.key, 0) for d in demos]
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted({*states, *(k for p in forced + forbidden for k in p)}))
-        self._hold_refused(outcome)
         self._check_coherence(outcome)
         outcome.decisions += [identity_graph.PairDecision(a, b, 0, "merge-across-nhs-numbers", None, 0.0)
                               for a, b in held]
@@ -186,7 +185,6 @@ class LinkStage:
         outcome = identity_graph.link_batch(self.graph, demos, self.params)
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted(keys))
-        self._hold_refused(outcome)
         self._check_coherence(outcome)
         self._identity_events(outcome, {}, {}, persons_now, out)
         self._queue_reviews(outcome, {}, persons_now, out)
@@ -237,8 +235,12 @@ class LinkStage:
             score=score, method=how, reasons=reasons)
 
     def _check_coherence(self, outcome: identity_graph.BatchOutcome) -> None:
-        """Persons that grew in this batch: pairs of their records that contradict each other (given
-        name and birth date) go to review; the links stay, which is wrong is for a person to say."""
+        """What coherence asks of a person goes to review. Links the rule refused
+        (identity_graph.cluster_people): accepting one joins the two records whatever the rule
+        says. Persons that grew in this batch: pairs of their records that contradict each other
+        (given name and birth date); the links stay, which is wrong is for a person to say."""
+        outcome.decisions += [identity_graph.PairDecision(a, b, 0, "refused-link", None, 0.0)
+                              for a, b in outcome.refused]
         grown = [r for r in outcome.relabels if len(r.members) >= 3]
         if not grown:
             return
@@ -246,13 +248,6 @@ class LinkStage:
         for r in grown:
             for a, b in identity_graph.incoherent_pairs([demos[k] for k in r.members if k in demos]):
                 outcome.decisions.append(identity_graph.PairDecision(a, b, 0, "incoherent", None, 0.0))
-
-    @staticmethod
-    def _hold_refused(outcome: identity_graph.BatchOutcome) -> None:
-        """Links the coherence rule held back (identity_graph.cluster_people) go to a person:
-        accepting one joins the two records whatever the rule says."""
-        outcome.decisions += [identity_graph.PairDecision(a, b, 0, "refused-link", None, 0.0)
-                              for a, b in outcome.refused]
 
     def _identity_events(self, outcome: identity_graph.BatchOutcome, causes: dict[str, list[str]],
                          methods: dict[str, str], persons_now: dict[str, str], out: _Outputs) -> None:

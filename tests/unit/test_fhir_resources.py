@@ -69,14 +69,14 @@ def test_any_shared_record_the_contract_allows_becomes_valid_fhir(data):
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from(["created", "updated"]))
 def test_a_rest_hook_notification_carries_the_changed_resources_valid_fhir(seed, change_type):
-    from consumers.notification_format import fhir_rest_hook_bundle
+    from consumers.notification_format import fhir_rest_hook_notification
 
     record = record_of_a_person(seed)
     changed = ["encounters"] if change_type == "updated" else list(record_builder.SECTIONS)
     change = {"event_id": "00000000-0000-0000-0000-000000000001", "person_id": "PER-test", "version": 1,
               "change_type": change_type, "changed_sections": changed, "changed_at": 1_700_000_000_000,
               "record": record}
-    bundle = fhir_rest_hook_bundle(change, "sub-1", 3)
+    bundle = fhir_rest_hook_notification([change], "sub-1", 3)
     Bundle.model_validate(bundle)
     resources = [e["resource"] for e in bundle["entry"]]
     for r in resources:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from consumers.notification_format import fhir_rest_hook_bundle, sign, verify
+from consumers.notification_format import fhir_rest_hook_notification, sign, verify
 from tests.unit.test_delivery_channels import CHANGE
 
 
@@ -18,7 +18,7 @@ def test_a_signature_verifies_only_for_its_secret_body_and_time(secret, body, at
 
 
 def test_a_rest_hook_notification_names_the_subscription_and_counts_its_events():
-    bundle = fhir_rest_hook_bundle(CHANGE, "sub-9", 42)
+    bundle = fhir_rest_hook_notification([CHANGE], "sub-9", 42)
     assert bundle["type"] == "history"
     status = bundle["entry"][0]["resource"]
     text = repr(status)
