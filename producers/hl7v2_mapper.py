@@ -197,7 +197,8 @@ def _ce(msg: HL7v2Message, segment: str, number: int, occurrence: int, fallback:
         return field(msg, segment, number, 1, component, occurrence=occurrence)
 
     concept = _coded(part(1) or fallback, part(2), part(3))
-    concept["other_codings"] = [_coded(part(4), part(5), part(6))] if part(4) else []
+    alternate = part(4)
+    concept["other_codings"] = [_coded(alternate, part(5), part(6))] if alternate else []
     return concept
 
 
@@ -228,6 +229,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
         event["merged_from"] = [{"system": profile.identifier_system(field(msg, "MRG", 1, 1, 4) or ods), "value": prior}]
     if msg.count("PV1") and trigger not in ("A28", "A31", "A40"):
         pclass = field(msg, "PV1", 2).upper()
+        service = field(msg, "PV1", 10)
         visit = field(msg, "PV1", 19) or control_id
         movement = ADT_MOVEMENTS.get(trigger, "update") if msg_type == "ADT" else "update"
         status = {"discharge": "finished", "cancel-admit": "cancelled", "pre-admit": "planned"}.get(movement, "in-progress")
@@ -236,8 +238,7 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
             "encounter_class": "mental-health" if profile.connector == "rio" and pclass in ("I", "") else PATIENT_CLASS.get(pclass, "outpatient"),
             "status": status, "movement": movement,
             "location": "/".join(x for x in (field(msg, "PV1", 3, 1, 1), field(msg, "PV1", 3, 1, 2)) if x) or None,
-            "service_type": ({"system": HOSPITAL_SERVICE, "code": field(msg, "PV1", 10), "display": None,
-                              "other_codings": []} if field(msg, "PV1", 10) else None),
+            "service_type": {**_coded(service, "", HOSPITAL_SERVICE), "other_codings": []} if service else None,
             "start": parse_ts(field(msg, "PV1", 44), "PV1-44 admit time"),
             "end": parse_ts(field(msg, "PV1", 45), "PV1-45 discharge time"),
             "care_provider_ods": ods, "episode_id": field(msg, "PV1", 19) or None, "provenance": [],
