@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from foundation.clock import now_ms
 from foundation.config import ConfigError, load_settings, require_own_secrets
 
 app = typer.Typer(help="carebus: event-streaming interoperability bus for a London shared record.",
@@ -377,14 +378,12 @@ def _when(value: str, default: int) -> int:
 
 
 def _dead(which: str, since: str, until: str) -> list[dict]:
-    import time
-
     from consumers import dead_letter_replay
 
     if which not in dead_letter_replay.TOPICS:
         console.print(f"[red]--topic must be one of {', '.join(dead_letter_replay.TOPICS)}[/red]")
         raise typer.Exit(2)
-    return dead_letter_replay.read(_settings(), which, _when(since, 0), _when(until, int(time.time() * 1000)))
+    return dead_letter_replay.read(_settings(), which, _when(since, 0), _when(until, now_ms()))
 
 
 @dead_letters_app.command("list")

@@ -6,13 +6,13 @@ Identifiers the caller searched by are stored as keyed pseudonyms, never in clea
 """
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
 from foundation.api_auth import Client
 from foundation.durable_producer import DurableProducer
 from foundation.log_privacy import pseudonym
+from foundation.clock import now_ms
 from schemas import codec
 from schemas.topics import ACCESS_AUDIT
 
@@ -23,7 +23,7 @@ def access_event(client: Client, action: str, person_ids: list[str], purpose: st
                  query: dict[str, str], outcome: str) -> dict[str, Any]:
     """`query` values that identify a patient (nhs_number, identifier) are pseudonymised here."""
     safe = {k: (pseudonym(v) if k in ("nhs_number", "identifier") else v) for k, v in query.items() if v}
-    return {"access_id": str(uuid.uuid4()), "at": int(time.time() * 1000), "client_id": client.client_id,
+    return {"access_id": str(uuid.uuid4()), "at": now_ms(), "client_id": client.client_id,
             "roles": sorted(client.roles), "action": action, "person_ids": sorted(person_ids),
             "purpose": (purpose or "").strip()[:500] or NOT_GIVEN, "query": safe, "outcome": outcome}
 

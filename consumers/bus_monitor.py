@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Gauge
 
 from foundation.config import Settings
+from foundation.clock import now_ms
 from consumers.stream_lag import consumer_lag
 from schemas import codec
 from streams.identity_store import linkage_statistics
@@ -109,7 +110,7 @@ class BusMonitor:
         delivery = {}
         for sid in subscriptions:
             delivery[sid] = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"carebus:delivery:{sid}").items()}
-        return {"at": int(time.time() * 1000), "topics": {t: {"messages": n, "per_second": round(rates.get(t, 0.0), 1)}
+        return {"at": now_ms(), "topics": {t: {"messages": n, "per_second": round(rates.get(t, 0.0), 1)}
                                                           for t, n in ends.items()},
                 "lag": lags, "dead_letters": {t: {"count": ends.get(t, 0), "reasons": r} for t, r in reasons.items()},
                 "linkage": linkage, "delivery": delivery, "link_workers": worker_states(redis_client)}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 import uuid
 from dataclasses import asdict
 from typing import Any
@@ -12,6 +11,7 @@ import redis.asyncio as aioredis
 
 from consumers.sealed_secrets import seal, unseal
 from consumers.subscription_scope import Subscription
+from foundation.clock import now_ms
 
 P = "carebus:subscription:"
 
@@ -43,7 +43,7 @@ class SubscriptionStore:
                            frozenset(o.upper() for o in ods_codes), frozenset(persons), frozenset(sections),
                            "active", max_attempts, max_per_notification)
         secret = secrets.token_urlsafe(32)
-        created = int(time.time() * 1000)
+        created = now_ms()
         await self.r.set(f"{P}{sub.subscription_id}", _to_json(sub, secret, created, self.key))
         await self.r.sadd("carebus:subscriptions", sub.subscription_id)
         return sub, secret, created

@@ -12,11 +12,11 @@ import json
 import logging
 import socket
 import threading
-import time
 from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from foundation.clock import now_ms
 
 log = logging.getLogger("carebus.link_worker")
 WAITING = Gauge("carebus_link_worker_waiting", "1 while the link worker waits for Redis or Kafka to come back")
@@ -39,13 +39,13 @@ class WorkerStatus:
             return
         try:
             body = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "redis_client"}
-            self.redis_client.hset(STATUS_KEY, self.worker, json.dumps({**body, "updated_at": int(time.time() * 1000)}))
+            self.redis_client.hset(STATUS_KEY, self.worker, json.dumps({**body, "updated_at": now_ms()}))
         except Exception:  # noqa: BLE001 - best effort: Redis may be the thing that is down
             pass
 
     def waiting(self, what: str) -> None:
         if self.state != "waiting" or self.waiting_for != what:
-            self.state, self.waiting_for, self.since = "waiting", what, int(time.time() * 1000)
+            self.state, self.waiting_for, self.since = "waiting", what, now_ms()
         self.retries += 1
         WAITING.set(1)
         self._publish()
@@ -54,7 +54,7 @@ class WorkerStatus:
         self.batches += 1
         self.events += events
         if self.state != "running":
-            self.state, self.waiting_for, self.since = "running", "", int(time.time() * 1000)
+            self.state, self.waiting_for, self.since = "running", "", now_ms()
             WAITING.set(0)
             self._publish()
         elif self.batches % 100 == 1:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from consumers.dashboard_sessions import CODE_SECONDS, COOKIE, DashboardSessions
 from consumers.delivery_api.access import Access
 from consumers.monitor_history import series
 from foundation.api_auth import Client
+from foundation.clock import now_ms
 
 
 HERE = Path(__file__).parent.parent      # consumers/
@@ -90,7 +90,7 @@ def router(access: Access) -> APIRouter:
         access.require(client, "operator")
         if which not in dead_letter_replay.TOPICS:
             raise HTTPException(400, f"which must be one of {', '.join(dead_letter_replay.TOPICS)}")
-        now = int(time.time() * 1000)
+        now = now_ms()
         dead = await asyncio.to_thread(dead_letter_replay.read, service.settings, which, now - int(hours * 3_600_000),
                                        now)
         return [dead_letter_replay.summary(d) for d in sorted(dead, key=lambda d: -d["failed_at"])[:200]]
