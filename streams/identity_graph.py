@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from streams import blocking
 from streams.fellegi_sunter import Parameters
@@ -62,8 +62,7 @@ def person_id_for(keys: Iterable[str]) -> str:
     return "PER-" + min(node_hash(k) for k in keys)
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     key: str
     demo: Demographics
     version: int
@@ -77,8 +76,7 @@ class Ingested:
     skipped_blocks: int = 0      # blocks over BLOCK_CAP
 
 
-@dataclass(frozen=True)
-class PairDecision:
+class PairDecision(NamedTuple):
     a: str
     b: str
     version_b: int
@@ -112,6 +110,7 @@ class BatchOutcome(Applied):
     """What a batch decided (`decisions`) and what applying it changed (the Applied fields)."""
     decisions: list[PairDecision] = field(default_factory=list)
     skipped_blocks: int = 0
+    candidates: dict[str, int] = field(default_factory=dict)     # record -> candidates it was compared with
 
     def take(self, applied: Applied) -> None:
         self.relabels, self.emptied, self.refused = applied.relabels, applied.emptied, applied.refused
@@ -250,10 +249,15 @@ def cluster_people(members: dict[str, Demographics | None], edges: Sequence[Edge
 
 
 def decide(demo: Demographics, ingested: Ingested, params: Parameters) -> list[PairDecision]:
+    """The decisions that can change something: links, pairs for review, and non-matches of pairs
+    an edge joins (the edge goes). Most candidates are strangers, and a non-match between records
+    with no edge changes nothing (an edge written since would have moved a version and made the
+    decision stale anyway): they are scored and forgotten."""
     out = []
     for c in ingested.candidates:
         outcome, kind, posterior, weight = pair_decision(demo, c.demo, params)
-        out.append(PairDecision(demo.key, c.key, c.version, outcome, kind, posterior, weight))
+        if kind or c.linked or outcome != "non-match":
+            out.append(PairDecision(demo.key, c.key, c.version, outcome, kind, posterior, weight))
     return out
 
 
@@ -261,13 +265,12 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
                forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()) -> BatchOutcome:
     """Ingest, decide and apply one batch (at most one Demographics per key: the newest)."""
     ingested = store.ingest(demos) if demos else {}
-    outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()))
+    outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()),
+                           candidates={k: len(i.candidates) for k, i in ingested.items()})
     for d in demos:
         outcome.decisions += decide(d, ingested[d.key], params)
-    # Most candidates are strangers, and a non-match between records with no edge changes nothing
-    # (an edge written since would have moved a version and made this decision stale anyway), so
-    # only links and non-matches that may remove an edge are written: the write costs what links
-    # cost, not what candidates cost.
+    # Only links and non-matches that remove an edge are written (reviews are queued, not
+    # written): the write costs what links cost, not what candidates cost.
     linked = {(d.key, c.key) for d in demos for c in ingested[d.key].candidates if c.linked}
     writes = [d for d in outcome.decisions if d.kind or (d.a, d.b) in linked]
     outcome.take(store.apply({k: i.version for k, i in ingested.items()}, writes, forced, forbidden))

@@ -139,10 +139,7 @@ class LinkStage:
             out.identity_events.append(d)
 
         outcome = identity_graph.link_batch(self.graph, demos, self.params, forced, forbidden)
-        per_record: dict[str, int] = {}
-        for dec in outcome.decisions:
-            per_record[dec.a] = per_record.get(dec.a, 0) + 1
-        stats.candidates = [per_record.get(d.key, 0) for d in demos]
+        stats.candidates = [outcome.candidates.get(d.key, 0) for d in demos]
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted({*states, *(k for p in forced + forbidden for k in p)}))
         self._check_coherence(outcome)
