@@ -256,7 +256,7 @@ def decide(demo: Demographics, ingested: Ingested, params: Parameters) -> list[P
     out = []
     for c in ingested.candidates:
         outcome, kind, posterior, weight = pair_decision(demo, c.demo, params)
-        if kind or c.linked or outcome != "non-match":
+        if outcome != "non-match" or c.linked:
             out.append(PairDecision(demo.key, c.key, c.version, outcome, kind, posterior, weight))
     return out
 
@@ -269,8 +269,8 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
                            candidates={k: len(i.candidates) for k, i in ingested.items()})
     for d in demos:
         outcome.decisions += decide(d, ingested[d.key], params)
-    # Only links and non-matches that remove an edge are written (reviews are queued, not
-    # written): the write costs what links cost, not what candidates cost.
+    # Only links, and decisions that take away an edge the pair had, are written (a review of a
+    # pair with no edge is queued, not written): the write costs what links cost, not candidates.
     linked = {(d.key, c.key) for d in demos for c in ingested[d.key].candidates if c.linked}
     writes = [d for d in outcome.decisions if d.kind or (d.a, d.b) in linked]
     outcome.take(store.apply({k: i.version for k, i in ingested.items()}, writes, forced, forbidden))
