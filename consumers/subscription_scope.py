@@ -10,7 +10,6 @@ Three layers, all enforced before anything leaves carebus:
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,8 +73,10 @@ def visible_change(change: dict[str, Any], sub: Subscription, scope: ClientScope
         return None
     if sub.sections and not (set(change["changed_sections"]) & sub.sections):
         return None
-    out = copy.deepcopy(change)
-    rec = out["record"]
+    # New top-level dicts and section lists, the rest shared with `change` (neither is changed
+    # afterwards): a deep copy of every record cost as much as decoding it, per change and subscriber.
+    rec = {**record}
+    out = {**change, "record": rec}
     for section in CLINICAL_SECTIONS:
         if sub.sections and section not in sub.sections:
             rec[section] = []

@@ -31,3 +31,19 @@ def test_an_objecting_patient_is_never_sent_and_withheld_items_are_removed():
     asthma = {"id": "p2", "code": {"system": "http://snomed.info/sct", "code": "195967001", "display": "Asthma"}}
     seen = visible_change(change("updated", "RAL", problems=[hiv, asthma]), SUB, RAL_ONLY)
     assert [p["id"] for p in seen["record"]["problems"]] == ["p2"]
+
+
+def test_what_a_subscriber_sees_leaves_the_change_itself_as_it_was():
+    hiv = {"id": "p1", "code": {"system": "http://snomed.info/sct", "code": "8098009", "display": "STI"}}
+    asthma = {"id": "p2", "code": {"system": "http://snomed.info/sct", "code": "195967001", "display": "Asthma"}}
+    original = change("updated", "RAL", problems=[hiv, asthma])
+    original["record"]["allergies"] = [{"id": "a1"}]
+    original["changed_sections"] = ["demographics", "problems", "allergies"]
+    problems_only = Subscription("s2", "client", "webhook", "https://example.org/hook", sections=frozenset({"problems"}))
+    seen = visible_change(original, problems_only, RAL_ONLY)
+    assert [p["id"] for p in seen["record"]["problems"]] == ["p2"] and seen["record"]["allergies"] == []
+    assert seen["changed_sections"] == ["demographics", "problems"]
+    # The next subscriber of the same decoded change must still find everything in it.
+    assert [p["id"] for p in original["record"]["problems"]] == ["p1", "p2"]
+    assert original["record"]["allergies"] == [{"id": "a1"}]
+    assert original["changed_sections"] == ["demographics", "problems", "allergies"]
