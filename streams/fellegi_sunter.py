@@ -51,6 +51,38 @@ class Parameters:
     def _tf_weights(self) -> dict[str, dict[str, float]]:
         return {f: {} for f in self.tf}
 
+    @property
+    def level_weights(self) -> dict[str, tuple[float, ...]]:
+        """weight() of each field's levels without a term-frequency adjustment (the hot path's table)."""
+        return self._weights
+
+    @cached_property
+    def below_exact(self) -> dict[str, float]:
+        """Each field's highest weight short of exact agreement: the most two names that differ can
+        add (identity_graph.beneath_review)."""
+        return {f: max(w[:EXACT[f]]) for f, w in self._weights.items()}
+
+    @cached_property
+    def highest(self) -> dict[str, float]:
+        """Each field's highest weight, or 0 (a missing field) when every level weighs against."""
+        return {f: max(0.0, *w) for f, w in self._weights.items()}
+
+    def exact_weight(self, field: str, value: str) -> float:
+        """The weight of agreeing exactly on this value (term-frequency adjusted where that applies)."""
+        cache = self._tf_weights.get(field)
+        weight = cache.get(value) if cache is not None else None
+        return weight if weight is not None else self.score({field: EXACT[field]}, {field: value})
+
+    @cached_property
+    def review_score(self) -> float:
+        """The least score (evidence, without the prior) of a pair in the review band or above."""
+        r = self.review_posterior
+        if r <= 0:
+            return -math.inf
+        if r >= 1:
+            return math.inf
+        return math.log2(r / (1 - r)) - math.log2(self.prevalence / (1 - self.prevalence))
+
     def score(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> float:
         # The hot path of linking (once per candidate pair): weights come from tables computed
         # once per parameter set; equal to summing weight() over the fields.

@@ -191,7 +191,7 @@ def _birth_digits_level(x: str, y: str) -> int | None:
     return None
 
 
-def _postcode_level(a: str | None, b: str | None) -> int | None:
+def postcode_level(a: str | None, b: str | None) -> int | None:
     # UK postcodes without spaces: district = outward code (all but the last 3 characters),
     # sector = district + the first character of the inward code.
     if not a or not b:
@@ -231,13 +231,18 @@ def compare(a: Demographics, b: Demographics) -> dict[str, int | None]:
         nhs = NHS.same if a.nhs == b.nhs else NHS.different
     else:
         nhs = None
-    sex = None if a.sex is None or b.sex is None else (SEX.same if a.sex == b.sex else SEX.different)
+    return {"nhs": nhs, "given": given, "family": family, "birth_date": birth_date_level(a, b),
+            "sex": sex_level(a, b), "postcode": postcode_level(a.postcode, b.postcode)}
+
+
+def birth_date_level(a: Demographics, b: Demographics) -> int | None:
     if a.birth_date is not None and b.birth_date is not None or not (a.birth_as_sent or b.birth_as_sent):
-        birth = _birth_level(a.birth_date, b.birth_date)
-    else:
-        birth = _birth_digits_level(birth_digits(a), birth_digits(b))
-    return {"nhs": nhs, "given": given, "family": family, "birth_date": birth,
-            "sex": sex, "postcode": _postcode_level(a.postcode, b.postcode)}
+        return _birth_level(a.birth_date, b.birth_date)
+    return _birth_digits_level(birth_digits(a), birth_digits(b))
+
+
+def sex_level(a: Demographics, b: Demographics) -> int | None:
+    return None if a.sex is None or b.sex is None else (SEX.same if a.sex == b.sex else SEX.different)
 
 
 def contradicts(a: Demographics, b: Demographics) -> bool:
