@@ -32,7 +32,7 @@ of the two calls; `identity_store.RedisGraphStore` does the same in Redis script
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -126,6 +126,10 @@ class BatchOutcome(Applied):
 
 class GraphStore(Protocol):
     def ingest(self, demos: Sequence[Demographics]) -> dict[str, Ingested]: ...
+
+    def start_ingest(self, demos: Sequence[Demographics]) -> Callable[[], dict[str, Ingested]]:
+        """`ingest` begun now, its result read when called (results in the order begun)."""
+        ...
 
     def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
               forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
@@ -292,9 +296,12 @@ def decide(demo: Demographics, ingested: Ingested, params: Parameters) -> list[P
 
 
 def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Parameters,
-               forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()) -> BatchOutcome:
-    """Ingest, decide and apply one batch (at most one Demographics per key: the newest)."""
-    ingested = store.ingest(demos) if demos else {}
+               forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = (),
+               ingested: dict[str, Ingested] | None = None) -> BatchOutcome:
+    """Ingest (unless `ingested` is given: these demos' ingest, started earlier), decide and apply
+    one batch (at most one Demographics per key: the newest)."""
+    if ingested is None:
+        ingested = store.ingest(demos) if demos else {}
     outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()),
                            candidates={k: len(i.candidates) for k, i in ingested.items()})
     for d in demos:
@@ -376,6 +383,10 @@ class MemoryGraphStore:
                           for c in sorted(seen - node.forbidden))
             out[d.key] = Ingested(node.version, cands, skipped)
         return out
+
+    def start_ingest(self, demos: Sequence[Demographics]) -> Callable[[], dict[str, Ingested]]:
+        done = self.ingest(demos)
+        return lambda: done
 
     def _set_edge(self, a: str, b: str, kind: str, va: int, vb: int, weight: int = 0) -> None:
         self._node(a).edges[b] = (kind, va, weight)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
@@ -442,6 +442,7 @@ class RedisGraphStore:
         # Node ids of keys read by the last ingests: a key's node id never changes, so apply can
         # name records by id and spare Redis a key lookup per decision.
         self._ids: dict[str, str] = {}
+        self._ahead: redis.connection.AbstractConnection | None = None     # start_ingest's connection
         self._check_layout()
 
     def _named(self, key: str) -> str:
@@ -461,11 +462,48 @@ class RedisGraphStore:
                                    f"reads layout {LAYOUT}: run `carebus rebuild-index`")
 
     def ingest(self, demos: Sequence[Demographics]) -> dict[str, Ingested]:
+        return self._ingested(self._ingest(args=self._ingest_args(demos)))
+
+    def start_ingest(self, demos: Sequence[Demographics]) -> Callable[[], dict[str, Ingested]]:
+        """`ingest`, sent now on a connection of its own and read when the result is called, so
+        that Redis runs it while the caller finishes the batch before (link_pipeline). Results are
+        read in the order the ingests were started; `abandon_ingests` drops any left unread."""
+        args = self._ingest_args(demos)
+        if self._ahead is None:
+            self.r.script_load(_INGEST)       # EVALSHA below: the script must be in Redis's cache
+            self._ahead = self.r.connection_pool.make_connection()
+        conn = self._ahead
+        try:
+            conn.send_command("EVALSHA", self._ingest.sha, 0, *args)
+        except BaseException:
+            self.abandon_ingests()
+            raise
+
+        def result() -> dict[str, Ingested]:
+            try:
+                raw = conn.read_response()
+            except redis.exceptions.NoScriptError:     # Redis restarted since: run it again, loading it
+                raw = self._ingest(args=args)
+            except BaseException:
+                self.abandon_ingests()
+                raise
+            return self._ingested(raw)
+        return result
+
+    def abandon_ingests(self) -> None:
+        """Forget ingests started and not read (their replies would answer the next one)."""
+        if self._ahead is not None:
+            self._ahead.disconnect()
+            self._ahead = None
+
+    def _ingest_args(self, demos: Sequence[Demographics]) -> list[Any]:
         args: list[Any] = [P, BLOCK_CAP]
         for d in demos:
             blocks = sorted({block_digest(b) for b in blocking.keys(d)})
             args += [d.key, node_hash(d.key), pack(d), len(blocks), *blocks]
-        raw = self._ingest(args=args)
+        return args
+
+    def _ingested(self, raw: list[Any]) -> dict[str, Ingested]:
         out, ids = {}, self._ids
         for i in range(0, len(raw), 5):
             key = raw[i].decode()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,40 @@ class InboundMessage:
 
 
 @dataclass
+class DecodedBatch:
+    messages: Sequence[InboundMessage]
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)    # source key -> its events
+    decisions: list[dict[str, Any]] = field(default_factory=list)            # review decisions
+    out: _Outputs = field(default_factory=lambda: _Outputs())
+
+    @property
+    def keys(self) -> set[str]:
+        return set(self.events)
+
+    @property
+    def exclusive(self) -> bool:
+        """Merges and review decisions join records beyond the batch's own: such a batch is never
+        in flight beside another (link_pipeline)."""
+        return bool(self.decisions) or any(e.get("merged_from") for evs in self.events.values() for e in evs)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch folded, its ingest under way: what `finish` needs."""
+    batch: DecodedBatch
+    states: dict[str, dict[str, Any]]       # the batch's source states, folded
+    changed: dict[str, dict[str, Any]]      # those the batch changed (to write)
+    demos: list[Demographics]
+    causes: dict[str, list[str]]            # source key -> the event ids that touched it
+    ods: dict[str, set[str]]
+    methods: dict[str, str]                 # source key -> how a forced link came (merge, review)
+    forced: list[tuple[str, str]]
+    forbidden: list[tuple[str, str]]
+    held: list[tuple[str, str]]             # merges across NHS numbers, for review
+    ingested: Callable[[], dict[str, identity_graph.Ingested]]
+
+
+@dataclass
 class BatchStats:
     events: int = 0
     records_linked: int = 0
@@ -107,28 +141,40 @@ class LinkStage:
 
     # ---- the batch ------------------------------------------------------------------------------
     def process(self, messages: Sequence[InboundMessage]) -> BatchStats:
-        stats, out = BatchStats(events=len(messages)), _Outputs()
-        events: dict[str, list[dict[str, Any]]] = {}
-        decisions: list[dict[str, Any]] = []
+        """One batch, start to finish (link_pipeline runs the three steps of consecutive batches
+        interleaved)."""
+        return self.finish(self.prepare(self.decode(messages)))
+
+    def decode(self, messages: Sequence[InboundMessage]) -> DecodedBatch:
+        """The batch's events by source key and its review decisions. No I/O; an undecodable
+        message becomes a dead letter."""
+        batch = DecodedBatch(messages)
         for m in messages:
             try:
                 if m.topic == LINK_REVIEW.name:
                     decision = codec.decode(m.value or b"", "IdentityEvent")
                     if decision["type"] in ("REVIEW_ACCEPTED", "REVIEW_REJECTED"):
-                        decisions.append(decision)
+                        batch.decisions.append(decision)
                 else:
                     event = codec.decode(m.value or b"", "SourcePatientEvent")
-                    events.setdefault(source_event_key(event), []).append(event)
+                    batch.events.setdefault(source_event_key(event), []).append(event)
             except Exception as exc:  # noqa: BLE001 - a poison message is parked, the stream goes on
-                out.dead_letters.append(self._dead_letter(m, f"undecodable event: {type(exc).__name__}", "UNDECODABLE"))
+                batch.out.dead_letters.append(self._dead_letter(m, f"undecodable event: {type(exc).__name__}",
+                                                                "UNDECODABLE"))
+        return batch
 
-        states, demos, causes, ods = self._fold(events, out)
+    def prepare(self, batch: DecodedBatch) -> PreparedBatch:
+        """Fold the events into their source states (written by `finish`), and start the
+        ingest of the batch's demographics: Redis runs it while the caller finishes the batch
+        before this one."""
+        out = batch.out
+        states, changed, demos, causes, ods = self._fold(batch.events, out)
         methods: dict[str, str] = {}
-        forced, held = self._merges(events, demos)
+        forced, held = self._merges(batch.events, demos)
         for key, old_key in forced:
             methods[key] = methods[old_key] = "hl7-merge"
         forbidden: list[tuple[str, str]] = []
-        for d in decisions:
+        for d in batch.decisions:
             review = self.graph.close_review(d["caused_by"], d["type"])
             if review is None:
                 continue
@@ -137,19 +183,29 @@ class LinkStage:
             methods[pair[0]] = methods[pair[1]] = "review"
             causes.setdefault(pair[0], []).append(d["event_id"])
             out.identity_events.append(d)
+        ingest = self.graph.start_ingest(demos) if demos else dict
+        return PreparedBatch(batch, states, changed, demos, causes, ods, methods, forced, forbidden, held, ingest)
 
-        outcome = identity_graph.link_batch(self.graph, demos, self.params, forced, forbidden)
-        stats.candidates = [outcome.candidates.get(d.key, 0) for d in demos]
-        stats.records_linked = len(demos)
-        persons_now = self.graph.persons_of(sorted({*states, *(k for p in forced + forbidden for k in p)}))
+    def finish(self, p: PreparedBatch) -> BatchStats:
+        """Decide and apply the links, write the source states, rebuild and publish the records."""
+        stats, out = BatchStats(events=len(p.batch.messages)), p.batch.out
+        outcome = identity_graph.link_batch(self.graph, p.demos, self.params, p.forced, p.forbidden,
+                                            ingested=p.ingested())
+        # Written after the links, not at the fold: a Redis call here would wait behind the next
+        # batch's ingest. A crash before it replays the events into the same states (folding is
+        # idempotent on event id); `_rebuild` reads this batch's states from memory.
+        self.records.put_source_states(p.changed)
+        stats.candidates = [outcome.candidates.get(d.key, 0) for d in p.demos]
+        stats.records_linked = len(p.demos)
+        persons_now = self.graph.persons_of(sorted({*p.states, *(k for pair in p.forced + p.forbidden for k in pair)}))
         self._check_coherence(outcome)
         outcome.decisions += [identity_graph.PairDecision(a, b, 0, "merge-across-nhs-numbers", None, 0.0)
-                              for a, b in held]
-        self._identity_events(outcome, causes, methods, persons_now, out)
-        self._queue_reviews(outcome, causes, persons_now, out)
+                              for a, b in p.held]
+        self._identity_events(outcome, p.causes, p.methods, persons_now, out)
+        self._queue_reviews(outcome, p.causes, persons_now, out)
 
         touched = set(persons_now.values()) | outcome.persons_touched()
-        stats.record_retries = self._rebuild(touched, causes, ods, out, states)
+        stats.record_retries = self._rebuild(touched, p.causes, p.ods, out, p.states)
         stats.changes_published = len(out.changes)
         stats.dead_letters = len(out.dead_letters)
         self._publish(out)
@@ -191,7 +247,8 @@ class LinkStage:
         return stats
 
     def _fold(self, events: dict[str, list[dict[str, Any]]], out: _Outputs
-              ) -> tuple[dict[str, dict[str, Any]], list[Demographics], dict[str, list[str]], dict[str, set[str]]]:
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[Demographics], dict[str, list[str]],
+                         dict[str, set[str]]]:
         stored = self.records.source_states(sorted(events))
         states, changed, demos = {}, {}, []
         causes: dict[str, list[str]] = {}
@@ -220,8 +277,7 @@ class LinkStage:
             demos.append(demo)
             if any_change:
                 changed[key] = state
-        self.records.put_source_states(changed)
-        return states, demos, causes, ods
+        return states, changed, demos, causes, ods
 
     # ---- identity events --------------------------------------------------------------------
     def _event(self, cause: str, kind: str, person: str, other: str | None, keys: list[str], score: float | None,

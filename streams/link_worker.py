@@ -24,6 +24,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
 from functools import partial
 
 import redis
@@ -35,6 +36,7 @@ from foundation.durable_producer import DurableProducer
 from schemas.topics import LINK_REVIEW, SOURCE_EVENTS
 from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
+from streams.link_pipeline import LinkPipeline, PipelineInterrupted
 from streams.link_stage import InboundMessage, LinkStage, StageUnavailable
 from streams.record_store import RedisRecordStore
 from streams.worker_status import WorkerStatus
@@ -132,11 +134,15 @@ def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) ->
     if status_port:
         status.serve(status_port)
     consumer = Consumer(consumer_config(settings, worker_id))
+    pipeline = LinkPipeline(stage)
     # Offsets processed but not yet committed (a commit can fail while the group rebalances):
     # committed with the next batch, or dropped when the partition moves (its new owner replays).
     pending: dict[tuple[str, int], int] = {}
 
     def revoked(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The batch in flight is dropped, not finished: its offsets were never committed, and after
+        # a rebalance ("range" is an eager strategy) the consumer starts again from committed offsets.
+        pipeline.abandon()
         for tp in partitions:
             pending.pop((tp.topic, tp.partition), None)
 
@@ -146,33 +152,58 @@ def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) ->
     def request_stop(*_: object) -> None:
         stop["now"] = True
 
+    def done(batches: list[Sequence[InboundMessage]]) -> None:
+        for batch in batches:
+            status.processed(len(batch))
+            for tp in _offsets(batch):
+                pending[(tp.topic, tp.partition)] = tp.offset
+
+    def step(batch: list[InboundMessage]) -> bool:
+        """One pipeline step; on a failure, what was in flight is processed again one batch at a
+        time (retrying while Redis or Kafka is away, parking what fails on its own). False: stop."""
+        try:
+            done([m for m, _ in pipeline.step(batch)])
+            return True
+        except PipelineInterrupted as broken:
+            log.warning("batches in flight failed (%s); processing them again one at a time", broken)
+            done([m for m, _ in broken.finished])
+            for messages in broken.unfinished:
+                if not process_with_retry(stage, list(messages), lambda: stop["now"], status):
+                    return False
+                done([messages])
+            return True
+
+    def commit() -> None:
+        if not pending:
+            return
+        try:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(pending.items())],
+                            asynchronous=False)
+            pending.clear()
+        except KafkaException as exc:
+            log.warning("commit failed (%s); retried with the next batch", exc)
+
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     log.info("link worker %s started (batch %d, wait %d ms)", worker_id or "-", settings.link_batch_size,
              settings.link_batch_wait_ms)
     try:
         while not stop["now"]:
-            messages = consumer.consume(settings.link_batch_size, settings.link_batch_wait_ms / 1000)
+            # With a batch in flight, take only what has arrived: finishing it must not wait.
+            wait = 0 if pipeline.ahead is not None else settings.link_batch_wait_ms / 1000
+            messages = consumer.consume(settings.link_batch_size, wait)
             batch = []
             for m in messages:
                 if m.error():
                     log.warning("consumer: %s", m.error())
                 else:
                     batch.append(m)
-            if batch:
-                inbound = _inbound(batch)
-                if not process_with_retry(stage, inbound, lambda: stop["now"], status):
-                    break
-                status.processed(len(inbound))
-                for tp in _offsets(inbound):
-                    pending[(tp.topic, tp.partition)] = tp.offset
-            if pending:
-                try:
-                    consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in sorted(pending.items())],
-                                    asynchronous=False)
-                    pending.clear()
-                except KafkaException as exc:
-                    log.warning("commit failed (%s); retried with the next batch", exc)
+            if (batch or pipeline.ahead is not None) and not step(_inbound(batch)):
+                break
+            commit()
+        if pipeline.ahead is not None:
+            step([])      # finish the batch in flight before leaving
+        commit()
     finally:
         consumer.close()
         stage.producer.close()
