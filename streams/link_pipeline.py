@@ -37,8 +37,12 @@ class PipelineInterrupted(Exception):
 
 
 class LinkPipeline:
-    def __init__(self, stage: LinkStage) -> None:
+    def __init__(self, stage: LinkStage, overlap_from: int = 1) -> None:
+        """`overlap_from`: the least batch size kept in flight. Smaller batches are processed
+        start to finish at once: they come when traffic is light, when overlapping them would
+        only make more, smaller batches (each with its fixed cost: commit, flush, round trips)."""
         self.stage = stage
+        self.overlap_from = overlap_from
         self.ahead: PreparedBatch | None = None      # prepared, its ingest under way, not finished
 
     def step(self, messages: Sequence[InboundMessage]) -> Finished:
@@ -50,7 +54,11 @@ class LinkPipeline:
             if self.ahead is not None and (batch is None or batch.exclusive or self.ahead.batch.exclusive
                                            or not batch.keys.isdisjoint(self.ahead.batch.keys)):
                 finished.append(self._finish_ahead())
-            if batch is not None:
+            if batch is not None and len(messages) < self.overlap_from:
+                if self.ahead is not None:
+                    finished.append(self._finish_ahead())
+                finished.append((messages, self.stage.finish(self.stage.prepare(batch))))
+            elif batch is not None:
                 prepared = self.stage.prepare(batch)
                 if self.ahead is not None:
                     finished.append(self._finish_ahead())

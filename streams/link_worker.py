@@ -134,7 +134,10 @@ def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) ->
     if status_port:
         status.serve(status_port)
     consumer = Consumer(consumer_config(settings, worker_id))
-    pipeline = LinkPipeline(stage)
+    # Two batches in flight only when batches are large (a backlog): light traffic comes in small
+    # batches, and keeping one in flight would only make them smaller (measured: 15-25% more CPU
+    # per event at 500 events/s, for no gain in latency).
+    pipeline = LinkPipeline(stage, overlap_from=max(1, settings.link_batch_size // 4))
     # Offsets processed but not yet committed (a commit can fail while the group rebalances):
     # committed with the next batch, or dropped when the partition moves (its new owner replays).
     pending: dict[tuple[str, int], int] = {}
