@@ -112,7 +112,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / ".carebus" / "bench-cache")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    snapshot = f"link-index-{args.index}.rdb"
+    # The synthetic population is drawn whole (pop.source_records(n) is not a prefix of a larger
+    # draw): an index is only valid with the new records drawn with it, so its snapshot is named
+    # after both sizes.
+    snapshot = f"link-index-{args.index}.rdb" if args.events == 10_000 else f"link-index-{args.index}-{args.events}.rdb"
     records = pop.source_records(args.index + args.events)
     params = Parameters.load(load_settings().linkage_parameters_in_use)
     server = start_redis(args.cache, snapshot)
