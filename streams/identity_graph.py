@@ -297,9 +297,11 @@ def decide(demo: Demographics, ingested: Ingested, params: Parameters) -> list[P
 
 def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Parameters,
                forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = (),
-               ingested: dict[str, Ingested] | None = None) -> BatchOutcome:
+               ingested: dict[str, Ingested] | None = None,
+               before_apply: Callable[[], None] | None = None) -> BatchOutcome:
     """Ingest (unless `ingested` is given: these demos' ingest, started earlier), decide and apply
-    one batch (at most one Demographics per key: the newest)."""
+    one batch (at most one Demographics per key: the newest). `before_apply` runs between the
+    two."""
     if ingested is None:
         ingested = store.ingest(demos) if demos else {}
     outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()),
@@ -310,6 +312,8 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     # pair with no edge is queued, not written): the write costs what links cost, not candidates.
     linked = {(d.key, c.key) for d in demos for c in ingested[d.key].candidates if c.linked}
     writes = [d for d in outcome.decisions if d.kind or (d.a, d.b) in linked]
+    if before_apply is not None:
+        before_apply()
     outcome.take(store.apply({k: i.version for k, i in ingested.items()}, writes, forced, forbidden))
     return outcome
 

@@ -1,8 +1,9 @@
 """What a link worker does with one batch of events (link_worker.py feeds it batches).
 
-1. fold each source event into its source state (idempotent on event id); one MGET, one MSET;
+1. fold each source event into its source state (idempotent on event id); one MGET;
 2. link the batch's records (identity_graph.link_batch): one Redis script reads every
-   candidate, scoring happens in memory, one script writes the decisions and relabels people;
+   candidate, scoring happens in memory, the source states are written (one MSET), one script
+   writes the decisions and relabels people;
 3. rebuild the shared record of every person the batch touched (record_builder), written with
    compare-and-set on the version, built again if another worker got there first;
 4. produce identity events, reviews, record changes and snapshots without waiting for each,
@@ -189,12 +190,14 @@ class LinkStage:
     def finish(self, p: PreparedBatch) -> BatchStats:
         """Decide and apply the links, write the source states, rebuild and publish the records."""
         stats, out = BatchStats(events=len(p.batch.messages)), p.batch.out
+        # The source states are written once the links are decided, just before they are written:
+        # before the decisions, the write would hold them up behind the next batch's ingest (Redis
+        # runs one thing at a time); before the links, because another worker rebuilding a person
+        # must find the state of every record linked into it. A crash before it replays the events
+        # into the same states (folding is idempotent on event id).
         outcome = identity_graph.link_batch(self.graph, p.demos, self.params, p.forced, p.forbidden,
-                                            ingested=p.ingested())
-        # Written after the links, not at the fold: a Redis call here would wait behind the next
-        # batch's ingest. A crash before it replays the events into the same states (folding is
-        # idempotent on event id); `_rebuild` reads this batch's states from memory.
-        self.records.put_source_states(p.changed)
+                                            ingested=p.ingested(),
+                                            before_apply=lambda: self.records.put_source_states(p.changed))
         stats.candidates = [outcome.candidates.get(d.key, 0) for d in p.demos]
         stats.records_linked = len(p.demos)
         persons_now = self.graph.persons_of(sorted({*p.states, *(k for pair in p.forced + p.forbidden for k in pair)}))
