@@ -256,28 +256,12 @@ class Dispatcher:
         self._thread.shutdown(wait=False)
 
     async def deliver_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
-        """A batch of (person key, change) from the log: in lanes, one per patient, each in log
-        order; or, when the subscription takes several changes per notification, in chunks."""
-        if self.sub.max_per_notification > 1 and CHANNELS[self.sub.channel].carries_several:
-            await self._notify_in_chunks([value for _, value in batch])
-            return
-        lanes: dict[bytes, list[bytes]] = {}
-        for key, value in batch:
-            lanes.setdefault(key, []).append(value)
-        gate = asyncio.Semaphore(LANES)
-
-        async def lane(values: list[bytes]) -> None:
-            async with gate:
-                for value in values:          # one patient's changes, in log order
-                    await self.handle(value)
-
-        await asyncio.gather(*(lane(values) for values in lanes.values()))
-
-    async def _notify_in_chunks(self, values: list[bytes]) -> None:
-        """Several changes per notification, in log order, one notification at a time: each
-        patient's changes stay in order within and across notifications."""
+        """A batch of (person key, change) from the log, for a subscription taking several changes
+        per notification: in log order, one notification at a time, so each patient's changes stay
+        in order within and across notifications. (One change per notification goes in lanes:
+        `_in_lanes`.)"""
         chunk: list[tuple[dict[str, Any], bytes]] = []
-        for value in values:
+        for _, value in batch:
             visible, _ = await self._admit(value, redelivery=False)
             if visible is not None:
                 chunk.append((visible, value))

@@ -44,28 +44,24 @@ class Parameters:
         return math.log2(m / max(self.u[field][level], EPS))
 
     @cached_property
-    def _weights(self) -> dict[str, tuple[float, ...]]:
+    def level_weights(self) -> dict[str, tuple[float, ...]]:
+        """weight() of each field's levels without a term-frequency adjustment (the hot path's table)."""
         return {f: tuple(self.weight(f, lvl) for lvl in range(len(self.m[f]))) for f in self.m}
 
     @cached_property
     def _tf_weights(self) -> dict[str, dict[str, float]]:
         return {f: {} for f in self.tf}
 
-    @property
-    def level_weights(self) -> dict[str, tuple[float, ...]]:
-        """weight() of each field's levels without a term-frequency adjustment (the hot path's table)."""
-        return self._weights
-
     @cached_property
     def below_exact(self) -> dict[str, float]:
         """Each field's highest weight short of exact agreement: the most two names that differ can
         add (identity_graph.beneath_review)."""
-        return {f: max(w[:EXACT[f]]) for f, w in self._weights.items()}
+        return {f: max(w[:EXACT[f]]) for f, w in self.level_weights.items()}
 
     @cached_property
     def highest(self) -> dict[str, float]:
         """Each field's highest weight, or 0 (a missing field) when every level weighs against."""
-        return {f: max(0.0, *w) for f, w in self._weights.items()}
+        return {f: max(0.0, *w) for f, w in self.level_weights.items()}
 
     def exact_weight(self, field: str, value: str) -> float:
         """The weight of agreeing exactly on this value (term-frequency adjusted where that applies)."""
@@ -86,7 +82,7 @@ class Parameters:
     def score(self, vector: dict[str, int | None], values: dict[str, str] | None = None) -> float:
         # The hot path of linking (once per candidate pair): weights come from tables computed
         # once per parameter set; equal to summing weight() over the fields.
-        weights, tf_weights, total = self._weights, self._tf_weights, 0.0
+        weights, tf_weights, total = self.level_weights, self._tf_weights, 0.0
         for f, lvl in vector.items():
             if lvl is None or f not in weights:
                 continue

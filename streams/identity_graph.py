@@ -210,10 +210,11 @@ def beneath_review(a: Demographics, b: Demographics, params: Parameters) -> bool
         bound += params.exact_weight("given", a.given) if a.given == b.given else below_exact["given"]
     if a.family and b.family:
         bound += params.exact_weight("family", a.family) if a.family == b.family else below_exact["family"]
-    if a.sex is not None and b.sex is not None:
-        bound += weights["sex"][sex_level(a, b)]
-    if a.postcode and b.postcode:
-        bound += weights["postcode"][postcode_level(a.postcode, b.postcode)]
+    sex, postcode = sex_level(a, b), postcode_level(a.postcode, b.postcode)
+    if sex is not None:
+        bound += weights["sex"][sex]
+    if postcode is not None:
+        bound += weights["postcode"][postcode]
     # A margin far above float rounding: a pair at the threshold is always scored in full.
     threshold = params.review_score - 1e-6
     if bound + params.highest["birth_date"] < threshold:

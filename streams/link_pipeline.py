@@ -52,12 +52,11 @@ class LinkPipeline:
         finished: Finished = []
         try:
             batch = self.stage.decode(messages) if messages else None
-            if self.ahead is not None and (batch is None or batch.exclusive or self.ahead.batch.exclusive
+            small = batch is not None and len(messages) < self.overlap_from
+            if self.ahead is not None and (batch is None or small or batch.exclusive or self.ahead.batch.exclusive
                                            or not batch.keys.isdisjoint(self.ahead.batch.keys)):
                 finished.append(self._finish_ahead())
-            if batch is not None and len(messages) < self.overlap_from:
-                if self.ahead is not None:
-                    finished.append(self._finish_ahead())
+            if small:
                 finished.append((messages, self.stage.finish(self.stage.prepare(batch))))
             elif batch is not None:
                 prepared = self.stage.prepare(batch)

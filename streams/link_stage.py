@@ -69,11 +69,31 @@ class InboundMessage:
 
 
 @dataclass
+class BatchStats:
+    events: int = 0
+    records_linked: int = 0
+    candidates: list[int] = field(default_factory=list)
+    changes_published: int = 0
+    dead_letters: int = 0
+    record_retries: int = 0
+
+
+@dataclass
+class _Outputs:
+    identity_events: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    emitted: dict[str, int] = field(default_factory=dict)
+    merged: dict[str, str] = field(default_factory=dict)        # person merged away -> survivor
+
+
+@dataclass
 class DecodedBatch:
     messages: Sequence[InboundMessage]
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)    # source key -> its events
     decisions: list[dict[str, Any]] = field(default_factory=list)            # review decisions
-    out: _Outputs = field(default_factory=lambda: _Outputs())
+    out: _Outputs = field(default_factory=_Outputs)
 
     @property
     def keys(self) -> set[str]:
@@ -100,26 +120,6 @@ class PreparedBatch:
     forbidden: list[tuple[str, str]]
     held: list[tuple[str, str]]             # merges across NHS numbers, for review
     ingested: Callable[[], dict[str, identity_graph.Ingested]]
-
-
-@dataclass
-class BatchStats:
-    events: int = 0
-    records_linked: int = 0
-    candidates: list[int] = field(default_factory=list)
-    changes_published: int = 0
-    dead_letters: int = 0
-    record_retries: int = 0
-
-
-@dataclass
-class _Outputs:
-    identity_events: list[dict[str, Any]] = field(default_factory=list)
-    reviews: list[dict[str, Any]] = field(default_factory=list)
-    changes: list[tuple[dict[str, Any], dict[str, Any] | None]] = field(default_factory=list)
-    dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    emitted: dict[str, int] = field(default_factory=dict)
-    merged: dict[str, str] = field(default_factory=dict)        # person merged away -> survivor
 
 
 def _ref(key: str) -> dict[str, Any]:
