@@ -63,14 +63,23 @@ def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:
         # source-events partitions and the other all six link-review ones: two workers ran at the
         # speed of one. (Restart all workers together when changing it: a group has one strategy.)
         "partition.assignment.strategy": "range",
+        # The broker answers a fetch once it holds fetch.min.bytes or after fetch.wait.max.ms. With
+        # one byte it answered every few events (over a hundred fetches a second per worker at 250
+        # events/s), and the broker's cost is per request; a batch waits up to
+        # CAREBUS_LINK_BATCH_WAIT_MS for its events anyway.
         "fetch.wait.max.ms": 20,
+        "fetch.min.bytes": 64 * 1024,
     })
 
 
 def create_stage(settings: Settings) -> LinkStage:
     client = sync_client(settings, socket_timeout=30)
+    # A batch's outputs are produced together and then flushed, and a flush sends at once whatever
+    # linger.ms says: a long linger only stops librdkafka sending a partition's outputs in several
+    # requests while the batch is still being encoded (it sends one request per partition, and the
+    # broker's cost is per request).
     return LinkStage(RedisGraphStore(client), RedisRecordStore(client),
-                     DurableProducer(settings, **{"linger.ms": 2}), Parameters.load(settings.linkage_parameters_in_use))
+                     DurableProducer(settings, **{"linger.ms": 100}), Parameters.load(settings.linkage_parameters_in_use))
 
 
 def _inbound(messages) -> list[InboundMessage]:  # noqa: ANN001 - confluent_kafka.Message
