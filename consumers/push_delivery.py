@@ -135,10 +135,10 @@ class Dispatcher:
     async def _in_batches(self, consumer: Consumer) -> None:
         """Several changes per notification: batch by batch, each committed when delivered."""
         while not self._stop.is_set():
-            msgs = [m for m in await self._blocking(self._take, consumer, IDLE_WAIT, BATCH) if not m.error()]
+            msgs = [m for m in await self._blocking(self._take, consumer) if not m.error()]
             if not msgs:
                 continue
-            await self.deliver_batch([(m.key() or b"", m.value()) for m in msgs])
+            await self.deliver_batch([m.value() for m in msgs])
             await self.flush_tally()
             await self._blocking(consumer.commit, asynchronous=False)
 
@@ -190,7 +190,7 @@ class Dispatcher:
                     # Lanes busy: what arrives within BUSY_WAIT, in one take.
                     msgs = await self._blocking(consumer.consume, BATCH - watermark.in_flight, BUSY_WAIT)
                 else:
-                    msgs = await self._blocking(self._take, consumer, IDLE_WAIT, BATCH)
+                    msgs = await self._blocking(self._take, consumer)
                 for m in msgs:
                     if m.error():
                         continue
@@ -228,11 +228,11 @@ class Dispatcher:
         watermark.committed(offsets)
 
     @staticmethod
-    def _take(consumer: Consumer, wait: float, most: int) -> list:
+    def _take(consumer: Consumer) -> list:
         # Wait for the first change (an idle subscription costs one call per IDLE_WAIT), then take
-        # whatever else has already arrived, up to `most`, without waiting: no latency is added.
-        first = consumer.consume(1, wait)
-        return first + consumer.consume(most - 1, 0) if first and most > 1 else first
+        # whatever else has already arrived, up to BATCH, without waiting: no latency is added.
+        first = consumer.consume(1, IDLE_WAIT)
+        return first + consumer.consume(BATCH - 1, 0) if first else first
 
     async def flush_tally(self) -> None:
         tally, self._tally = self._tally, {}
@@ -255,13 +255,13 @@ class Dispatcher:
             await self._session.close()
         self._thread.shutdown(wait=False)
 
-    async def deliver_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
-        """A batch of (person key, change) from the log, for a subscription taking several changes
+    async def deliver_batch(self, values: list[bytes]) -> None:
+        """A batch of changes from the log, for a subscription taking several changes
         per notification: in log order, one notification at a time, so each patient's changes stay
         in order within and across notifications. (One change per notification goes in lanes:
         `_in_lanes`.)"""
         chunk: list[tuple[dict[str, Any], bytes]] = []
-        for _, value in batch:
+        for value in values:
             visible, _ = await self._admit(value, redelivery=False)
             if visible is not None:
                 chunk.append((visible, value))

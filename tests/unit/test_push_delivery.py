@@ -78,8 +78,7 @@ def run(answers: list[int], max_attempts: int, port: int | None = None, channel:
             if batch is None:
                 outcome = await dispatcher.deliver(CHANGE, codec.encode("RecordChange", CHANGE))
             else:
-                await dispatcher.deliver_batch([(c["person_id"].encode(), codec.encode("RecordChange", c))
-                                                for c in batch])
+                await dispatcher.deliver_batch([codec.encode("RecordChange", c) for c in batch])
                 outcome = "batch"
         finally:
             await dispatcher.close()
