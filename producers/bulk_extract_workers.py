@@ -65,8 +65,9 @@ class ExtractWorkers:
         if header_error is not None or fieldnames is None:
             return EncodedExtract([], [header_error] if header_error else [])
         shards: list[list[tuple[int, str]]] = [[] for _ in range(self.processes)]
+        columns = vision_extract.patient_columns(fieldnames)
         for n, line in numbered:
-            ods, pid = vision_extract.patient_of_line(line, fieldnames)
+            ods, pid = vision_extract.patient_of_line(line, columns)
             shards[zlib.crc32(f"{ods}|{pid}".encode()) % self.processes].append((n, line))
         loop = asyncio.get_running_loop()
         digest = vision_extract.digest_of(raw)

@@ -4,9 +4,12 @@ numbers, whatever shard each patient fell into, with a patient's rows scattered 
 from __future__ import annotations
 
 import asyncio
+import csv
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producers import vision_extract
 from producers.bulk_extract_workers import ExtractWorkers
@@ -58,3 +61,18 @@ def test_workers_give_the_connectors_own_events_and_errors(workers, seed):
 def test_an_unusable_header_is_a_line_one_error(workers):
     result = asyncio.run(workers.parse(b"a,b\n1,2\n", "f.csv", 0, {}))
     assert not result.events and result.errors[0].line == 1 and "header lacks columns" in result.errors[0].reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from(list('ab ,"\'X1\t')), max_size=8), min_size=0, max_size=25),
+       st.booleans())
+def test_a_lines_shard_is_read_as_the_parser_reads_its_patient(cells, doubled_header):
+    """The connector splits a line itself to choose its shard; a patient whose lines went to two
+    shards would come out as two events. Whatever the line (quotes, commas inside quotes, an unclosed
+    quote, too few or too many cells, a header naming a column twice), the (practice, patient id)
+    it reads are those csv.DictReader gives _apply_row."""
+    fieldnames = list(vision_extract.COLUMNS) + (["patient_id"] if doubled_header else [])
+    line = ",".join(cells)
+    row = next(csv.DictReader([line], fieldnames=fieldnames), None) or {}
+    expected = ((row.get("practice_ods") or "").strip().upper(), (row.get("patient_id") or "").strip())
+    assert vision_extract.patient_of_line(line, vision_extract.patient_columns(fieldnames)) == expected
