@@ -1,7 +1,7 @@
 """The link and record stage alone, in process, on a large index: what one worker's batches cost
 once the index holds a million records, next to the same batches on an empty index (the
 baseline: the issue's "cost stays flat as the index grows"), and next to the same stage taking one
-batch at a time (the baseline for link_pipeline's two batches in flight).
+batch at a time (the baseline for link_pipeline's batches in flight).
 
     python -m bench.link_stage_scale --index 1000000 --events 10000
 
@@ -75,7 +75,7 @@ def messages(records: list[pop.SourceRecord], lo: int, hi: int) -> list[InboundM
 
 def run(stage: LinkStage, client: redis.Redis, batches: list[list[InboundMessage]], pipelined: bool
         ) -> dict[str, float]:
-    """Time the batches, two in flight (link_pipeline, as a worker runs them) or one at a time."""
+    """Time the batches, in flight (link_pipeline, as a worker runs them) or one at a time."""
     client.config_resetstat()
     cpu = client.info("cpu")
     redis_cpu = cpu["used_cpu_user"] + cpu["used_cpu_sys"]
@@ -159,7 +159,7 @@ def main() -> None:
         subprocess.run(["redis-cli", "-p", str(PORT), "shutdown", "nosave"], capture_output=True)
         server.wait()
     table = Table(title=f"link and record stage, one worker, in process: {args.events:,} new records in batches of "
-                        f"{args.batch}, two in flight as a worker runs them (Kafka left out)")
+                        f"{args.batch}, in flight as a worker runs them (Kafka left out)")
     for col in ("index", "events/s", "Python CPU µs/event", "Redis CPU µs/event", "Redis commands/event"):
         table.add_column(col)
     for label, r in ((f"{size:,} records", big), (f"{size:,} records, one batch at a time (baseline)", big_alone),

@@ -122,6 +122,15 @@ class PreparedBatch:
     ingested: Callable[[], dict[str, identity_graph.Ingested]]
 
 
+@dataclass
+class LinkedBatch:
+    """A batch whose links and records are written: what is left is to publish its outputs."""
+    messages: Sequence[InboundMessage]
+    out: _Outputs
+    stats: BatchStats
+    counts: tuple[dict[str, int], dict[str, int]]      # link counts and candidate histogram (graph.count)
+
+
 def _ref(key: str) -> dict[str, Any]:
     parsed = SourceKey.parse(key)
     return {"system": parsed.source_system,
@@ -139,11 +148,13 @@ class LinkStage:
         self.records = records
         self.producer = producer
         self.params = params
+        # Batches published whose records are not yet marked as published, nor the batch counted.
+        self._unsettled: list[tuple[dict[str, int], tuple[dict[str, int], dict[str, int]]]] = []
 
     # ---- the batch ------------------------------------------------------------------------------
     def process(self, messages: Sequence[InboundMessage]) -> BatchStats:
-        """One batch, start to finish (link_pipeline runs the three steps of consecutive batches
-        interleaved)."""
+        """One batch, start to finish (link_pipeline runs the steps of consecutive batches
+        interleaved: decode, prepare, link, publish)."""
         return self.finish(self.prepare(self.decode(messages)))
 
     def decode(self, messages: Sequence[InboundMessage]) -> DecodedBatch:
@@ -189,6 +200,11 @@ class LinkStage:
 
     def finish(self, p: PreparedBatch) -> BatchStats:
         """Decide and apply the links, write the source states, rebuild and publish the records."""
+        return self.publish(self.link(p))
+
+    def link(self, p: PreparedBatch) -> LinkedBatch:
+        """Decide and apply the links, write the source states and rebuild the records: every
+        Redis write of the batch. Its outputs are published by `publish`."""
         stats, out = BatchStats(events=len(p.batch.messages)), p.batch.out
         # The source states are written once the links are decided, just before they are written:
         # before the decisions, the write would hold them up behind the next batch's ingest (Redis
@@ -197,7 +213,7 @@ class LinkStage:
         # into the same states (folding is idempotent on event id).
         outcome = identity_graph.link_batch(self.graph, p.demos, self.params, p.forced, p.forbidden,
                                             ingested=p.ingested(),
-                                            before_apply=lambda: self.records.put_source_states(p.changed))
+                                            before_apply=lambda: self._before_apply(p.changed))
         stats.candidates = [outcome.candidates.get(d.key, 0) for d in p.demos]
         stats.records_linked = len(p.demos)
         persons_now = self.graph.persons_of(sorted({*p.states, *(k for pair in p.forced + p.forbidden for k in pair)}))
@@ -211,9 +227,35 @@ class LinkStage:
         stats.record_retries = self._rebuild(touched, p.causes, p.ods, out, p.states)
         stats.changes_published = len(out.changes)
         stats.dead_letters = len(out.dead_letters)
-        self._publish(out)
-        self._count(outcome, stats, len(out.reviews))
-        return stats
+        # The index has already moved the members (apply), so the old id's survivor is noted
+        # now, not after publication: a crash in between must not lose it (a replay relabels nothing).
+        self.graph.note_merged(out.merged)
+        return LinkedBatch(p.batch.messages, out, stats, self._counts(outcome, stats, len(out.reviews)))
+
+    def publish(self, linked: LinkedBatch, settle: bool = True) -> BatchStats:
+        """Produce the batch's outputs and wait until Kafka has every one. Then the records are
+        marked as published and the batch counted (`settle`); with settle=False that waits for the
+        next batch's first write (link_pipeline: a Redis call now would wait behind the ingest of
+        the batch after, which is running while this one publishes). Either way a record is
+        marked before any later batch rebuilds it; a crash before the mark only means a replay
+        publishes the same change again, with the same event id."""
+        self._produce(linked.out)
+        self._unsettled.append((linked.out.emitted, linked.counts))
+        if settle:
+            self.settle()
+        return linked.stats
+
+    def settle(self) -> None:
+        """Write the marks and counts of batches published and not yet settled."""
+        while self._unsettled:
+            emitted, (counts, histogram) = self._unsettled[0]
+            self.records.mark_emitted(emitted)
+            self.graph.count(counts, histogram)
+            self._unsettled.pop(0)
+
+    def _before_apply(self, changed: dict[str, dict[str, Any]]) -> None:
+        self.settle()
+        self.records.put_source_states(changed)
 
     def _merges(self, events: dict[str, list[dict[str, Any]]], demos: Sequence[Demographics]
                 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -418,15 +460,18 @@ class LinkStage:
 
     # ---- publication ---------------------------------------------------------------------------
     def _publish(self, out: _Outputs) -> None:
+        """Publish at once, outside the batch path (relink, parking a message)."""
+        self.graph.note_merged(out.merged)
+        self._produce(out)
+        self.records.mark_emitted(out.emitted)
+
+    def _produce(self, out: _Outputs) -> None:
         errors: list[Any] = []
 
         def confirm(err: Any, _msg: Any) -> None:
             if err is not None:
                 errors.append(err)
 
-        # The index has already moved the members (apply), so the old id's survivor is noted
-        # now, not after publication: a crash in between must not lose it (a replay relabels nothing).
-        self.graph.note_merged(out.merged)
         p = self.producer
         for e in out.identity_events:
             p.produce(IDENTITY_EVENTS.name, codec.encode("IdentityEvent", e), key=e["person_id"],
@@ -452,7 +497,6 @@ class LinkStage:
         # One wait for the whole batch: every output is confirmed by all in-sync replicas.
         if p.flush(60) != 0 or errors:
             raise StageUnavailable(f"Kafka did not confirm the linker's output ({len(errors)} errors)")
-        self.records.mark_emitted(out.emitted)
 
     def park(self, m: InboundMessage, exc: Exception) -> None:
         """A message that fails on its own, whatever is retried: to the dead-letter topic."""
@@ -467,7 +511,9 @@ class LinkStage:
             original_topic=m.topic or None, original_partition=m.partition if m.partition >= 0 else None,
             original_offset=m.offset if m.offset >= 0 else None)
 
-    def _count(self, outcome: identity_graph.BatchOutcome, stats: BatchStats, reviews: int) -> None:
+    @staticmethod
+    def _counts(outcome: identity_graph.BatchOutcome, stats: BatchStats, reviews: int
+                ) -> tuple[dict[str, int], dict[str, int]]:
         counts = {"links": sum(1 for r in outcome.relabels),
                   "merges": sum(1 for r in outcome.relabels for p in set(r.moved.values()) if p in outcome.emptied),
                   "unmerges": sum(1 for r in outcome.relabels for p in set(r.moved.values())
@@ -477,4 +523,4 @@ class LinkStage:
         hist: dict[str, int] = {}
         for n in stats.candidates:
             hist[_bucket(n)] = hist.get(_bucket(n), 0) + 1
-        self.graph.count(counts, hist)
+        return counts, hist

@@ -143,7 +143,7 @@ def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) ->
     if status_port:
         status.serve(status_port)
     consumer = Consumer(consumer_config(settings, worker_id))
-    # Two batches in flight only when batches are large (a backlog): light traffic comes in small
+    # Batches in flight only when batches are large (a backlog): light traffic comes in small
     # batches, and keeping one in flight would only make them smaller (measured: 15-25% more CPU
     # per event at 500 events/s, for no gain in latency).
     pipeline = LinkPipeline(stage, overlap_from=max(1, settings.link_batch_size // 4))
@@ -152,8 +152,8 @@ def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) ->
     pending: dict[tuple[str, int], int] = {}
 
     def revoked(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The batch in flight is dropped, not finished: its offsets were never committed, and after
-        # a rebalance ("range" is an eager strategy) the consumer starts again from committed offsets.
+        # The batches in flight are dropped, not finished: their offsets were never committed, and
+        # after a rebalance ("range" is an eager strategy) the consumer starts again from committed offsets.
         pipeline.abandon()
         for tp in partitions:
             pending.pop((tp.topic, tp.partition), None)
@@ -201,8 +201,8 @@ def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) ->
              settings.link_batch_wait_ms)
     try:
         while not stop["now"]:
-            # With a batch in flight, take only what has arrived: finishing it must not wait.
-            wait = 0 if pipeline.ahead is not None else settings.link_batch_wait_ms / 1000
+            # With batches in flight, take only what has arrived: finishing them must not wait.
+            wait = 0 if pipeline.in_flight else settings.link_batch_wait_ms / 1000
             messages = consumer.consume(settings.link_batch_size, wait)
             batch = []
             for m in messages:
@@ -210,11 +210,11 @@ def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) ->
                     log.warning("consumer: %s", m.error())
                 else:
                     batch.append(m)
-            if (batch or pipeline.ahead is not None) and not step(_inbound(batch)):
+            if (batch or pipeline.in_flight) and not step(_inbound(batch)):
                 break
             commit()
-        if pipeline.ahead is not None:
-            step([])      # finish the batch in flight before leaving
+        if pipeline.in_flight:
+            step([])      # finish the batches in flight before leaving
         commit()
     finally:
         consumer.close()
