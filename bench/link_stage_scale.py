@@ -15,7 +15,6 @@ runs. Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import gc
 import subprocess
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from simulator import population as pop
 from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
 from streams.link_pipeline import LinkPipeline
+from streams.link_worker import settle_garbage_collector
 from streams.link_stage import InboundMessage, LinkStage
 from streams.record_store import RedisRecordStore
 
@@ -138,8 +138,7 @@ def main() -> None:
         new = messages(records, args.index, args.index + args.events)
         batches = [new[i:i + args.batch] for i in range(0, len(new), args.batch)]
         del records
-        gc.collect()
-        gc.freeze()
+        settle_garbage_collector()      # as a link worker runs it
         # Pipelined and one batch at a time take turns (pipelined, alone, alone, pipelined), a
         # quarter of the new records each, so that a machine that speeds up or slows down steadily
         # during the run favours neither.
