@@ -478,8 +478,14 @@ class RedisGraphStore:
         except BaseException:
             self.abandon_ingests()
             raise
+        # redis-py retries a failed send on a new socket, silently: the replies still owed on the
+        # old one are gone, and the next reply read would be another batch's.
+        sent_on = conn._sock
 
         def result() -> dict[str, Ingested]:
+            if conn._sock is not sent_on:
+                self.abandon_ingests()
+                raise redis.ConnectionError("the ingest connection was reset: its reply is lost")
             try:
                 raw = conn.read_response()
             except redis.exceptions.NoScriptError:     # Redis restarted since: run it again, loading it

@@ -177,3 +177,19 @@ def test_a_waiting_review_gains_a_second_reason_once_and_a_closed_one_is_left_al
     assert store.open_reviews_batch({"r1": {**body, "reason": "another"}}) == set()
     assert "another" not in json.loads(index.hget("carebus:review:r1", "body"))["reason"]
     assert index.smembers("carebus:reviews:open") == set()
+
+
+def test_an_ingest_whose_reply_went_with_a_reset_connection_is_lost_not_taken_from_the_next(index):
+    """Two ingests are started before either is read (link_pipeline). If the connection is reset
+    between them, redis-py sends the second on a new socket, and the first's reply is gone: reading
+    it must fail (the batches are processed again), never return the second batch's candidates."""
+    graph = RedisGraphStore(index)
+    first = graph.start_ingest([demo(r) for r in POPULATION.records[:5]])
+    graph._ahead.disconnect()
+    second = graph.start_ingest([demo(r) for r in POPULATION.records[5:10]])
+    with pytest.raises(redis.ConnectionError):
+        first()
+    with pytest.raises(redis.ConnectionError):      # everything started on it was abandoned with it
+        second()
+    again = graph.start_ingest([demo(r) for r in POPULATION.records[5:10]])
+    assert set(again()) == {demo(r).key for r in POPULATION.records[5:10]}
