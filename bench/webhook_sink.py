@@ -82,7 +82,7 @@ async def _serve() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]     # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     print(f"http://127.0.0.1:{port}/hook", flush=True)
     # Until the parent closes stdin (or exits): never outlive the benchmark.
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)

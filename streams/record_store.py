@@ -96,8 +96,8 @@ end
 
 
 # A preset dictionary: one synthetic source state of each system (no patient's data). A source
-# state is ~1.8 KB of JSON whose keys and provenance repeat in every state; with the dictionary it
-# compresses to ~400 bytes instead of ~540. The file must never change: states written with it are
+# state is ~2 KB of JSON whose keys and provenance repeat in every state; with the dictionary it
+# compresses to ~400 bytes (an ADT patient's state: 2.3 KB of JSON, 392 bytes). The file must never change: states written with it are
 # read with it (STATE_DICTIONARY_SHA256 guards it in tests); a new dictionary gets a new format byte.
 STATE_DICTIONARY = (Path(__file__).parent / "source_state.zdict").read_bytes()
 STATE_DICTIONARY_SHA256 = "7ad8e94227feecd5929131899b297be847e530dad364b6773f648529dd3d371b"
@@ -112,8 +112,10 @@ STATE_DICTIONARY_SHA256 = "7ad8e94227feecd5929131899b297be847e530dad364b6773f648
 _ZSTD = b"\x02"
 _ZLIB_WITH_DICTIONARY = b"\x01"
 _ZSTD_DICTIONARY = zstandard.ZstdCompressionDict(STATE_DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-# A zstd compressor or decompressor must not be used by two threads at once (the FHIR read API
-# reads records from a thread pool): one of each per thread.
+# A zstd compressor or decompressor must not be used by two threads at once (a shared one
+# corrupts states or crashes the process: tests/unit/test_record_store_format.py). Every caller is
+# on one thread today (the link worker, the delivery service's event loop), but `pack` and `unpack`
+# take no stand on threads: one of each per thread.
 _codecs = threading.local()
 
 

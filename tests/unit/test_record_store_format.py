@@ -34,7 +34,7 @@ def test_states_written_with_the_zlib_dictionary_are_still_read():
 
 
 def test_states_are_packed_and_read_in_many_threads_at_once():
-    """The FHIR read API unpacks in a thread pool; a zstd context shared between threads corrupts."""
+    """pack and unpack may be called from any thread; a zstd context shared between threads corrupts."""
     from concurrent.futures import ThreadPoolExecutor
 
     states = [{"key": f"k{i}", "n": list(range(i % 50)), "text": "x" * (i % 300)} for i in range(400)]
