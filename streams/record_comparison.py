@@ -158,9 +158,21 @@ def _birth_level(a: date | None, b: date | None) -> int | None:
         return None
     if a == b:
         return BIRTH_DATE.same
-    if a.year == b.year and a.month == b.day and a.day == b.month:
-        return BIRTH_DATE.typo  # day and month transposed
-    if _at_most_one_edit(date_digits(a), date_digits(b)) or abs((a - b).days) == 1:
+    if abs(a.toordinal() - b.toordinal()) == 1:
+        return BIRTH_DATE.typo  # one day off
+    if a.month != b.month and a.day != b.day:
+        # Most candidates are strangers whose month and day both differ (they share a name and a
+        # postcode, or a name and a birth year), and the edit distance of the digits was a third
+        # of screening them. Month and day each differ in a digit, so one edit can only be the swap
+        # of the month's last digit with the day's first (or the whole day with the month); a
+        # different year on top is a third digit.
+        if a.year != b.year:
+            return BIRTH_DATE.different
+        swapped = (a.month == b.day and a.day == b.month) or (
+            a.month // 10 == b.month // 10 and a.day % 10 == b.day % 10
+            and a.month % 10 == b.day // 10 and a.day // 10 == b.month % 10)
+        return BIRTH_DATE.typo if swapped else BIRTH_DATE.same_year
+    if _at_most_one_edit(date_digits(a), date_digits(b)):
         return BIRTH_DATE.typo  # a single mistyped digit, or two adjacent digits swapped
     if a.year == b.year:
         return BIRTH_DATE.same_year
@@ -198,8 +210,14 @@ def postcode_level(a: str | None, b: str | None) -> int | None:
         return None
     if a == b:
         return POSTCODE.same
-    if len(a) == len(b) and _at_most_one_edit(a, b):
-        return POSTCODE.typo  # one character mistyped or two swapped
+    if len(a) == len(b):
+        if a[:-3] != b[:-3] and a[-3:] != b[-3:]:
+            # Most candidates live elsewhere: both parts differ, which one edit explains only as the
+            # outward code's last character swapped with the inward code's first.
+            swapped = a[-4:-2] == b[-3:-5:-1] and a[:-4] == b[:-4] and a[-2:] == b[-2:]
+            return POSTCODE.typo if swapped else POSTCODE.different
+        if _at_most_one_edit(a, b):
+            return POSTCODE.typo  # one character mistyped or two swapped
     if a[:-2] == b[:-2]:
         return POSTCODE.sector  # a few streets
     if a[:-3] == b[:-3]:

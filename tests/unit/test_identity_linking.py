@@ -13,7 +13,8 @@ from streams.fellegi_sunter import estimate, starting_point
 from streams.identity_graph import (MemoryGraphStore, beneath_review, forbid_link, force_link, link_batch, pair_decision,
                                     upsert)
 from streams.linkage_quality import pairwise_quality
-from streams.record_comparison import LEVELS, Demographics, compare
+from streams.record_comparison import (BIRTH_DATE, LEVELS, POSTCODE, Demographics, birth_date_level, compare,
+                                       postcode_level)
 from tests.builders import PARAMS, POPULATION, demo
 from tests.linking_harness import groups, link_all, run_interleaved
 
@@ -61,6 +62,71 @@ def test_updated_demographics_relink_as_if_they_had_always_been_so(seed):
     link_batch(store, first, PARAMS)
     link_batch(store, [demo(r) for r in faulty], PARAMS)
     assert store.persons() == link_all(records)
+
+
+def _birth_level_by_definition(a: date, b: date) -> int:
+    """The birth-date levels as documented, digit by digit (the comparison takes shortcuts)."""
+    x, y = (f"{d.year:04d}{d.month:02d}{d.day:02d}" for d in (a, b))
+    differ = [i for i in range(8) if x[i] != y[i]]
+    one_edit = len(differ) <= 1 or (len(differ) == 2 and differ[1] == differ[0] + 1
+                                    and x[differ[0]] == y[differ[1]] and x[differ[1]] == y[differ[0]])
+    if a == b:
+        return BIRTH_DATE.same
+    if one_edit or abs((a - b).days) == 1 or (a.year == b.year and a.month == b.day and a.day == b.month):
+        return BIRTH_DATE.typo
+    return BIRTH_DATE.same_year if a.year == b.year else BIRTH_DATE.different
+
+
+def _near(d: date, rnd: random.Random) -> date:
+    """d with a digit changed, two digits swapped, day and month swapped, or a day off."""
+    digits = list(f"{d.year:04d}{d.month:02d}{d.day:02d}")
+    how = rnd.randrange(4)
+    if how == 0:
+        digits[rnd.randrange(8)] = str(rnd.randrange(10))
+    elif how == 1:
+        i = rnd.randrange(7)
+        digits[i], digits[i + 1] = digits[i + 1], digits[i]
+    elif how == 2:
+        digits[4:6], digits[6:8] = digits[6:8], digits[4:6]
+    else:
+        return d + timedelta(days=rnd.choice((-1, 1)))
+    try:
+        return date(int("".join(digits[:4])), int("".join(digits[4:6])), int("".join(digits[6:])))
+    except ValueError:
+        return d
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.dates(date(1900, 1, 1), date(2030, 12, 31)), st.dates(date(1900, 1, 1), date(2030, 12, 31)),
+       st.randoms(use_true_random=False), st.booleans())
+def test_birth_date_levels_are_the_documented_ones(a, other, rnd, near):
+    b = _near(a, rnd) if near else other
+    da, db = Demographics("A", None, "", "", a, None, None), Demographics("B", None, "", "", b, None, None)
+    assert birth_date_level(da, db) == _birth_level_by_definition(a, b)
+
+
+def _postcode_level_by_definition(a: str, b: str) -> int:
+    differ = [i for i in range(len(a)) if a[i] != b[i]] if len(a) == len(b) else None
+    one_edit = differ is not None and (len(differ) <= 1 or (
+        len(differ) == 2 and differ[1] == differ[0] + 1 and a[differ[0]] == b[differ[1]] and a[differ[1]] == b[differ[0]]))
+    if a == b:
+        return POSTCODE.same
+    if one_edit:
+        return POSTCODE.typo
+    return POSTCODE.sector if a[:-2] == b[:-2] else POSTCODE.district if a[:-3] == b[:-3] else POSTCODE.different
+
+
+_postcodes = st.text("AB12", min_size=1, max_size=8)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_postcodes, _postcodes, st.randoms(use_true_random=False), st.booleans())
+def test_postcode_levels_are_the_documented_ones(a, other, rnd, near):
+    b = other
+    if near and len(a) >= 2:        # two adjacent characters swapped
+        i = rnd.randrange(len(a) - 1)
+        b = a[:i] + a[i + 1] + a[i] + a[i + 2:]
+    assert postcode_level(a, b) == _postcode_level_by_definition(a, b)
 
 
 people = st.builds(lambda seed: pop.build(1, seed=seed).people[0], st.integers(0, 10**6))
