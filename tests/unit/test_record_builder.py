@@ -1,6 +1,10 @@
 """The shared record, pure: built from source states, and what a new version says changed."""
 from __future__ import annotations
 
+import hashlib
+
+import orjson
+
 from streams import record_builder
 from tests.builders import adt
 from tests.builders import ALLERGY, state_of
@@ -18,6 +22,19 @@ def test_version_and_time_are_not_content():
     state = state_of(adt("R1", "C1"))
     assert record_builder.part_digests(record_builder.build_record("PER-1", [state], 1, 10)) == \
         record_builder.part_digests(record_builder.build_record("PER-1", [state], 7, 99))
+
+
+def test_digests_are_stable_across_releases():
+    """Digests are stored with each record version: a release that digested the same record
+    differently would publish a new version of every record it touched. Each part is the 8-byte
+    BLAKE2b of its sorted JSON, empty parts included (and an empty map is not an empty list)."""
+    for record in (record_builder.build_record("PER-1", [state_of(adt("R1", "C1", extra=ALLERGY))], 1, 10),
+                   {**record_builder.build_record("PER-1", [state_of(adt("R1", "C1"))], 1, 10),
+                    "demographics_provenance": {}}):
+        parts = [[record["demographics"], record["sources"]]] + [record[n] for n in record_builder.DIGESTED_PARTS[1:]]
+        expected = b"".join(hashlib.blake2b(orjson.dumps(p, option=orjson.OPT_SORT_KEYS, default=str),
+                                            digest_size=8).digest() for p in parts)
+        assert record_builder.part_digests(record) == expected
 
 
 def test_a_first_version_reports_demographics_and_every_section_it_has():
