@@ -121,9 +121,20 @@ while i <= #ARGV do
   local blocks = {}
   for j = 1, nb do blocks[j] = ARGV[i+3+j] end
   i = i + 4 + nb
-  local id = get_id(key) or new_id(key, h)
+  -- Most records are new: their node is written whole, and has no state, edges or forbidden
+  -- neighbours to read (four commands of some forty per record).
+  local bucket = nid_bucket(key)
+  local id = redis.call('HGET', bucket, key)
+  local fresh = not id
+  local cur = {}
+  if fresh then
+    id = tostring(redis.call('INCR', P..'nodeseq'))
+    if id == '1' then redis.call('SET', P..'layout', '""" + LAYOUT + """') end
+    redis.call('HSET', bucket, key, id)
+  else
+    cur = redis.call('HMGET', P..'n:'..id, 'd', 'v', 'b')
+  end
   local nk = P..'n:'..id
-  local cur = redis.call('HMGET', nk, 'd', 'v', 'b')
   local version = tonumber(cur[2] or '0')
   local written = {}
   if cur[1] ~= d or version == 0 then
@@ -138,14 +149,20 @@ while i <= #ARGV do
     end
     -- The members just written are the candidates read below: no second read of each block.
     for _, b in ipairs(blocks) do written[b] = block_add(b, id) end
-    redis.call('HSET', nk, 'd', d, 'v', version, 'b', table.concat(blocks))
+    if fresh then
+      redis.call('HSET', nk, 'k', key, 'h', h, 'd', d, 'v', version, 'b', table.concat(blocks))
+    else
+      redis.call('HSET', nk, 'd', d, 'v', version, 'b', table.concat(blocks))
+    end
   end
   -- Forbidden neighbours are skipped and linked ones flagged: one read of each per node, not
   -- one per candidate (most nodes have neither).
   local seen, linked, cands, skipped = {}, {}, {}, 0
   seen[id] = true
-  for _, c in ipairs(redis.call('SMEMBERS', P..'f:'..id)) do seen[c] = true end
-  for _, c in ipairs(redis.call('HKEYS', P..'e:'..id)) do linked[c] = true end
+  if not fresh then
+    for _, c in ipairs(redis.call('SMEMBERS', P..'f:'..id)) do seen[c] = true end
+    for _, c in ipairs(redis.call('HKEYS', P..'e:'..id)) do linked[c] = true end
+  end
   for _, b in ipairs(blocks) do
     local bk, f = block_loc(b)
     local members = written[b] or redis.call('HGET', bk, f) or ','
@@ -224,7 +241,7 @@ end
 return new
 """
 
-# ARGV: prefix, n versions, (key, version)..., n decisions, (a, b, version_b, kind or '', weight)...,
+# ARGV: prefix, n versions, (key, node id or '', version)..., n decisions, (a, b, version_b, kind or '', weight)...,
 #       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
 # Returns, per relabelled person: person, n members, (member, old person or '')...; a '' marker;
 # the number of links the coherence rule refused and their (key a, key b); the persons left empty.
@@ -251,9 +268,13 @@ local seeds, seed_list = {}, {}
 local function seed(id) if not seeds[id] then seeds[id] = true; seed_list[#seed_list+1] = id end end
 
 local nv = tonumber(ARGV[i]); i = i + 1
-local versions = {}
+local versions, known = {}, {}
 local order = {}
-for _ = 1, nv do versions[ARGV[i]] = tonumber(ARGV[i+1]); order[#order+1] = ARGV[i]; i = i + 2 end
+for _ = 1, nv do
+  versions[ARGV[i]] = tonumber(ARGV[i+2]); order[#order+1] = ARGV[i]
+  if ARGV[i+1] ~= '' then known[ARGV[i]] = ARGV[i+1] end
+  i = i + 3
+end
 local nd = tonumber(ARGV[i]); i = i + 1
 local by_key = {}
 for _ = 1, nd do
@@ -279,7 +300,7 @@ for _, f in ipairs(forced) do
 end
 table.sort(order)
 for _, key in ipairs(order) do
-  local id = node_id(key, nil)
+  local id = known[key] or node_id(key, nil)
   local v = id and ver(id) or -1
   if id and v == versions[key] then
     seed(id)
@@ -530,7 +551,7 @@ class RedisGraphStore:
               ) -> Applied:
         args: list[Any] = [P, len(versions)]
         for k, v in versions.items():
-            args += [k, v]
+            args += [k, self._ids.get(k, ""), v]
         args.append(len(decisions))
         for d in decisions:
             args += [d.a, self._named(d.b), d.version_b, d.kind or "", d.weight]
