@@ -210,11 +210,13 @@ end
 return out
 """
 
-# ARGV: prefix, field, keys... Returns the field of each key's node ('' when the key is unknown).
+# ARGV: prefix, field, keys (or '#' and the node id, when the caller has read it)... Returns the
+# field of each key's node ('' when the key is unknown).
 _NODE_FIELD = _LUA_COMMON + """
 local out = {}
 for i = 3, #ARGV do
-  local id = get_id(ARGV[i])
+  local id
+  if string.byte(ARGV[i], 1) == 35 then id = string.sub(ARGV[i], 2) else id = get_id(ARGV[i]) end
   out[#out+1] = id and (redis.call('HGET', P..'n:'..id, ARGV[2]) or '') or ''
 end
 return out
@@ -582,14 +584,14 @@ class RedisGraphStore:
         """The person each key belongs to now (keys not yet linked are left out)."""
         if not keys:
             return {}
-        values = self._node_field(args=[P, "p", *keys])
+        values = self._node_field(args=[P, "p", *map(self._named, keys)])
         return {k: _s(v) for k, v in zip(keys, values) if v}
 
     def demographics(self, keys: Sequence[str]) -> list[Demographics]:
         """The stored matching view of each key that has one (for relinking)."""
         if not keys:
             return []
-        values = self._node_field(args=[P, "d", *keys])
+        values = self._node_field(args=[P, "d", *map(self._named, keys)])
         return [unpack(k, _s(d)) for k, d in zip(keys, values) if d]
 
     def members(self, person_id: str) -> list[str]:
