@@ -75,6 +75,12 @@ class Ingested:
     version: int
     candidates: tuple[Candidate, ...]
     skipped_blocks: int = 0      # blocks over BLOCK_CAP
+    # Moves an earlier run of this record applied and never published (it stopped in between),
+    # from the batch `pending_token`: see link_batch.
+    pending_token: str = ""
+    pending: tuple[Relabel, ...] = ()
+    pending_emptied: frozenset[str] = frozenset()
+    node: str = ""               # the record's node id (where its pending moves are kept)
 
 
 class PairDecision(NamedTuple):
@@ -104,6 +110,7 @@ class Applied:
     relabels: list[Relabel] = field(default_factory=list)
     emptied: set[str] = field(default_factory=set)     # persons left without members
     refused: list[tuple[str, str]] = field(default_factory=list)   # links the coherence rule held back
+    pending_at: list[str] = field(default_factory=list)    # node ids the moves are kept on until published
 
 
 @dataclass
@@ -115,6 +122,7 @@ class BatchOutcome(Applied):
 
     def take(self, applied: Applied) -> None:
         self.relabels, self.emptied, self.refused = applied.relabels, applied.emptied, applied.refused
+        self.pending_at = applied.pending_at
 
     def persons_touched(self) -> set[str]:
         out = set(self.emptied)
@@ -132,8 +140,8 @@ class GraphStore(Protocol):
         ...
 
     def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
-              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
-              ) -> Applied: ...
+              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = (),
+              token: str = "") -> Applied: ...
 
     def person_of(self, key: str) -> str | None: ...
 
@@ -299,10 +307,12 @@ def decide(demo: Demographics, ingested: Ingested, params: Parameters) -> list[P
 def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Parameters,
                forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = (),
                ingested: dict[str, Ingested] | None = None,
-               before_apply: Callable[[], None] | None = None) -> BatchOutcome:
+               before_apply: Callable[[], None] | None = None, token: str = "",
+               own_tokens: frozenset[str] = frozenset()) -> BatchOutcome:
     """Ingest (unless `ingested` is given: these demos' ingest, started earlier), decide and apply
     one batch (at most one Demographics per key: the newest). `before_apply` runs between the
-    two."""
+    two. `token` names the batch in what the index keeps of its moves until they are published;
+    `own_tokens`: batches of this worker not yet published (their moves are not a replay's)."""
     if ingested is None:
         ingested = store.ingest(demos) if demos else {}
     outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()),
@@ -315,7 +325,15 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     writes = [d for d in outcome.decisions if d.kind or (d.a, d.b) in linked]
     if before_apply is not None:
         before_apply()
-    outcome.take(store.apply({k: i.version for k, i in ingested.items()}, writes, forced, forbidden))
+    outcome.take(store.apply({k: i.version for k, i in ingested.items()}, writes, forced, forbidden, token))
+    # A run that stopped after applying these records' moves and before publishing them: the replay
+    # moves nobody (the links are there), so the moves it would have published come from the index.
+    relabelled = {r.person for r in outcome.relabels}
+    for i in ingested.values():
+        if i.pending_token and i.pending_token not in own_tokens:
+            outcome.relabels += [r for r in i.pending if r.person not in relabelled]
+            relabelled |= {r.person for r in i.pending}
+            outcome.emptied |= i.pending_emptied
     return outcome
 
 
@@ -402,8 +420,9 @@ class MemoryGraphStore:
         self._node(b).edges.pop(a, None)
 
     def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
-              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
-              ) -> Applied:
+              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = (),
+              token: str = "") -> Applied:
+        # A memory store never stops between applying and publishing: it keeps no pending moves.
         seeds: set[str] = set()
         for a, b in forbidden:
             self._node(a).forbidden.add(b)

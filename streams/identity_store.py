@@ -111,7 +111,8 @@ end
 # Returns per node: key, node id, version, blocks skipped, and its candidates in one string (one
 # reply element per node, not five per candidate: parsing the reply was a third of the call):
 # candidates joined by RS, each "node id GS key GS version GS '1' if an edge joins it to the node
-# GS packed demographics".
+# GS packed demographics"; and the moves an earlier run of the record left unpublished ('' when
+# none: apply's `pending`).
 _INGEST = _LUA_COMMON + """
 local cap = tonumber(ARGV[2])
 local out = {}
@@ -132,7 +133,7 @@ while i <= #ARGV do
     if id == '1' then redis.call('SET', P..'layout', '""" + LAYOUT + """') end
     redis.call('HSET', bucket, key, id)
   else
-    cur = redis.call('HMGET', P..'n:'..id, 'd', 'v', 'b')
+    cur = redis.call('HMGET', P..'n:'..id, 'd', 'v', 'b', 'o')
   end
   local nk = P..'n:'..id
   local version = tonumber(cur[2] or '0')
@@ -189,6 +190,7 @@ while i <= #ARGV do
   end
   out[#out+1] = key; out[#out+1] = id; out[#out+1] = version; out[#out+1] = skipped
   out[#out+1] = table.concat(cands, '\\30')
+  out[#out+1] = cur[4] or ''    -- moves of an earlier run never published (apply's `pending`)
 end
 return out
 """
@@ -243,10 +245,11 @@ end
 return new
 """
 
-# ARGV: prefix, n versions, (key, node id or '', version)..., n decisions, (a, b, version_b, kind or '', weight)...,
+# ARGV: prefix, batch token, n versions, (key, node id or '', version)..., n decisions, (a, b, version_b, kind or '', weight)...,
 #       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
 # Returns, per relabelled person: person, n members, (member, old person or '')...; a '' marker;
-# the number of links the coherence rule refused and their (key a, key b); the persons left empty.
+# the number of links the coherence rule refused and their (key a, key b); the number of persons
+# left empty and those persons; the node ids the batch's moves were kept on (settle_pending).
 _APPLY = _LUA_COMMON + """
 local i = 2
 -- A record is named by its node id ('#' and the id, when the caller has read it) or its key.
@@ -267,8 +270,14 @@ local function drop_edge(a, b)
 end
 local function kind_of(raw) return string.match(raw, '^([^|]*)') end
 local seeds, seed_list = {}, {}
-local function seed(id) if not seeds[id] then seeds[id] = true; seed_list[#seed_list+1] = id end end
+-- Each seed remembers the batch record (or forced pair) it came from: its component's relabels
+-- are kept on that record's node until published (`pending` below).
+local origin = {}
+local function seed(id, from)
+  if not seeds[id] then seeds[id] = true; seed_list[#seed_list+1] = id; origin[id] = from end
+end
 
+local token = ARGV[i]; i = i + 1
 local nv = tonumber(ARGV[i]); i = i + 1
 local versions, known = {}, {}
 local order = {}
@@ -293,31 +302,31 @@ for _ = 1, nfb do
   local a, b = node_id(ARGV[i], ARGV[i+1]), node_id(ARGV[i+2], ARGV[i+3])
   i = i + 4
   redis.call('SADD', P..'f:'..a, b); redis.call('SADD', P..'f:'..b, a)
-  drop_edge(a, b); seed(a); seed(b)
+  drop_edge(a, b); seed(a, a); seed(b, a)
 end
 for _, f in ipairs(forced) do
   local a, b = node_id(f[1], f[2]), node_id(f[3], f[4])
   if redis.call('SISMEMBER', P..'f:'..a, b) == 0 then set_edge(a, b, 'forced', 0, 0, 0) end
-  seed(a); seed(b)
+  seed(a, a); seed(b, a)
 end
 table.sort(order)
 for _, key in ipairs(order) do
   local id = known[key] or node_id(key, nil)
   local v = id and ver(id) or -1
   if id and v == versions[key] then
-    seed(id)
+    seed(id, id)
     local edges = redis.call('HGETALL', P..'e:'..id)
     for j = 1, #edges, 2 do
       local kind, own = string.match(edges[j+1], '^([^|]*)|(%d+)')
-      if kind ~= 'forced' and tonumber(own) < v then drop_edge(id, edges[j]); seed(edges[j]) end
+      if kind ~= 'forced' and tonumber(own) < v then drop_edge(id, edges[j]); seed(edges[j], id) end
     end
     for _, d in ipairs(by_key[key] or {}) do
       local b = node_id(d[1], nil)
       if b and ver(b) == d[2] and redis.call('SISMEMBER', P..'f:'..id, b) == 0 then
         local current = redis.call('HGET', P..'e:'..id, b)
         if not (current and kind_of(current) == 'forced') then
-          if d[3] ~= '' then set_edge(id, b, d[3], v, d[2], d[4]); seed(b)
-          elseif current then drop_edge(id, b); seed(b) end
+          if d[3] ~= '' then set_edge(id, b, d[3], v, d[2], d[4]); seed(b, id)
+          elseif current then drop_edge(id, b); seed(b, id) end
         end
       end
     end
@@ -329,9 +338,10 @@ end
 local function nhs_of(d) return string.match(d or '', '^([^\\31]*)') end
 local function cannot_join(a, b) return a.nhs ~= '' and b.nhs ~= '' and a.nhs ~= b.nhs end
 
-local out, done, olds, refused = {}, {}, {}, {}
+local out, done, olds, refused, pending = {}, {}, {}, {}, {}
 for _, s in ipairs(seed_list) do
   if not done[s] then
+    local home = origin[s]
     local comp, todo, raw_edges = {s}, {s}, {}
     done[s] = true
     while #todo > 0 do
@@ -416,10 +426,13 @@ for _, s in ipairs(seed_list) do
           end
         end
         if #moved > 0 then
-          out[#out+1] = person; out[#out+1] = #cluster
-          for _, id in ipairs(cluster) do out[#out+1] = info[id].k end
-          out[#out+1] = #moved / 2
-          for _, x in ipairs(moved) do out[#out+1] = x end
+          local relabel = {person, #cluster}
+          for _, id in ipairs(cluster) do relabel[#relabel+1] = info[id].k end
+          relabel[#relabel+1] = #moved / 2
+          for _, x in ipairs(moved) do relabel[#relabel+1] = x end
+          for _, x in ipairs(relabel) do out[#out+1] = x end
+          pending[home] = pending[home] or {}
+          table.insert(pending[home], table.concat(relabel, '\\31'))
         end
       end
     end
@@ -428,11 +441,51 @@ end
 out[#out+1] = ''
 out[#out+1] = #refused / 2
 for _, k in ipairs(refused) do out[#out+1] = k end
+local emptied = {}
 for old, _ in pairs(olds) do
-  if redis.call('SCARD', P..'members:'..old) == 0 then out[#out+1] = old end
+  if redis.call('SCARD', P..'members:'..old) == 0 then emptied[#emptied+1] = old end
+end
+out[#out+1] = #emptied
+for _, old in ipairs(emptied) do out[#out+1] = old end
+-- What this batch moved, kept on its records' nodes until its outputs are published
+-- (RedisGraphStore.settle_pending): a run that stops in between leaves it for the replay, which
+-- moves nobody (the links are already there) but must still publish the moves and rebuild the
+-- persons they emptied. The token tells a later batch of the same worker from a replay.
+local emptied_list = table.concat(emptied, '\\31')
+for home, relabels in pairs(pending) do
+  redis.call('HSET', P..'n:'..home, 'o', token..'\\29'..table.concat(relabels, '\\30')..'\\29'..emptied_list)
+  out[#out+1] = home
 end
 return out
 """
+
+
+# ARGV: prefix, (node id, batch token)... Drops each node's pending moves if they are that batch's.
+_SETTLE_PENDING = """
+local P = ARGV[1]
+for i = 2, #ARGV, 2 do
+  local key, token = P..'n:'..ARGV[i], ARGV[i + 1]
+  local o = redis.call('HGET', key, 'o')
+  if o and string.sub(o, 1, #token + 1) == token..'\\29' then redis.call('HDEL', key, 'o') end
+end
+return 0
+"""
+
+
+def pending_moves(raw: str) -> tuple[str, tuple[Relabel, ...], frozenset[str]]:
+    """A node's pending moves (apply's `pending`): the batch token, its relabels, the persons it
+    emptied. Pure."""
+    if not raw:
+        return "", (), frozenset()
+    token, relabels, emptied = raw.split(GS)
+    out = []
+    for one in relabels.split(RS) if relabels else ():
+        f = one.split(SEP)
+        n = int(f[1])
+        moved = f[3 + n:]
+        out.append(Relabel(f[0], frozenset(f[2:2 + n]),
+                           {moved[2 * j]: moved[2 * j + 1] or None for j in range(int(f[2 + n]))}))
+    return token, tuple(out), frozenset(emptied.split(SEP)) if emptied else frozenset()
 
 
 def pack(d: Demographics) -> str:
@@ -462,6 +515,7 @@ class RedisGraphStore:
         self._node_field = client.register_script(_NODE_FIELD)
         self._block_nodes = client.register_script(_BLOCK_NODES)
         self._open_reviews = client.register_script(_OPEN_REVIEWS)
+        self._settle_pending = client.register_script(_SETTLE_PENDING)
         # Node ids of keys read by the last ingests: a key's node id never changes, so apply can
         # name records by id and spare Redis a key lookup per decision.
         self._ids: dict[str, str] = {}
@@ -534,7 +588,7 @@ class RedisGraphStore:
 
     def _ingested(self, raw: list[Any]) -> dict[str, Ingested]:
         out, ids = {}, self._ids
-        for i in range(0, len(raw), 5):
+        for i in range(0, len(raw), 6):
             key = raw[i].decode()
             ids[key] = raw[i + 1].decode()
             cands = []
@@ -543,15 +597,16 @@ class RedisGraphStore:
                 ids[ckey] = node
                 cands.append(Candidate(ckey, unpack(ckey, packed), int(version), linked == "1"))
             cands.sort(key=lambda c: c.key)
-            out[key] = Ingested(int(raw[i + 2]), tuple(cands), int(raw[i + 3]))
+            out[key] = Ingested(int(raw[i + 2]), tuple(cands), int(raw[i + 3]), *pending_moves(_s(raw[i + 5])),
+                                node=ids[key])
         if len(ids) > ID_CACHE:
             self._ids = {}
         return out
 
     def apply(self, versions: dict[str, int], decisions: Sequence[PairDecision],
-              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = ()
-              ) -> Applied:
-        args: list[Any] = [P, len(versions)]
+              forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = (),
+              token: str = "") -> Applied:
+        args: list[Any] = [P, token, len(versions)]
         for k, v in versions.items():
             args += [k, self._ids.get(k, ""), v]
         args.append(len(decisions))
@@ -574,7 +629,16 @@ class RedisGraphStore:
         n = int(raw[i + 1])
         pairs = raw[i + 2:i + 2 + 2 * n]
         refused = sorted({tuple(sorted(p)) for p in zip(pairs[::2], pairs[1::2])})
-        return Applied(relabels, set(raw[i + 2 + 2 * n:]), refused)  # type: ignore[arg-type]
+        i += 2 + 2 * n
+        emptied = int(raw[i])
+        return Applied(relabels, set(raw[i + 1:i + 1 + emptied]), refused,  # type: ignore[arg-type]
+                       pending_at=raw[i + 1 + emptied:])
+
+    def settle_pending(self, kept: Sequence[tuple[str, str]]) -> None:
+        """The moves kept as (node id, batch token) are published: forget them (unless a later
+        batch has kept its own on the node since)."""
+        if kept:
+            self._settle_pending(args=[P, *(x for pair in kept for x in pair)])
 
     # --- read-only views (the delivery service, monitor and benchmarks call these) ----------------
     def person_of(self, key: str) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +130,8 @@ class LinkedBatch:
     out: _Outputs
     stats: BatchStats
     counts: tuple[dict[str, int], dict[str, int]]      # link counts and candidate histogram (graph.count)
+    token: str = ""                                    # the batch's name in the index's pending moves
+    kept: list[tuple[str, str]] = field(default_factory=list)   # pending moves to forget once published
 
 
 def _ref(key: str) -> dict[str, Any]:
@@ -149,7 +152,10 @@ class LinkStage:
         self.producer = producer
         self.params = params
         # Batches published whose records are not yet marked as published, nor the batch counted.
-        self._unsettled: list[tuple[dict[str, int], tuple[dict[str, int], dict[str, int]]]] = []
+        self._unsettled: list[tuple[dict[str, int], tuple[dict[str, int], dict[str, int]], list[tuple[str, str]]]] = []
+        # Batches published lately: their pending moves, still in the index or read from it by a
+        # batch prepared before they were settled, are not a replay's to publish again.
+        self._published: deque[str] = deque(maxlen=16)
 
     # ---- the batch ------------------------------------------------------------------------------
     def process(self, messages: Sequence[InboundMessage]) -> BatchStats:
@@ -211,9 +217,10 @@ class LinkStage:
         # runs one thing at a time); before the links, because another worker rebuilding a person
         # must find the state of every record linked into it. A crash before it replays the events
         # into the same states (folding is idempotent on event id).
+        ingested, token, published = p.ingested(), uuid.uuid4().hex, frozenset(self._published)
         outcome = identity_graph.link_batch(self.graph, p.demos, self.params, p.forced, p.forbidden,
-                                            ingested=p.ingested(),
-                                            before_apply=lambda: self._before_apply(p.changed))
+                                            ingested=ingested, before_apply=lambda: self._before_apply(p.changed),
+                                            token=token, own_tokens=published)
         stats.candidates = [outcome.candidates.get(d.key, 0) for d in p.demos]
         stats.records_linked = len(p.demos)
         persons_now = self.graph.persons_of(sorted({*p.states, *(k for pair in p.forced + p.forbidden for k in pair)}))
@@ -230,7 +237,8 @@ class LinkStage:
         # The index has already moved the members (apply), so the old id's survivor is noted
         # now, not after publication: a crash in between must not lose it (a replay relabels nothing).
         self.graph.note_merged(out.merged)
-        return LinkedBatch(p.batch.messages, out, stats, self._counts(outcome, stats, len(out.reviews)))
+        return LinkedBatch(p.batch.messages, out, stats, self._counts(outcome, stats, len(out.reviews)), token,
+                           self._kept(outcome, ingested, token, published))
 
     def publish(self, linked: LinkedBatch, settle: bool = True) -> BatchStats:
         """Produce the batch's outputs and wait until Kafka has every one. Then the records are
@@ -240,7 +248,8 @@ class LinkStage:
         marked before any later batch rebuilds it; a crash before the mark only means a replay
         publishes the same change again, with the same event id."""
         self._produce(linked.out)
-        self._unsettled.append((linked.out.emitted, linked.counts))
+        self._unsettled.append((linked.out.emitted, linked.counts, linked.kept))
+        self._published.append(linked.token)
         if settle:
             self.settle()
         return linked.stats
@@ -248,10 +257,19 @@ class LinkStage:
     def settle(self) -> None:
         """Write the marks and counts of batches published and not yet settled."""
         while self._unsettled:
-            emitted, (counts, histogram) = self._unsettled[0]
+            emitted, (counts, histogram), kept = self._unsettled[0]
             self.records.mark_emitted(emitted)
             self.graph.count(counts, histogram)
+            self.graph.settle_pending(kept)
             self._unsettled.pop(0)
+
+    @staticmethod
+    def _kept(outcome: identity_graph.BatchOutcome, ingested: dict[str, identity_graph.Ingested], token: str,
+              published: frozenset[str]) -> list[tuple[str, str]]:
+        """The pending moves to forget once the batch is published: its own, and those of an earlier
+        run it has taken over (link_batch)."""
+        return [(node, token) for node in outcome.pending_at] + [
+            (i.node, i.pending_token) for i in ingested.values() if i.pending_token and i.pending_token not in published]
 
     def _before_apply(self, changed: dict[str, dict[str, Any]]) -> None:
         self.settle()
@@ -280,7 +298,9 @@ class LinkStage:
         record changes. Safe beside live workers: the same versioned writes as any batch."""
         stats, out = BatchStats(), _Outputs()
         demos = self.graph.demographics(keys)
-        outcome = identity_graph.link_batch(self.graph, demos, self.params)
+        token = uuid.uuid4().hex
+        outcome = identity_graph.link_batch(self.graph, demos, self.params, token=token,
+                                            own_tokens=frozenset(self._published))
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted(keys))
         self._check_coherence(outcome)
@@ -288,7 +308,7 @@ class LinkStage:
         self._queue_reviews(outcome, {}, persons_now, out)
         stats.record_retries = self._rebuild(outcome.persons_touched(), {}, {}, out, {})
         stats.changes_published = len(out.changes)
-        self._publish(out)
+        self._publish(out, [(node, token) for node in outcome.pending_at])
         return stats
 
     def _fold(self, events: dict[str, list[dict[str, Any]]], out: _Outputs
@@ -459,11 +479,12 @@ class LinkStage:
                 "ods_codes": change.get("ods", []), "record": record}
 
     # ---- publication ---------------------------------------------------------------------------
-    def _publish(self, out: _Outputs) -> None:
+    def _publish(self, out: _Outputs, kept: list[tuple[str, str]] | None = None) -> None:
         """Publish at once, outside the batch path (relink, parking a message)."""
         self.graph.note_merged(out.merged)
         self._produce(out)
         self.records.mark_emitted(out.emitted)
+        self.graph.settle_pending(kept or [])
 
     def _produce(self, out: _Outputs) -> None:
         errors: list[Any] = []
