@@ -451,8 +451,9 @@ for _, old in ipairs(emptied) do out[#out+1] = old end
 -- (RedisGraphStore.settle_pending): a run that stops in between leaves it for the replay, which
 -- moves nobody (the links are already there) but must still publish the moves and rebuild the
 -- persons they emptied. The token tells a later batch of the same worker from a replay.
+-- A caller without a token publishes nothing (tests, benchmarks): nothing is kept for it.
 local emptied_list = table.concat(emptied, '\\31')
-for home, relabels in pairs(pending) do
+for home, relabels in pairs(token ~= '' and pending or {}) do
   redis.call('HSET', P..'n:'..home, 'o', token..'\\29'..table.concat(relabels, '\\30')..'\\29'..emptied_list)
   out[#out+1] = home
 end

@@ -67,6 +67,8 @@ def test_the_coherence_rule_in_lua_makes_the_reference_people(index, seed):
     # One batch on a fresh index reports the refused links as the reference does.
     index.flushdb()
     assert link_batch(RedisGraphStore(index), demos, PARAMS).refused == expected.refused
+    # Without a batch token (nothing is published) the index keeps none of the moves.
+    assert not any(index.hexists(key, "o") for key in index.scan_iter("carebus:n:*"))
 
 
 def test_changed_records_leave_their_old_blocks_and_relink(index):
