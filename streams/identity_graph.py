@@ -312,7 +312,7 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     """Ingest (unless `ingested` is given: these demos' ingest, started earlier), decide and apply
     one batch (at most one Demographics per key: the newest). `before_apply` runs between the
     two. `token` names the batch in what the index keeps of its moves until they are published;
-    `own_tokens`: batches of this worker not yet published (their moves are not a replay's)."""
+    `own_tokens`: batches this worker has published lately (what they kept is not a replay's)."""
     if ingested is None:
         ingested = store.ingest(demos) if demos else {}
     outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()),

@@ -245,7 +245,8 @@ end
 return new
 """
 
-# ARGV: prefix, batch token, n versions, (key, node id or '', version)..., n decisions, (a, b, version_b, kind or '', weight)...,
+# ARGV: prefix, batch token, n versions, (key, node id or '', version)..., n decisions,
+#       (a, b, version_b, kind or '', weight)...,
 #       n forced, (a, ha, b, hb)..., n forbidden, (a, ha, b, hb)...
 # Returns, per relabelled person: person, n members, (member, old person or '')...; a '' marker;
 # the number of links the coherence rule refused and their (key a, key b); the number of persons

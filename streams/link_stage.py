@@ -268,8 +268,8 @@ class LinkStage:
               published: frozenset[str]) -> list[tuple[str, str]]:
         """The pending moves to forget once the batch is published: its own, and those of an earlier
         run it has taken over (link_batch)."""
-        return [(node, token) for node in outcome.pending_at] + [
-            (i.node, i.pending_token) for i in ingested.values() if i.pending_token and i.pending_token not in published]
+        taken_over = [i for i in ingested.values() if i.pending_token and i.pending_token not in published]
+        return [(node, token) for node in outcome.pending_at] + [(i.node, i.pending_token) for i in taken_over]
 
     def _before_apply(self, changed: dict[str, dict[str, Any]]) -> None:
         self.settle()
@@ -298,9 +298,10 @@ class LinkStage:
         record changes. Safe beside live workers: the same versioned writes as any batch."""
         stats, out = BatchStats(), _Outputs()
         demos = self.graph.demographics(keys)
-        token = uuid.uuid4().hex
-        outcome = identity_graph.link_batch(self.graph, demos, self.params, token=token,
-                                            own_tokens=frozenset(self._published))
+        ingested = self.graph.ingest(demos) if demos else {}
+        token, published = uuid.uuid4().hex, frozenset(self._published)
+        outcome = identity_graph.link_batch(self.graph, demos, self.params, ingested=ingested, token=token,
+                                            own_tokens=published)
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted(keys))
         self._check_coherence(outcome)
@@ -308,7 +309,7 @@ class LinkStage:
         self._queue_reviews(outcome, {}, persons_now, out)
         stats.record_retries = self._rebuild(outcome.persons_touched(), {}, {}, out, {})
         stats.changes_published = len(out.changes)
-        self._publish(out, [(node, token) for node in outcome.pending_at])
+        self._publish(out, self._kept(outcome, ingested, token, published))
         return stats
 
     def _fold(self, events: dict[str, list[dict[str, Any]]], out: _Outputs

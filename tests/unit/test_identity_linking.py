@@ -107,8 +107,9 @@ def test_birth_date_levels_are_the_documented_ones(a, other, rnd, near):
 
 def _postcode_level_by_definition(a: str, b: str) -> int:
     differ = [i for i in range(len(a)) if a[i] != b[i]] if len(a) == len(b) else None
-    one_edit = differ is not None and (len(differ) <= 1 or (
-        len(differ) == 2 and differ[1] == differ[0] + 1 and a[differ[0]] == b[differ[1]] and a[differ[1]] == b[differ[0]]))
+    swap = differ is not None and len(differ) == 2 and differ[1] == differ[0] + 1 \
+        and a[differ[0]] == b[differ[1]] and a[differ[1]] == b[differ[0]]
+    one_edit = differ is not None and (len(differ) <= 1 or swap)
     if a == b:
         return POSTCODE.same
     if one_edit:
