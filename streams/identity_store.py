@@ -12,7 +12,8 @@ compact by the listpack settings in carebus/redis_server.py):
   nid:<4 hex>            hash: source key -> node id; the bucket is the first 4 hex digits of the
                          key's SHA-1 (65,536 buckets)
   n:<id>                 hash: k source key, d packed demographics, v version, h person-id hash,
-                         p person id, b the node's block digests (8 bytes each, concatenated)
+                         p person id, b the node's block digests (8 bytes each, concatenated),
+                         o (only between a batch's apply and its publication) the moves it made
   b:<4 hex>              hash: block -> ",id,id,...,"; a block is the 8-byte BLAKE2b digest of
                          its key (blocking.keys), bucketed by its first two bytes, the other six
                          the field. Two keys that collide only add candidates, never a link.
