@@ -308,11 +308,12 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
                forced: Sequence[tuple[str, str]] = (), forbidden: Sequence[tuple[str, str]] = (),
                ingested: dict[str, Ingested] | None = None,
                before_apply: Callable[[], None] | None = None, token: str = "",
-               own_tokens: frozenset[str] = frozenset()) -> BatchOutcome:
+               own_tokens: frozenset[str] = frozenset(), kept_elsewhere: Sequence[Ingested] = ()) -> BatchOutcome:
     """Ingest (unless `ingested` is given: these demos' ingest, started earlier), decide and apply
     one batch (at most one Demographics per key: the newest). `before_apply` runs between the
     two. `token` names the batch in what the index keeps of its moves until they are published;
-    `own_tokens`: batches this worker has published lately (what they kept is not a replay's)."""
+    `own_tokens`: batches this worker has published lately (what they kept is not a replay's);
+    `kept_elsewhere`: moves kept on records the batch joins or parts without ingesting them."""
     if ingested is None:
         ingested = store.ingest(demos) if demos else {}
     outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()),
@@ -329,7 +330,7 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     # A run that stopped after applying these records' moves and before publishing them: the replay
     # moves nobody (the links are there), so the moves it would have published come from the index.
     relabelled = {r.person for r in outcome.relabels}
-    for i in ingested.values():
+    for i in [*ingested.values(), *kept_elsewhere]:
         if i.pending_token and i.pending_token not in own_tokens:
             outcome.relabels += [r for r in i.pending if r.person not in relabelled]
             relabelled |= {r.person for r in i.pending}

@@ -463,6 +463,17 @@ return out
 """
 
 
+# ARGV: prefix, keys... Returns per key its node id and its pending moves ('' for either when none).
+_PENDING_OF = _LUA_COMMON + """
+local out = {}
+for i = 2, #ARGV do
+  local id = get_id(ARGV[i])
+  out[#out+1] = id or ''
+  out[#out+1] = id and (redis.call('HGET', P..'n:'..id, 'o') or '') or ''
+end
+return out
+"""
+
 # ARGV: prefix, (node id, batch token)... Drops each node's pending moves if they are that batch's.
 _SETTLE_PENDING = """
 local P = ARGV[1]
@@ -519,6 +530,7 @@ class RedisGraphStore:
         self._block_nodes = client.register_script(_BLOCK_NODES)
         self._open_reviews = client.register_script(_OPEN_REVIEWS)
         self._settle_pending = client.register_script(_SETTLE_PENDING)
+        self._pending_of = client.register_script(_PENDING_OF)
         # Node ids of keys read by the last ingests: a key's node id never changes, so apply can
         # name records by id and spare Redis a key lookup per decision.
         self._ids: dict[str, str] = {}
@@ -636,6 +648,14 @@ class RedisGraphStore:
         emptied = int(raw[i])
         return Applied(relabels, set(raw[i + 1:i + 1 + emptied]), refused,  # type: ignore[arg-type]
                        pending_at=raw[i + 1 + emptied:])
+
+    def pending_of(self, keys: Sequence[str]) -> list[Ingested]:
+        """The moves kept on these records' nodes (apply's `pending`), for records a batch joins or
+        parts without ingesting them (review decisions): as ingests with no candidates."""
+        if not keys:
+            return []
+        raw = [_s(x) for x in self._pending_of(args=[P, *keys])]
+        return [Ingested(0, (), 0, *pending_moves(o), node=node) for node, o in zip(raw[::2], raw[1::2]) if o]
 
     def settle_pending(self, kept: Sequence[tuple[str, str]]) -> None:
         """The moves kept as (node id, batch token) are published: forget them (unless a later

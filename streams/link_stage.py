@@ -218,9 +218,12 @@ class LinkStage:
         # must find the state of every record linked into it. A crash before it replays the events
         # into the same states (folding is idempotent on event id).
         ingested, token, published = p.ingested(), uuid.uuid4().hex, frozenset(self._published)
+        # A review decision joins or parts records its batch does not ingest: what an earlier run of
+        # it kept is on the first record of the pair (the apply script keeps it there).
+        elsewhere = self.graph.pending_of(sorted({a for a, _ in p.forced + p.forbidden} - set(ingested)))
         outcome = identity_graph.link_batch(self.graph, p.demos, self.params, p.forced, p.forbidden,
                                             ingested=ingested, before_apply=lambda: self._before_apply(p.changed),
-                                            token=token, own_tokens=published)
+                                            token=token, own_tokens=published, kept_elsewhere=elsewhere)
         stats.candidates = [outcome.candidates.get(d.key, 0) for d in p.demos]
         stats.records_linked = len(p.demos)
         persons_now = self.graph.persons_of(sorted({*p.states, *(k for pair in p.forced + p.forbidden for k in pair)}))
@@ -238,7 +241,7 @@ class LinkStage:
         # now, not after publication: a crash in between must not lose it (a replay relabels nothing).
         self.graph.note_merged(out.merged)
         return LinkedBatch(p.batch.messages, out, stats, self._counts(outcome, stats, len(out.reviews)), token,
-                           self._kept(outcome, ingested, token, published))
+                           self._kept(outcome, [*ingested.values(), *elsewhere], token, published))
 
     def publish(self, linked: LinkedBatch, settle: bool = True) -> BatchStats:
         """Produce the batch's outputs and wait until Kafka has every one. Then the records are
@@ -264,11 +267,11 @@ class LinkStage:
             self._unsettled.pop(0)
 
     @staticmethod
-    def _kept(outcome: identity_graph.BatchOutcome, ingested: dict[str, identity_graph.Ingested], token: str,
+    def _kept(outcome: identity_graph.BatchOutcome, read: Sequence[identity_graph.Ingested], token: str,
               published: frozenset[str]) -> list[tuple[str, str]]:
         """The pending moves to forget once the batch is published: its own, and those of an earlier
         run it has taken over (link_batch)."""
-        taken_over = [i for i in ingested.values() if i.pending_token and i.pending_token not in published]
+        taken_over = [i for i in read if i.pending_token and i.pending_token not in published]
         return [(node, token) for node in outcome.pending_at] + [(i.node, i.pending_token) for i in taken_over]
 
     def _before_apply(self, changed: dict[str, dict[str, Any]]) -> None:
@@ -309,7 +312,7 @@ class LinkStage:
         self._queue_reviews(outcome, {}, persons_now, out)
         stats.record_retries = self._rebuild(outcome.persons_touched(), {}, {}, out, {})
         stats.changes_published = len(out.changes)
-        self._publish(out, self._kept(outcome, ingested, token, published))
+        self._publish(out, self._kept(outcome, list(ingested.values()), token, published))
         return stats
 
     def _fold(self, events: dict[str, list[dict[str, Any]]], out: _Outputs

@@ -197,56 +197,92 @@ def test_an_ingest_whose_reply_went_with_a_reset_connection_is_lost_not_taken_fr
     assert set(again()) == {demo(r).key for r in POPULATION.records[5:10]}
 
 
+class WorkerDied(redis.ConnectionError):
+    pass
+
+
+def records_that_die(client: redis.Redis):  # noqa: ANN201 - a RedisRecordStore
+    """A record store whose record writes fail: the worker stops after the links are written,
+    before the records are."""
+    from streams.record_store import RedisRecordStore
+
+    store = RedisRecordStore(client)
+
+    def write(_writes):  # noqa: ANN001, ANN202
+        raise WorkerDied("the worker died here")
+    store.write = write
+    return store
+
+
+def stopped_and_replayed(index: redis.Redis, producer, message, a: str, b: str,  # noqa: ANN001
+                         before: set[str]) -> tuple[str, str]:
+    """Process `message` with a worker that dies before writing the records (the links of a and b
+    are written), then replay it as a restarted worker would: (survivor, person merged away)."""
+    from streams.link_stage import LinkStage
+    from streams.record_store import RedisRecordStore
+
+    graph = RedisGraphStore(index)
+    with pytest.raises(WorkerDied):
+        LinkStage(RedisGraphStore(index), records_that_die(index), producer, PARAMS).process([message])
+    assert graph.person_of(a) == graph.person_of(b)      # the links were written
+    LinkStage(RedisGraphStore(index), RedisRecordStore(index), producer, PARAMS).process([message])
+    producer.close()
+    survivor = graph.person_of(a)
+    (merged_away,) = before - {survivor}
+    assert graph.survivor_of(merged_away) == survivor
+    return survivor, merged_away
+
+
+def assert_merge_published(bus_settings, index: redis.Redis, survivor: str, merged_away: str) -> None:  # noqa: ANN001
+    """The MERGED identity event of the join is on its topic, and the index keeps no moves."""
+    from schemas import codec
+    from schemas.topics import IDENTITY_EVENTS
+    from tests.kafka_reading import read_all
+
+    events = [codec.decode(m.value(), "IdentityEvent") for m in read_all(
+        bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == survivor.encode())]
+    assert any(e["type"] == "MERGED" and e["other_person_id"] == merged_away for e in events)
+    assert not any(index.hexists(key, "o") for key in index.scan_iter("carebus:n:*"))
+
+
+def cerner_event(raw: bytes, offset: int):  # noqa: ANN201 - an InboundMessage
+    from producers import hl7v2_mapper
+    from schemas import codec
+    from schemas.source_systems import CERNER
+    from schemas.topics import SOURCE_EVENTS
+    from streams.link_stage import InboundMessage
+
+    event = hl7v2_mapper.map_message(raw, CERNER, "RAL", offset).event
+    return InboundMessage(SOURCE_EVENTS.name, 0, offset, codec.encode("SourcePatientEvent", event))
+
+
 def test_a_crash_between_linking_and_the_records_loses_no_record_change(bus_settings, index, unique):
     """A batch joins two people and the worker dies after the links are written, before the
     records are: the replayed batch finds the links already made (nothing moves the second time),
     yet the person merged away must still be retired, published as merged and lead to its survivor."""
     from foundation.durable_producer import DurableProducer
-    from producers import hl7v2_mapper
     from schemas import codec
-    from schemas.source_systems import CERNER
-    from schemas.topics import IDENTITY_EVENTS, PATIENT_CHANGES, SOURCE_EVENTS
-    from streams.link_stage import InboundMessage, LinkStage
+    from schemas.topics import PATIENT_CHANGES
+    from streams.link_stage import LinkStage
     from streams.record_store import RedisRecordStore
     from tests.builders import adt, cerner_key, given_and_born, own_identity
     from tests.kafka_reading import read_all
-
-    def message(raw: bytes, offset: int) -> InboundMessage:
-        event = hl7v2_mapper.map_message(raw, CERNER, "RAL", offset).event
-        return InboundMessage(SOURCE_EVENTS.name, 0, offset, codec.encode("SourcePatientEvent", event))
 
     first, second = own_identity(f"A{unique}"), own_identity(f"B{unique}")
     born = given_and_born(f"RA{unique}")[1]
     producer = DurableProducer(bus_settings)
     graph = RedisGraphStore(index)
     LinkStage(graph, RedisRecordStore(index), producer, PARAMS).process(
-        [message(adt(f"RA{unique}", f"C1{unique}", dob=born, **first), 1),
-         message(adt(f"RB{unique}", f"C2{unique}", **second), 2)])
+        [cerner_event(adt(f"RA{unique}", f"C1{unique}", dob=born, **first), 1),
+         cerner_event(adt(f"RB{unique}", f"C2{unique}", **second), 2)])
     a, b = cerner_key(f"RA{unique}"), cerner_key(f"RB{unique}")
     before = {graph.person_of(a), graph.person_of(b)}
     assert len(before) == 2
 
     # An hour later, B's record carries A's NHS number, surname and birth date: one person.
     later = adt(f"RB{unique}", f"C3{unique}", dob=born, **first).replace(b"202611241015", b"202611241115")
-    joining = message(later.replace(b"202611241010", b"202611241110"), 3)
-
-    class Crash(redis.ConnectionError):
-        pass
-
-    crashing = RedisRecordStore(index)
-
-    def write(_writes):  # noqa: ANN001, ANN202
-        raise Crash("the worker died here")
-    crashing.write = write
-    with pytest.raises(Crash):
-        LinkStage(RedisGraphStore(index), crashing, producer, PARAMS).process([joining])
-    assert graph.person_of(a) == graph.person_of(b)      # the links were written
-
-    LinkStage(RedisGraphStore(index), RedisRecordStore(index), producer, PARAMS).process([joining])   # the replay
-    producer.close()
-    survivor = graph.person_of(a)
-    (merged_away,) = before - {survivor}
-    assert graph.survivor_of(merged_away) == survivor
+    joining = cerner_event(later.replace(b"202611241010", b"202611241110"), 3)
+    survivor, merged_away = stopped_and_replayed(index, producer, joining, a, b, before)
     changes = read_all(bus_settings, PATIENT_CHANGES.name, timeout=30,
                        predicate=lambda m: m.key() in (survivor.encode(), merged_away.encode()))
     kinds = {(m.key().decode(), codec.decode(m.value(), "RecordChange")["change_type"]) for m in changes}
@@ -255,7 +291,37 @@ def test_a_crash_between_linking_and_the_records_loses_no_record_change(bus_sett
     last = codec.decode([m for m in changes if m.key() == survivor.encode()][-1].value(), "RecordChange")
     assert sorted(s["local_identifier"]["value"] for s in last["record"]["sources"]) == [f"RA{unique}", f"RB{unique}"]
     # The identity events of the join, which only the crashed run's moves produced, are published too.
-    events = [codec.decode(m.value(), "IdentityEvent") for m in read_all(
-        bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == survivor.encode())]
-    assert any(e["type"] == "MERGED" and e["other_person_id"] == merged_away for e in events)
-    assert not any(index.hexists(key, "o") for key in index.scan_iter("carebus:n:*"))    # and forgotten
+    assert_merge_published(bus_settings, index, survivor, merged_away)
+
+
+def test_a_review_decision_stopped_between_linking_and_the_records_loses_nothing(bus_settings, index, unique):
+    """The same stop for an accepted review, whose batch ingests neither record: the replay takes
+    the moves kept on the pair's first record, retires the person merged away and publishes the merge."""
+    import uuid
+
+    from foundation.durable_producer import DurableProducer
+    from schemas import codec, messages
+    from schemas.topics import LINK_REVIEW
+    from streams.link_stage import InboundMessage, LinkStage
+    from streams.record_store import RedisRecordStore
+    from tests.builders import adt, cerner_key, own_identity
+
+    producer = DurableProducer(bus_settings)
+    graph = RedisGraphStore(index)
+    LinkStage(graph, RedisRecordStore(index), producer, PARAMS).process(
+        [cerner_event(adt(f"RA{unique}", f"C1{unique}", **own_identity(f"A{unique}")), 1),
+         cerner_event(adt(f"RB{unique}", f"C2{unique}", **own_identity(f"B{unique}")), 2)])
+    a, b = cerner_key(f"RA{unique}"), cerner_key(f"RB{unique}")
+    before = {graph.person_of(a), graph.person_of(b)}
+    assert len(before) == 2
+    review_id = f"review-{unique}"
+    graph.open_reviews_batch({review_id: {"review_id": review_id, "a": a, "b": b, "score": 0.9,
+                                          "reason": "a person looked", "person_a": graph.person_of(a),
+                                          "person_b": graph.person_of(b)}})
+    accepted = messages.identity_event(str(uuid.uuid4()), "REVIEW_ACCEPTED", graph.person_of(a) or "",
+                                       recorded_at=1, caused_by=review_id, other_person_id=graph.person_of(b),
+                                       score=0.9, method="review", reasons=["decided by a test"])
+    decision = InboundMessage(LINK_REVIEW.name, 0, 1, codec.encode("IdentityEvent", accepted))
+    survivor, merged_away = stopped_and_replayed(index, producer, decision, a, b, before)
+    assert RedisRecordStore(index).persons([merged_away])[merged_away].retired
+    assert_merge_published(bus_settings, index, survivor, merged_away)
