@@ -111,6 +111,7 @@ class Applied:
     emptied: set[str] = field(default_factory=set)     # persons left without members
     refused: list[tuple[str, str]] = field(default_factory=list)   # links the coherence rule held back
     pending_at: list[str] = field(default_factory=list)    # node ids the moves are kept on until published
+    taken_over: list[tuple[str, str]] = field(default_factory=list)   # (node id, token) of a replay's kept moves
 
 
 @dataclass
@@ -332,6 +333,7 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     relabelled = {r.person for r in outcome.relabels}
     for i in [*ingested.values(), *kept_elsewhere]:
         if i.pending_token and i.pending_token not in own_tokens:
+            outcome.taken_over.append((i.node, i.pending_token))
             outcome.relabels += [r for r in i.pending if r.person not in relabelled]
             relabelled |= {r.person for r in i.pending}
             outcome.emptied |= i.pending_emptied

@@ -78,11 +78,12 @@ _LUA_COMMON = """
 local P = ARGV[1]
 local function nid_bucket(key) return P..'nid:'..string.sub(redis.sha1hex(key), 1, 4) end
 local function get_id(key) return redis.call('HGET', nid_bucket(key), key) end
-local function new_id(key, h)
+-- Without h the caller writes the node's k and h itself (ingest writes the whole node at once).
+local function new_id(key, h, bucket)
   local id = tostring(redis.call('INCR', P..'nodeseq'))
   if id == '1' then redis.call('SET', P..'layout', '""" + LAYOUT + """') end
-  redis.call('HSET', nid_bucket(key), key, id)
-  redis.call('HSET', P..'n:'..id, 'k', key, 'h', h)
+  redis.call('HSET', bucket or nid_bucket(key), key, id)
+  if h then redis.call('HSET', P..'n:'..id, 'k', key, 'h', h) end
   return id
 end
 local function block_loc(dg)
@@ -130,9 +131,7 @@ while i <= #ARGV do
   local fresh = not id
   local cur = {}
   if fresh then
-    id = tostring(redis.call('INCR', P..'nodeseq'))
-    if id == '1' then redis.call('SET', P..'layout', '""" + LAYOUT + """') end
-    redis.call('HSET', bucket, key, id)
+    id = new_id(key, nil, bucket)
   else
     cur = redis.call('HMGET', P..'n:'..id, 'd', 'v', 'b', 'o')
   end

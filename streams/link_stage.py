@@ -241,7 +241,7 @@ class LinkStage:
         # now, not after publication: a crash in between must not lose it (a replay relabels nothing).
         self.graph.note_merged(out.merged)
         return LinkedBatch(p.batch.messages, out, stats, self._counts(outcome, stats, len(out.reviews)), token,
-                           self._kept(outcome, [*ingested.values(), *elsewhere], token, published))
+                           self._kept(outcome, token))
 
     def publish(self, linked: LinkedBatch, settle: bool = True) -> BatchStats:
         """Produce the batch's outputs and wait until Kafka has every one. Then the records are
@@ -267,12 +267,10 @@ class LinkStage:
             self._unsettled.pop(0)
 
     @staticmethod
-    def _kept(outcome: identity_graph.BatchOutcome, read: Sequence[identity_graph.Ingested], token: str,
-              published: frozenset[str]) -> list[tuple[str, str]]:
+    def _kept(outcome: identity_graph.BatchOutcome, token: str) -> list[tuple[str, str]]:
         """The pending moves to forget once the batch is published: its own, and those of an earlier
         run it has taken over (link_batch)."""
-        taken_over = [i for i in read if i.pending_token and i.pending_token not in published]
-        return [(node, token) for node in outcome.pending_at] + [(i.node, i.pending_token) for i in taken_over]
+        return [(node, token) for node in outcome.pending_at] + outcome.taken_over
 
     def _before_apply(self, changed: dict[str, dict[str, Any]]) -> None:
         self.settle()
@@ -301,10 +299,9 @@ class LinkStage:
         record changes. Safe beside live workers: the same versioned writes as any batch."""
         stats, out = BatchStats(), _Outputs()
         demos = self.graph.demographics(keys)
-        ingested = self.graph.ingest(demos) if demos else {}
-        token, published = uuid.uuid4().hex, frozenset(self._published)
-        outcome = identity_graph.link_batch(self.graph, demos, self.params, ingested=ingested, token=token,
-                                            own_tokens=published)
+        token = uuid.uuid4().hex
+        outcome = identity_graph.link_batch(self.graph, demos, self.params, token=token,
+                                            own_tokens=frozenset(self._published))
         stats.records_linked = len(demos)
         persons_now = self.graph.persons_of(sorted(keys))
         self._check_coherence(outcome)
@@ -312,7 +309,7 @@ class LinkStage:
         self._queue_reviews(outcome, {}, persons_now, out)
         stats.record_retries = self._rebuild(outcome.persons_touched(), {}, {}, out, {})
         stats.changes_published = len(out.changes)
-        self._publish(out, self._kept(outcome, list(ingested.values()), token, published))
+        self._publish(out, token, self._kept(outcome, token))
         return stats
 
     def _fold(self, events: dict[str, list[dict[str, Any]]], out: _Outputs
@@ -483,12 +480,11 @@ class LinkStage:
                 "ods_codes": change.get("ods", []), "record": record}
 
     # ---- publication ---------------------------------------------------------------------------
-    def _publish(self, out: _Outputs, kept: list[tuple[str, str]] | None = None) -> None:
-        """Publish at once, outside the batch path (relink, parking a message)."""
+    def _publish(self, out: _Outputs, token: str = "", kept: list[tuple[str, str]] | None = None) -> None:
+        """Publish at once, outside the batch path (relink, parking a message): a batch with no
+        counts (counting nothing sends nothing to Redis), settled at once."""
         self.graph.note_merged(out.merged)
-        self._produce(out)
-        self.records.mark_emitted(out.emitted)
-        self.graph.settle_pending(kept or [])
+        self.publish(LinkedBatch([], out, BatchStats(), ({}, {}), token, kept or []))
 
     def _produce(self, out: _Outputs) -> None:
         errors: list[Any] = []
