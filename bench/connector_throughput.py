@@ -22,10 +22,10 @@ import httpx
 from confluent_kafka import Producer
 from rich.console import Console
 
-from bench.measurement import peak_rss_mb, percentile
+from bench.measurement import CpuMeter, peak_rss_mb, percentile
 from rich.table import Table
 
-from carebus import local_bus
+from carebus import kafka_server, local_bus
 from carebus.process_control import wait_http_ready
 from foundation.config import load_settings
 from foundation.durable_producer import producer_config
@@ -70,6 +70,19 @@ async def run_http(port: int, bodies: list[tuple[str, bytes]], connections: int)
     return latencies
 
 
+def cpu_meter(settings, connector: int | None) -> CpuMeter:
+    """A started CPU meter over the connector process, the broker and this process (the sender)."""
+    meter = CpuMeter({"connector": [connector] if connector else [],
+                      "Kafka": [p for p in kafka_server.pids(settings).values() if p], "sender": [os.getpid()]})
+    meter.start()
+    return meter
+
+
+def cpu_cell(used: dict[str, float], n: int) -> str:
+    return " · ".join(f"{used[k] / max(n, 1) * 1e6:,.0f}" if used.get(k) else "-"
+                      for k in ("connector", "Kafka", "sender"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
@@ -109,26 +122,28 @@ def main() -> None:
                   f"{len(warm) / (time.perf_counter() - t):,.0f} msg/s (not measured)", flush=True)
         # Low load: one sender, one message at a time (the ACK latency a quiet feed sees).
         quiet = hl7[100:300]
-        t = time.perf_counter()
+        meter, t = cpu_meter(settings, proc.pid), time.perf_counter()
         lat = asyncio.run(run_mllp(settings.mllp_port, quiet, 1))
-        results.append(("cerner HL7 ADT over MLLP, 1 connection", len(quiet), time.perf_counter() - t, lat))
+        results.append(("cerner HL7 ADT over MLLP, 1 connection", len(quiet), time.perf_counter() - t, lat,
+                        meter.stop()))
         hl7 = hl7[300:]
-        t = time.perf_counter()
+        meter, t = cpu_meter(settings, proc.pid), time.perf_counter()
         lat = asyncio.run(run_mllp(settings.mllp_port, hl7, args.connections))
-        results.append((f"cerner HL7 ADT over MLLP, {args.connections} connections", len(hl7), time.perf_counter() - t, lat))
-        t = time.perf_counter()
+        results.append((f"cerner HL7 ADT over MLLP, {args.connections} connections", len(hl7), time.perf_counter() - t,
+                        lat, meter.stop()))
+        meter, t = cpu_meter(settings, proc.pid), time.perf_counter()
         lat = asyncio.run(run_http(settings.http_port, fhir, args.connections))
-        results.append(("emis FHIR Bundle over HTTP", len(fhir), time.perf_counter() - t, lat))
+        results.append(("emis FHIR Bundle over HTTP", len(fhir), time.perf_counter() - t, lat, meter.stop()))
         drop = settings.drop_dir / "vision"
         name = f"bench-{time.time_ns()}.csv"
         rows = [row for r in vision_recs for row in factory.vision_rows(r)]
         extract = vision_csv(rows)
-        t = time.perf_counter()
+        meter, t = cpu_meter(settings, proc.pid), time.perf_counter()
         write_drop_file(drop / "incoming", name, extract)
         while not (drop / "processed" / name).exists():
             time.sleep(0.005)
         results.append((f"vision CSV extract, one {len(extract) / 1e6:.1f} MB file (patients)", len(vision_recs),
-                        time.perf_counter() - t, []))
+                        time.perf_counter() - t, [], meter.stop()))
         peak = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -138,12 +153,12 @@ def main() -> None:
     events = [hl7v2_mapper.map_message(m, CERNER, "RAL", 0).event for m in hl7]
     events += [e for ods, b in fhir for e in fhir_mapper.map_payload(b, EMIS, ods, 0)]
     producer = Producer(producer_config(settings))
-    t = time.perf_counter()
+    meter, t = cpu_meter(settings, None), time.perf_counter()
     for e in events:
         producer.produce(SOURCE_EVENTS.name, codec.encode("SourcePatientEvent", e), key=e["patient"]["local_identifier"]["value"])
         producer.poll(0)
     producer.flush()
-    baseline = time.perf_counter() - t
+    baseline, baseline_cpu = time.perf_counter() - t, meter.stop()
     # The low-load baseline: one event at a time, each waited for (acks=all), as a quiet feed's
     # message is; what the connector adds to it is parsing, mapping, the raw copy and the ACK.
     one_by_one = []
@@ -157,16 +172,18 @@ def main() -> None:
         one_by_one.append(time.perf_counter() - t)
 
     table = Table(title="connector throughput (same run)")
-    for col in ("path", "messages", "msg/s", "p50 ms", "p95 ms", "p99 ms"):
+    for col in ("path", "messages", "msg/s", "p50 ms", "p95 ms", "p99 ms", "CPU µs/msg: connector · Kafka · sender"):
         table.add_column(col)
-    for name, n, secs, lat in results:
+    for name, n, secs, lat, cpu in results:
         if lat:
-            table.add_row(name, str(n), f"{n / secs:,.0f}", f"{pct(lat, .5):.1f}", f"{pct(lat, .95):.1f}", f"{pct(lat, .99):.1f}")
+            table.add_row(name, str(n), f"{n / secs:,.0f}", f"{pct(lat, .5):.1f}", f"{pct(lat, .95):.1f}",
+                          f"{pct(lat, .99):.1f}", cpu_cell(cpu, n))
         else:
-            table.add_row(name, str(n), f"{n / secs:,.0f}", "-", "-", "-")
-    table.add_row("baseline: raw confluent-kafka producer", str(len(events)), f"{len(events) / baseline:,.0f}", "-", "-", "-")
+            table.add_row(name, str(n), f"{n / secs:,.0f}", "-", "-", "-", cpu_cell(cpu, n))
+    table.add_row("baseline: raw confluent-kafka producer", str(len(events)), f"{len(events) / baseline:,.0f}", "-", "-",
+                  "-", cpu_cell(baseline_cpu, len(events)))
     table.add_row("baseline: raw producer, one event at a time", str(len(one_by_one)), "-",
-                  f"{pct(one_by_one, .5):.1f}", f"{pct(one_by_one, .95):.1f}", f"{pct(one_by_one, .99):.1f}")
+                  f"{pct(one_by_one, .5):.1f}", f"{pct(one_by_one, .95):.1f}", f"{pct(one_by_one, .99):.1f}", "-")
     Console(width=200).print(table)
     print(f"connector process peak RSS: {peak:.0f} MiB; mean MLLP latency {statistics.mean(results[1][3]) * 1000:.1f} ms")
 

@@ -1,6 +1,7 @@
 """Shared measuring helpers for the benchmarks."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -15,3 +16,43 @@ def peak_rss_mb(pid: int) -> float:
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) a process has used so far; 0 if it is gone.
+    Differences of it are firmer than throughput on a machine whose speed swings: a slow moment
+    stretches the wall clock, not much the work done per message."""
+    try:
+        # Fields after the command name, which may hold spaces: utime and stime are the 12th and 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between `start` and `stop`."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self._start: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        return {name: sum(cpu_seconds(p) for p in ps) for name, ps in self.pids.items()}
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> dict[str, float]:
+        self.used = {name: t - self._start.get(name, 0.0) for name, t in self._now().items()}
+        return self.used
+
+    def per_message(self, messages: int) -> str:
+        """'name 123 µs · ...', CPU microseconds per message, then the total."""
+        n = max(messages, 1)
+        parts = [f"{name} {t / n * 1e6:,.0f}" for name, t in self.used.items()]
+        return " · ".join(parts + [f"total {sum(self.used.values()) / n * 1e6:,.0f} µs"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import private_bus
-from bench.measurement import peak_rss_mb, percentile
+from bench.measurement import CpuMeter, peak_rss_mb, percentile
 from bench.webhook_sink import WebhookSink
 from carebus.process_control import stop_children
 from consumers.stream_lag import total_lag
@@ -97,6 +98,14 @@ def wait_group_stable(settings, members: int, timeout: float = 60.0) -> None:
         except Exception:  # noqa: BLE001 - the group may not exist yet
             pass
         time.sleep(0.5)
+
+
+def bus_cpu(settings, services: dict[str, list[int]]) -> CpuMeter:
+    """A CPU meter over the bus's servers (Kafka, Redis) and the given processes."""
+    from carebus import kafka_server, redis_server
+
+    brokers = [p for p in kafka_server.pids(settings).values() if p]
+    return CpuMeter({**services, "Kafka": brokers, "Redis": [p for p in [redis_server.pid(settings)] if p]})
 
 
 def drain(settings, workers: list[subprocess.Popen], records: list[pop.SourceRecord], first: int
@@ -301,11 +310,16 @@ def main() -> None:
         stop_children([delivery])
         for run, (n, batch) in enumerate(((1, back1), (args.workers, back2))):
             workers = start_workers(n, env, logs)
+            meter = bus_cpu(settings, {"link workers": [w.pid for w in workers]})
+            meter.start()
             secs, rss = drain(settings, workers, batch, 10_000_000 * n)
+            meter.stop()
             stop_children(workers)
             rows.append((f"backlog of {len(batch):,} on an index of {len(pre) + run * len(back1):,}", str(n),
                          f"{len(batch) / secs:,.0f}", f"{rss:.0f} (per worker, max)"))
             console.print(rows[-1])
+            # The drain also produces the backlog (in this process): Kafka's share includes taking it in.
+            console.print(f"  CPU per event: {meter.per_message(len(batch))}")
 
         pending = changes_pending(settings, subscription)
         delivery = start_delivery(delivery_env, logs)
@@ -356,7 +370,12 @@ def main() -> None:
                 time.sleep(3)
             since = int(time.time() * 1000)
             lag_before = total_lag(settings, "carebus-linker", SOURCE_EVENTS.name)
+            meter = bus_cpu(settings, {"connectors": [connectors.pid], "link workers": [w.pid for w in workers],
+                                       "delivery": [delivery.pid], "subscriber": [sink.pid],
+                                       "load generator": [os.getpid()]})
+            meter.start()
             acks, sent_at = asyncio.run(end_to_end(settings, live, args.rate, args.seconds, args.connections))
+            meter.stop()
             elapsed = (int(time.time() * 1000) - since) / 1000
             lag_after = total_lag(settings, "carebus-linker", SOURCE_EVENTS.name)
             time.sleep(5)
@@ -376,6 +395,9 @@ def main() -> None:
             console.print(t)
             console.print(f"achieved {len(acks) / elapsed:,.0f} msg/s; linker lag {lag_before} before, "
                           f"{lag_after} at the end of sending")
+            console.print(f"CPU per message ACKed while sending ({len(acks):,} messages, {elapsed:.1f} s, "
+                          f"{sum(meter.used.values()) / elapsed:.2f} of {os.cpu_count()} cores busy): "
+                          + meter.per_message(len(acks)))
     finally:
         if delivery is not None:
             stop_children([delivery])

@@ -34,6 +34,10 @@ class WebhookSink:
             raise RuntimeError("the webhook sink did not start")
         self._base = self.url.rsplit("/", 1)[0]
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def count(self) -> int:
         return int(httpx.get(f"{self._base}/_count", timeout=30).text)
 

@@ -259,5 +259,10 @@ def down(settings: Settings, hard: bool = False) -> list[int]:
     return stopped
 
 
+def pids(settings: Settings) -> dict[int, int | None]:
+    """Each broker's process id by node id (None: not running)."""
+    return {n.node_id: process_control.running_pid(n.pid_file, n.marker) for n in nodes(settings)}
+
+
 def status(settings: Settings) -> dict[int, bool]:
-    return {n.node_id: process_control.running_pid(n.pid_file, n.marker) is not None for n in nodes(settings)}
+    return {node: pid is not None for node, pid in pids(settings).items()}

@@ -91,6 +91,10 @@ def down(settings: Settings, hard: bool = False) -> bool:
     return process_control.stop(pid_file, _marker(settings), hard=hard)
 
 
+def pid(settings: Settings) -> int | None:
+    """The running redis-server's process id (None: not running)."""
+    return process_control.running_pid(_paths(settings)[1], _marker(settings))
+
+
 def status(settings: Settings) -> bool:
-    _, pid_file, _, conf = _paths(settings)
-    return process_control.running_pid(pid_file, _marker(settings)) is not None
+    return pid(settings) is not None

@@ -67,7 +67,7 @@ def consumer_config(settings: Settings, worker_id: str) -> dict[str, object]:
         # one byte it answered every few events (over a hundred fetches a second per worker at 250
         # events/s), and the broker's cost is per request; a batch waits up to
         # CAREBUS_LINK_BATCH_WAIT_MS for its events anyway.
-        "fetch.wait.max.ms": 20,
+        "fetch.wait.max.ms": settings.link_fetch_wait_ms,
         "fetch.min.bytes": 64 * 1024,
     })
 
