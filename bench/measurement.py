@@ -51,8 +51,13 @@ class CpuMeter:
         self.used = {name: t - self._start.get(name, 0.0) for name, t in self._now().items()}
         return self.used
 
-    def per_message(self, messages: int) -> str:
-        """'name 123 µs · ...', CPU microseconds per message, then the total."""
+    def per_message(self, messages: int, outside: tuple[str, ...] = ()) -> str:
+        """'name 123 · ... · total N µs', CPU microseconds per message; with `outside` (processes
+        that are not the system measured, such as a load generator), also the total without them."""
         n = max(messages, 1)
         parts = [f"{name} {t / n * 1e6:,.0f}" for name, t in self.used.items()]
-        return " · ".join(parts + [f"total {sum(self.used.values()) / n * 1e6:,.0f} µs"])
+        total = f"total {sum(self.used.values()) / n * 1e6:,.0f} µs"
+        if outside:
+            inside = sum(t for name, t in self.used.items() if name not in outside)
+            total += f" ({inside / n * 1e6:,.0f} without the {' and '.join(outside)})"
+        return " · ".join(parts + [total])

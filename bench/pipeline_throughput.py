@@ -397,7 +397,7 @@ def main() -> None:
                           f"{lag_after} at the end of sending")
             console.print(f"CPU per message ACKed while sending ({len(acks):,} messages, {elapsed:.1f} s, "
                           f"{sum(meter.used.values()) / elapsed:.2f} of {os.cpu_count()} cores busy): "
-                          + meter.per_message(len(acks)))
+                          + meter.per_message(len(acks), outside=("load generator", "subscriber")))
     finally:
         if delivery is not None:
             stop_children([delivery])

@@ -34,6 +34,9 @@ def test_the_cpu_meter_charges_each_process_its_own_work() -> None:
         assert used["idle"] < 0.05
         assert used["gone"] == 0.0          # a process that is not there costs nothing and breaks nothing
         assert meter.per_message(1000).startswith("busy ")
+        # Without the busy process, what is left is (almost) nothing: the subtotal leaves it out.
+        assert meter.per_message(1000, outside=("busy",)).endswith(
+            f"({(used['idle'] + used['gone']) / 1000 * 1e6:,.0f} without the busy)")
     finally:
         for p in (busy, idle):
             p.communicate(b"")
