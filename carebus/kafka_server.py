@@ -159,6 +159,7 @@ def _properties(node: KafkaNode, all_nodes: list[KafkaNode], settings: Settings)
 def _java_cmd(libs: Path, node: KafkaNode, settings: Settings, main: list[str]) -> list[str]:
     return [
         "java", f"-Xmx{settings.kafka_heap}", "-Xms128m",
+        *(["-XX:TieredStopAtLevel=1"] if settings.kafka_jit == "quick" else []),
         f"-Dlog4j2.configurationFile={node.directory / 'log4j2.properties'}",
         "-Djava.awt.headless=true",
         "-cp", f"{libs}/*", *main,

@@ -57,6 +57,11 @@ class Settings:
     kafka_controller_port: int = 19093
     kafka_brokers: int = 1
     kafka_heap: str = "512m"
+    # How the embedded broker's JVM compiles: "quick" stops at its first compiler (C1), "full" is
+    # the JVM's default (C1, then C2). On a 2-core machine C2's compiling took two to four times the
+    # broker's CPU per event for the first minute or two of traffic, while C1 settled within
+    # 15 seconds at 20-30% above a fully compiled broker (bench notes, eighth session).
+    kafka_jit: str = "quick"
     redis_port: int = 16379
     kafka_libs_dir: Path = REPO_ROOT / "deploy" / "kafka" / "target" / "libs"
     # Topic defaults; replication follows the cluster size unless set.
@@ -197,6 +202,7 @@ ENVIRONMENT = {
     "CAREBUS_KAFKA_CONTROLLER_PORT": "kafka_controller_port",
     "CAREBUS_KAFKA_BROKERS": "kafka_brokers",
     "CAREBUS_KAFKA_HEAP": "kafka_heap",
+    "CAREBUS_KAFKA_JIT": "kafka_jit",
     "CAREBUS_REDIS_PORT": "redis_port",
     "CAREBUS_KAFKA_LIBS": "kafka_libs_dir",
     "CAREBUS_TOPIC_PARTITIONS": "topic_partitions",
@@ -280,6 +286,8 @@ def load_settings() -> Settings:
     for variable, name in (("CAREBUS_ALLOW_DEV_SECRETS", "allow_dev_secrets"), ("CAREBUS_KAFKA_SECURE", "kafka_secure")):
         if str(values[name]) not in ("0", "1"):
             raise ConfigError(f"{variable} must be 0 or 1")
+    if values["kafka_jit"] not in ("quick", "full"):
+        raise ConfigError("CAREBUS_KAFKA_JIT must be quick or full")
     if not values["monitor_sample_seconds"]:
         raise ConfigError("CAREBUS_MONITOR_SAMPLE_SECONDS must be at least 1")
     if values["kafka_port"] == values["kafka_controller_port"]:

@@ -1,6 +1,7 @@
 """The embedded bus against real servers: topics, round trips through Kafka, restarts, bad settings."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -127,7 +128,10 @@ def test_broker_restart_keeps_the_data(bus_settings, private_settings):
 
     local_bus.down(private_settings)
     assert not any(kafka_server.status(private_settings).values())
-    local_bus.up(private_settings)
+    # Started again with the JVM's full compiler (CAREBUS_KAFKA_JIT=full): the same data.
+    full = dataclasses.replace(private_settings, kafka_jit="full")
+    local_bus.up(full)
+    assert b"-XX:TieredStopAtLevel=1" not in Path(f"/proc/{kafka_server.pids(full)[1]}/cmdline").read_bytes()
 
     got = read_all(private_settings, "carebus.dlq.connectors.v1", expect=1)
     assert codec.decode(got[0].value())["payload"] == b"kept"
@@ -161,6 +165,7 @@ def test_missing_java_is_named(private_settings, monkeypatch):
     ("CAREBUS_REDIS_PORT", "70000", "outside"),
     ("KAFKA_BOOTSTRAP_SERVERS", "justahost", "not host:port"),
     ("REDIS_URL", "http://x", "must start with redis://"),
+    ("CAREBUS_KAFKA_JIT", "fast", "quick or full"),
 ])
 def test_bad_settings_give_a_clear_error(monkeypatch, variable, value, message):
     monkeypatch.setenv(variable, value)
@@ -171,6 +176,14 @@ def test_bad_settings_give_a_clear_error(monkeypatch, variable, value, message):
                             env={**os.environ, variable: value})
     assert result.returncode == 2
     assert variable in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_the_embedded_broker_compiles_as_configured(bus_settings):
+    # The session's broker runs with the default: the JVM's first compiler only (CAREBUS_KAFKA_JIT).
+    pid = kafka_server.pids(bus_settings)[1]
+    assert pid is not None
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"-XX:TieredStopAtLevel=1" in args
 
 
 def test_cluster_ids_never_look_like_an_option():
