@@ -57,11 +57,11 @@ class Settings:
     kafka_controller_port: int = 19093
     kafka_brokers: int = 1
     kafka_heap: str = "512m"
-    # How the embedded broker's JVM compiles: "quick" stops at its first compiler (C1), "full" is
-    # the JVM's default (C1, then C2). On a 2-core machine C2's compiling took two to four times the
-    # broker's CPU per event for the first minute or two of traffic, while C1 settled within
-    # 15 seconds at 20-30% above a fully compiled broker (bench notes, eighth session).
-    kafka_jit: str = "quick"
+    # How the embedded broker's JVM compiles: "full" is the JVM's default (C1, then C2), "quick"
+    # stops at its first compiler (C1). On a 2-core machine C2's compiling took two to four times
+    # the broker's CPU per event for the first minute or two of traffic, while C1 settled within
+    # 15 seconds, but 20-35% above a fully compiled broker: quick for short-lived buses (the tests).
+    kafka_jit: str = "full"
     redis_port: int = 16379
     kafka_libs_dir: Path = REPO_ROOT / "deploy" / "kafka" / "target" / "libs"
     # Topic defaults; replication follows the cluster size unless set.

@@ -17,6 +17,9 @@ import pytest
 os.environ["CAREBUS_ALLOW_DEV_SECRETS"] = "1"
 # Every line the services can write, so the log-privacy tests read the per-message ones too.
 os.environ["CAREBUS_LOG_LEVEL"] = "DEBUG"
+# The tests' brokers live minutes and carry bursts: the JVM's first compiler settles within
+# seconds, where its second spends the first minute or two compiling (README, CAREBUS_KAFKA_JIT).
+os.environ.setdefault("CAREBUS_KAFKA_JIT", "quick")
 
 TEST_PORTS = {
     "CAREBUS_KAFKA_PORT": "29092",

@@ -128,7 +128,7 @@ def test_broker_restart_keeps_the_data(bus_settings, private_settings):
 
     local_bus.down(private_settings)
     assert not any(kafka_server.status(private_settings).values())
-    # Started again with the JVM's full compiler (CAREBUS_KAFKA_JIT=full): the same data.
+    # Started again with the JVM's full compiler (CAREBUS_KAFKA_JIT=full, the default): the same data.
     full = dataclasses.replace(private_settings, kafka_jit="full")
     local_bus.up(full)
     assert b"-XX:TieredStopAtLevel=1" not in Path(f"/proc/{kafka_server.pids(full)[1]}/cmdline").read_bytes()
@@ -179,7 +179,7 @@ def test_bad_settings_give_a_clear_error(monkeypatch, variable, value, message):
 
 
 def test_the_embedded_broker_compiles_as_configured(bus_settings):
-    # The session's broker runs with the default: the JVM's first compiler only (CAREBUS_KAFKA_JIT).
+    # The tests' brokers run with the JVM's first compiler only (conftest: CAREBUS_KAFKA_JIT=quick).
     pid = kafka_server.pids(bus_settings)[1]
     assert pid is not None
     args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
