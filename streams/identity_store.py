@@ -212,13 +212,16 @@ end
 return out
 """
 
-# ARGV: prefix, field, keys (or '#' and the node id, when the caller has read it)... Returns the
-# field of each key's node ('' when the key is unknown).
+# ARGV: prefix, field, '1' to answer node ids too (else ''), keys (or '#' and the node id, when
+# the caller has read it)... Returns the field of each key's node ('' when the key is unknown),
+# each after the node's id ('' too) when asked.
 _NODE_FIELD = _LUA_COMMON + """
 local out = {}
-for i = 3, #ARGV do
+local with_id = ARGV[3] == '1'
+for i = 4, #ARGV do
   local id
   if string.byte(ARGV[i], 1) == 35 then id = string.sub(ARGV[i], 2) else id = get_id(ARGV[i]) end
+  if with_id then out[#out+1] = id or '' end
   out[#out+1] = id and (redis.call('HGET', P..'n:'..id, ARGV[2]) or '') or ''
 end
 return out
@@ -462,17 +465,6 @@ return out
 """
 
 
-# ARGV: prefix, keys... Returns per key its node id and its pending moves ('' for either when none).
-_PENDING_OF = _LUA_COMMON + """
-local out = {}
-for i = 2, #ARGV do
-  local id = get_id(ARGV[i])
-  out[#out+1] = id or ''
-  out[#out+1] = id and (redis.call('HGET', P..'n:'..id, 'o') or '') or ''
-end
-return out
-"""
-
 # ARGV: prefix, (node id, batch token)... Drops each node's pending moves if they are that batch's.
 _SETTLE_PENDING = """
 local P = ARGV[1]
@@ -529,7 +521,6 @@ class RedisGraphStore:
         self._block_nodes = client.register_script(_BLOCK_NODES)
         self._open_reviews = client.register_script(_OPEN_REVIEWS)
         self._settle_pending = client.register_script(_SETTLE_PENDING)
-        self._pending_of = client.register_script(_PENDING_OF)
         # Node ids of keys read by the last ingests: a key's node id never changes, so apply can
         # name records by id and spare Redis a key lookup per decision.
         self._ids: dict[str, str] = {}
@@ -653,7 +644,7 @@ class RedisGraphStore:
         parts without ingesting them (review decisions): as ingests with no candidates."""
         if not keys:
             return []
-        raw = [_s(x) for x in self._pending_of(args=[P, *keys])]
+        raw = [_s(x) for x in self._node_field(args=[P, "o", "1", *keys])]
         return [Ingested(0, (), 0, *pending_moves(o), node=node) for node, o in zip(raw[::2], raw[1::2]) if o]
 
     def settle_pending(self, kept: Sequence[tuple[str, str]]) -> None:
@@ -670,14 +661,14 @@ class RedisGraphStore:
         """The person each key belongs to now (keys not yet linked are left out)."""
         if not keys:
             return {}
-        values = self._node_field(args=[P, "p", *map(self._named, keys)])
+        values = self._node_field(args=[P, "p", "", *map(self._named, keys)])
         return {k: _s(v) for k, v in zip(keys, values) if v}
 
     def demographics(self, keys: Sequence[str]) -> list[Demographics]:
         """The stored matching view of each key that has one (for relinking)."""
         if not keys:
             return []
-        values = self._node_field(args=[P, "d", *map(self._named, keys)])
+        values = self._node_field(args=[P, "d", "", *map(self._named, keys)])
         return [unpack(k, _s(d)) for k, d in zip(keys, values) if d]
 
     def members(self, person_id: str) -> list[str]:
