@@ -22,10 +22,10 @@ import httpx
 from confluent_kafka import Producer
 from rich.console import Console
 
-from bench.measurement import CpuMeter, peak_rss_mb, percentile
+from bench.measurement import CpuMeter, bus_cpu, peak_rss_mb, percentile
 from rich.table import Table
 
-from carebus import kafka_server, local_bus
+from carebus import local_bus
 from carebus.process_control import wait_http_ready
 from foundation.config import load_settings
 from foundation.durable_producer import producer_config
@@ -71,16 +71,17 @@ async def run_http(port: int, bodies: list[tuple[str, bytes]], connections: int)
 
 
 def cpu_meter(settings, connector: int | None) -> CpuMeter:
-    """A started CPU meter over the connector process, the broker and this process (the sender)."""
-    meter = CpuMeter({"connector": [connector] if connector else [],
-                      "Kafka": [p for p in kafka_server.pids(settings).values() if p], "sender": [os.getpid()]})
+    """A started CPU meter over the connector process, the bus's servers and this process (the sender)."""
+    meter = bus_cpu(settings, {"connector": [connector] if connector else [], "sender": [os.getpid()]})
     meter.start()
     return meter
 
 
+CPU_COLUMNS = ("connector", "Kafka", "Redis", "sender")
+
+
 def cpu_cell(used: dict[str, float], n: int) -> str:
-    return " · ".join(f"{used[k] / max(n, 1) * 1e6:,.0f}" if used.get(k) else "-"
-                      for k in ("connector", "Kafka", "sender"))
+    return " · ".join(f"{used[k] / max(n, 1) * 1e6:,.0f}" if used.get(k) else "-" for k in CPU_COLUMNS)
 
 
 def main() -> None:
@@ -172,7 +173,7 @@ def main() -> None:
         one_by_one.append(time.perf_counter() - t)
 
     table = Table(title="connector throughput (same run)")
-    for col in ("path", "messages", "msg/s", "p50 ms", "p95 ms", "p99 ms", "CPU µs/msg: connector · Kafka · sender"):
+    for col in ("path", "messages", "msg/s", "p50 ms", "p95 ms", "p99 ms", "CPU µs/msg: " + " · ".join(CPU_COLUMNS)):
         table.add_column(col)
     for name, n, secs, lat, cpu in results:
         if lat:

@@ -61,3 +61,11 @@ class CpuMeter:
             inside = sum(t for name, t in self.used.items() if name not in outside)
             total += f" ({inside / n * 1e6:,.0f} without the {' and '.join(outside)})"
         return " · ".join(parts + [total])
+
+
+def bus_cpu(settings, services: dict[str, list[int]]) -> CpuMeter:  # noqa: ANN001 - foundation Settings
+    """A CPU meter over the bus's servers (Kafka, Redis) and the given processes."""
+    from carebus import kafka_server, redis_server
+
+    brokers = [p for p in kafka_server.pids(settings).values() if p]
+    return CpuMeter({**services, "Kafka": brokers, "Redis": [p for p in [redis_server.pid(settings)] if p]})

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import private_bus
-from bench.measurement import CpuMeter, peak_rss_mb, percentile
+from bench.measurement import bus_cpu, peak_rss_mb, percentile
 from bench.webhook_sink import WebhookSink
 from carebus.process_control import stop_children
 from consumers.stream_lag import total_lag
@@ -98,14 +98,6 @@ def wait_group_stable(settings, members: int, timeout: float = 60.0) -> None:
         except Exception:  # noqa: BLE001 - the group may not exist yet
             pass
         time.sleep(0.5)
-
-
-def bus_cpu(settings, services: dict[str, list[int]]) -> CpuMeter:
-    """A CPU meter over the bus's servers (Kafka, Redis) and the given processes."""
-    from carebus import kafka_server, redis_server
-
-    brokers = [p for p in kafka_server.pids(settings).values() if p]
-    return CpuMeter({**services, "Kafka": brokers, "Redis": [p for p in [redis_server.pid(settings)] if p]})
 
 
 def drain(settings, workers: list[subprocess.Popen], records: list[pop.SourceRecord], first: int
