@@ -6,26 +6,57 @@ fingerprint up among the current and historical schemas shipped in schemas/avro 
 the writer's schema to its own reader schema, so every consumer can decode every message,
 including those written before a compatible schema change. A `carebus-schema` header carries
 the type name for people reading topics with generic tools.
+
+Two engines write and read the same bytes (CAREBUS_AVRO_ENGINE):
+- `cavro` (the default): a Cython Avro codec that encodes and decodes carebus's messages 2.1 to
+  2.7 times faster than fastavro (measured on the link stage's own messages: a shared record
+  54 -> 25 us to encode, 43 -> 19 us to decode). Avro is a fifth to a quarter of the connectors',
+  link workers' and delivery service's CPU per message, so this is the cheapest speed the bus has.
+- `fastavro`: the reference. tests/unit/test_avro_engines.py checks with hypothesis that both
+  engines give identical bytes and identical decoded messages for every message type; fastavro
+  also resolves messages written with an older schema (rare: only after a schema change).
 """
 from __future__ import annotations
 
 import io
+import json
+import os
 from functools import lru_cache
 from typing import Any
 
 import fastavro
-
 from fastavro import schemaless_reader, schemaless_writer
 
 from schemas import registry
 from schemas.errors import CarebusError
 
+try:
+    import cavro
+except ImportError:       # pragma: no cover - an install without it: fastavro alone
+    cavro = None
+
 MAGIC = b"\xc3\x01"
 SCHEMA_HEADER = "carebus-schema"
+ENGINES = ("cavro", "fastavro")
 
 
 class UnknownSchemaError(CarebusError, ValueError):
     """The bytes are not carebus Avro, or were written with a schema this build does not know."""
+
+
+class EngineError(CarebusError, ValueError):
+    """CAREBUS_AVRO_ENGINE names no engine this install has."""
+
+
+def engine_setting() -> str:
+    """CAREBUS_AVRO_ENGINE (foundation/config.py documents it; read here because every process,
+    a bulk extract worker too, encodes before it loads any other setting)."""
+    name = os.environ.get("CAREBUS_AVRO_ENGINE") or "cavro"
+    if name not in ENGINES:
+        raise EngineError(f"CAREBUS_AVRO_ENGINE must be one of {', '.join(ENGINES)}, not {name!r}")
+    if name == "cavro" and cavro is None:
+        raise EngineError("CAREBUS_AVRO_ENGINE=cavro, but the cavro package is not installed")
+    return name
 
 
 try:
@@ -43,27 +74,56 @@ def _prepared(message_type: str) -> tuple[Any, dict[str, Any], bytes]:
     return parsed, named, MAGIC + registry.current()[message_type].fingerprint
 
 
-def _write(out: bytearray, message_type: str, record: dict[str, Any]) -> None:
+# carebus's values are plain: dates are days and instants epoch millis, as ints (parsed_plain);
+# records decode to dicts; a uuid stays a string.
+_CAVRO_OPTIONS = None if cavro is None else cavro.DEFAULT_OPTIONS.replace(
+    logical_types=(), record_decodes_to_dict=True, return_uuid_object=False)
+
+
+@lru_cache(maxsize=None)
+def cavro_schema(schema_json: str) -> Any:
+    return cavro.Schema(schema_json, options=_CAVRO_OPTIONS)
+
+
+def fastavro_body(message_type: str, record: dict[str, Any]) -> bytes:
     parsed, named, _ = _prepared(message_type)
+    out = bytearray()
     if _write_data is not None:
         _write_data(out, record, parsed, named, "", {})
     else:
         buf = io.BytesIO()
         schemaless_writer(buf, parsed, record)
         out += buf.getvalue()
+    return bytes(out)
+
+
+def cavro_body(message_type: str, record: dict[str, Any]) -> bytes:
+    return cavro_schema(_schema_json(message_type)).binary_encode(record)
+
+
+def fastavro_read(message_type: str, avro_body: bytes) -> dict[str, Any]:
+    return schemaless_reader(io.BytesIO(avro_body), registry.current()[message_type].parsed_plain, None)
+
+
+def cavro_read(message_type: str, avro_body: bytes) -> dict[str, Any]:
+    return cavro_schema(_schema_json(message_type)).binary_decode(avro_body)
+
+
+@lru_cache(maxsize=None)
+def _schema_json(message_type: str) -> str:
+    return json.dumps(registry.current()[message_type].expanded)
+
+
+_body, _read = (cavro_body, cavro_read) if engine_setting() == "cavro" else (fastavro_body, fastavro_read)
 
 
 def encode(message_type: str, record: dict[str, Any]) -> bytes:
-    out = bytearray(_prepared(message_type)[2])
-    _write(out, message_type, record)
-    return bytes(out)
+    return _prepared(message_type)[2] + _body(message_type, record)
 
 
 def body(message_type: str, record: dict[str, Any]) -> bytes:
     """The Avro body alone (no header): to be framed with `frame`, or nested with `encode_with_last`."""
-    out = bytearray()
-    _write(out, message_type, record)
-    return bytes(out)
+    return _body(message_type, record)
 
 
 def frame(message_type: str, avro_body: bytes) -> bytes:
@@ -71,22 +131,29 @@ def frame(message_type: str, avro_body: bytes) -> bytes:
 
 
 @lru_cache(maxsize=None)
-def _without_last_field(message_type: str) -> Any:
+def _without_last_field(message_type: str) -> dict[str, Any]:
     expanded = registry.current()[message_type].expanded
-    head = {**expanded, "name": f"{expanded['name']}Head", "fields": expanded["fields"][:-1]}
-    return fastavro.parse_schema(head, named_schemas={})
+    return {**expanded, "name": f"{expanded['name']}Head", "fields": expanded["fields"][:-1]}
+
+
+@lru_cache(maxsize=None)
+def _head_writer(message_type: str) -> Any:
+    if _body is cavro_body:
+        return cavro_schema(json.dumps(_without_last_field(message_type))).binary_encode
+    parsed = fastavro.parse_schema(_without_last_field(message_type), named_schemas={})
+
+    def write(head: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        schemaless_writer(buf, parsed, head)
+        return buf.getvalue()
+    return write
 
 
 def encode_with_last(message_type: str, head: dict[str, Any], last_body: bytes) -> bytes:
     """Encode a message whose last field is a record already encoded (`body`): Avro writes a
     record's fields one after another, so the bytes are those of `encode` with the full record.
     The hot path uses it to encode a shared record once for both the change feed and the snapshot."""
-    buf = io.BytesIO()
-    buf.write(MAGIC)
-    buf.write(registry.current()[message_type].fingerprint)
-    schemaless_writer(buf, _without_last_field(message_type), head)
-    buf.write(last_body)
-    return buf.getvalue()
+    return _prepared(message_type)[2] + _head_writer(message_type)(head) + last_body
 
 
 def message_type_of(data: bytes) -> str:
@@ -108,10 +175,10 @@ def decode(data: bytes, expected_type: str | None = None) -> dict[str, Any]:
     if expected_type is not None and short != expected_type:
         raise UnknownSchemaError(f"expected {expected_type}, got {short}")
     reader = registry.current()[short]
-    # Written with the current schema (almost always): no resolution to do, and fastavro would
-    # otherwise compare the two schemas on every call.
-    resolve = None if reader.fingerprint == writer.fingerprint else reader.parsed_plain
-    return schemaless_reader(io.BytesIO(data[10:]), writer.parsed_plain, resolve)
+    if reader.fingerprint == writer.fingerprint:
+        # Written with the current schema (almost always): no resolution to do.
+        return _read(short, data[10:])
+    return schemaless_reader(io.BytesIO(data[10:]), writer.parsed_plain, reader.parsed_plain)
 
 
 def headers(message_type: str) -> list[tuple[str, bytes]]:
