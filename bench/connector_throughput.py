@@ -22,7 +22,7 @@ import httpx
 from confluent_kafka import Producer
 from rich.console import Console
 
-from bench.measurement import CpuMeter, bus_cpu, peak_rss_mb, percentile
+from bench.measurement import CpuMeter, bus_cpu, peak_rss_mb, percentile, with_descendants
 from rich.table import Table
 
 from carebus import local_bus
@@ -72,7 +72,8 @@ async def run_http(port: int, bodies: list[tuple[str, bytes]], connections: int)
 
 def cpu_meter(settings, connector: int | None) -> CpuMeter:
     """A started CPU meter over the connector process, the bus's servers and this process (the sender)."""
-    meter = bus_cpu(settings, {"connector": [connector] if connector else [], "sender": [os.getpid()]})
+    meter = bus_cpu(settings, {"connector": with_descendants(connector) if connector else [],
+                                "sender": [os.getpid()]})
     meter.start()
     return meter
 

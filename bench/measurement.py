@@ -33,6 +33,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def with_descendants(pid: int) -> list[int]:
+    """The process and every process it started, and theirs (the connectors' bulk extract
+    workers parse and encode large files: their CPU is the connector's)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    found, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
 class CpuMeter:
     """CPU seconds used by named processes between `start` and `stop`."""
 

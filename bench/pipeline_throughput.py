@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import private_bus
-from bench.measurement import bus_cpu, peak_rss_mb, percentile
+from bench.measurement import bus_cpu, peak_rss_mb, percentile, with_descendants
 from bench.webhook_sink import WebhookSink
 from carebus.process_control import stop_children
 from consumers.stream_lag import total_lag
@@ -362,7 +362,7 @@ def main() -> None:
                 time.sleep(3)
             since = int(time.time() * 1000)
             lag_before = total_lag(settings, "carebus-linker", SOURCE_EVENTS.name)
-            meter = bus_cpu(settings, {"connectors": [connectors.pid], "link workers": [w.pid for w in workers],
+            meter = bus_cpu(settings, {"connectors": with_descendants(connectors.pid), "link workers": [w.pid for w in workers],
                                        "delivery": [delivery.pid], "subscriber": [sink.pid],
                                        "load generator": [os.getpid()]})
             meter.start()

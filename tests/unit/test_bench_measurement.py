@@ -1,11 +1,12 @@
 """The benchmarks' CPU meter: it must tell a busy process from an idle one, per process."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
-from bench.measurement import CpuMeter, cpu_seconds
+from bench.measurement import CpuMeter, cpu_seconds, with_descendants
 
 
 def test_the_cpu_meter_charges_each_process_its_own_work() -> None:
@@ -40,3 +41,22 @@ def test_the_cpu_meter_charges_each_process_its_own_work() -> None:
     finally:
         for p in (busy, idle):
             p.communicate(b"")
+
+
+def test_a_process_is_measured_with_the_processes_it_started() -> None:
+    # A parent that starts a child that starts a grandchild (as the connectors start their bulk
+    # extract workers): all three are found, and nothing else is.
+    code = ("import subprocess, sys\n"
+            "child = subprocess.Popen([sys.executable, '-c', {inner!r}], stdin=sys.stdin, stdout=sys.stdout)\n"
+            "child.wait()\n")
+    grandchild = "import sys\nprint('ready', flush=True)\nsys.stdin.read()"
+    parent = subprocess.Popen([sys.executable, "-c", code.format(inner=code.format(inner=grandchild))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == b"ready\n"
+        family = with_descendants(parent.pid)
+        assert family[0] == parent.pid and len(family) == 3
+        assert os.getpid() not in family
+    finally:
+        parent.communicate(b"")
+    assert with_descendants(2 ** 22 + 12345) == [2 ** 22 + 12345]      # no such process: itself, no children
