@@ -8,6 +8,7 @@ in PID-32, the registered GP practice in PD1-3), and turns each message into one
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -295,7 +296,9 @@ def map_message(raw: bytes, profile: SourceSystemProfile, default_ods: str, rece
 def build_ack(raw: bytes, ack_code: str, text: str = "", error_code: str = "") -> bytes:
     """An HL7 ACK for `raw` in original acknowledgement mode; works even for unparseable input."""
     now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-    ack_id = uuid.uuid4().hex[:20]
+    # MSH-10 holds 20 characters: 80 random bits, as a uuid4 cut to 20 hex digits gave, for a
+    # fifth of its cost (uuid4 builds a UUID object for every ACK).
+    ack_id = os.urandom(10).hex()
     try:
         # The ACK needs only the MSH segment: do not parse the whole message a second time.
         msg = parse(raw.split(b"\r", 1)[0])

@@ -98,6 +98,12 @@ def test_ack_carries_the_reason_and_control_id():
     assert b"ERR|||HL7_BAD_DATETIME" in ack
 
 
+def test_every_ack_has_its_own_control_id_within_msh10s_20_characters():
+    ids = {hl7v2_mapper.build_ack(ADT, "AA").split(b"\r")[0].split(b"|")[9] for _ in range(1000)}
+    assert len(ids) == 1000
+    assert {len(i) for i in ids} == {20}
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 100_000), st.sampled_from(["A01", "A03", "A04", "A08", "A28", "A31"]))
 def test_generated_messages_round_trip_identity(seed, trigger):
