@@ -132,7 +132,9 @@ def main() -> None:
                     stage.process(chunk[i:i + args.batch])
                 console.print(f"  {lo + len(chunk):,} records, {(lo + len(chunk)) / (time.perf_counter() - started):,.0f}"
                               " events/s")
-            client.save()
+            # SAVE answers once the whole snapshot is on disk: over a minute for a million
+            # records, far past redis-py's default five-second socket timeout.
+            redis.Redis(port=PORT, socket_timeout=None).save()
         size = RedisGraphStore(client).size()
         bytes_per_record = client.info("memory")["used_memory"] / max(size, 1)
         new = messages(records, args.index, args.index + args.events)
