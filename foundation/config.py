@@ -293,8 +293,10 @@ def load_settings() -> Settings:
             raise ConfigError(f"{variable} must be 0 or 1")
     if values["kafka_jit"] not in ("quick", "full"):
         raise ConfigError("CAREBUS_KAFKA_JIT must be quick or full")
-    if values["avro_engine"] not in codec.ENGINES:
-        raise ConfigError(f"CAREBUS_AVRO_ENGINE must be one of {', '.join(codec.ENGINES)}")
+    try:
+        codec.engine_setting()        # the same check the codec makes when a process starts
+    except codec.EngineError as exc:
+        raise ConfigError(str(exc)) from None
     if not values["monitor_sample_seconds"]:
         raise ConfigError("CAREBUS_MONITOR_SAMPLE_SECONDS must be at least 1")
     if values["kafka_port"] == values["kafka_controller_port"]:

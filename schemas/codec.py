@@ -114,16 +114,20 @@ def _schema_json(message_type: str) -> str:
     return json.dumps(registry.current()[message_type].expanded)
 
 
-_body, _read = (cavro_body, cavro_read) if engine_setting() == "cavro" else (fastavro_body, fastavro_read)
+@lru_cache(maxsize=1)
+def engine() -> tuple[Any, Any]:
+    """This process's writer and reader, chosen at first use (not at import: a bad setting is then
+    reported by the configuration, load_settings, before anything encodes)."""
+    return (cavro_body, cavro_read) if engine_setting() == "cavro" else (fastavro_body, fastavro_read)
 
 
 def encode(message_type: str, record: dict[str, Any]) -> bytes:
-    return _prepared(message_type)[2] + _body(message_type, record)
+    return _prepared(message_type)[2] + engine()[0](message_type, record)
 
 
 def body(message_type: str, record: dict[str, Any]) -> bytes:
     """The Avro body alone (no header): to be framed with `frame`, or nested with `encode_with_last`."""
-    return _body(message_type, record)
+    return engine()[0](message_type, record)
 
 
 def frame(message_type: str, avro_body: bytes) -> bytes:
@@ -138,7 +142,7 @@ def _without_last_field(message_type: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=None)
 def _head_writer(message_type: str) -> Any:
-    if _body is cavro_body:
+    if engine()[0] is cavro_body:
         return cavro_schema(json.dumps(_without_last_field(message_type))).binary_encode
     parsed = fastavro.parse_schema(_without_last_field(message_type), named_schemas={})
 
@@ -177,7 +181,7 @@ def decode(data: bytes, expected_type: str | None = None) -> dict[str, Any]:
     reader = registry.current()[short]
     if reader.fingerprint == writer.fingerprint:
         # Written with the current schema (almost always): no resolution to do.
-        return _read(short, data[10:])
+        return engine()[1](short, data[10:])
     return schemaless_reader(io.BytesIO(data[10:]), writer.parsed_plain, reader.parsed_plain)
 
 

@@ -6,6 +6,7 @@ engine would read something else than a producer on the other wrote.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -43,10 +44,9 @@ def test_an_unknown_engine_is_a_clear_configuration_error(monkeypatch):
         load_settings()
 
 
-def test_a_process_told_fastavro_writes_what_cavro_reads(monkeypatch):
-    """The engine is chosen when a process starts: one on fastavro (the fallback an operator can
-    switch to) and one on cavro share the topics."""
-    monkeypatch.setenv("CAREBUS_AVRO_ENGINE", "fastavro")
+def test_a_process_told_fastavro_writes_what_cavro_reads():
+    """Each process keeps the engine it chose at first use: one on fastavro (the fallback an
+    operator can switch to) and one on cavro share the topics."""
     change = {"person_id": "PER-1", "version": 3, "updated_at": 1_700_000_000_000, "sources": [],
               "demographics": {"local_identifier": {"system": "urn:carebus:person", "value": "PER-1"},
                                "other_identifiers": [], "nhs_number": "9434765919",
@@ -56,11 +56,20 @@ def test_a_process_told_fastavro_writes_what_cavro_reads(monkeypatch):
               "demographics_provenance": {}, "encounters": [], "problems": [], "medications": [], "allergies": [],
               "observations": [], "referrals": [], "documents": []}
     script = ("import sys; from schemas import codec; "
-              f"assert codec._body is codec.fastavro_body; sys.stdout.buffer.write(codec.encode('SharedRecord', {change!r}))")
-    written = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, cwd=REPO_ROOT).stdout
-    assert codec._body is codec.cavro_body          # this process: the default
+              f"assert codec.engine()[0] is codec.fastavro_body; sys.stdout.buffer.write(codec.encode('SharedRecord', {change!r}))")
+    written = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, cwd=REPO_ROOT,
+                             env={**os.environ, "CAREBUS_AVRO_ENGINE": "fastavro"}).stdout
+    assert codec.engine()[0] is codec.cavro_body          # this process: the default
     assert codec.decode(written, "SharedRecord") == change
     assert codec.encode("SharedRecord", change) == written
+
+
+def test_a_bad_engine_stops_a_command_as_a_configuration_error():
+    done = subprocess.run([sys.executable, "-m", "carebus.cli", "status"], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env={**os.environ, "CAREBUS_AVRO_ENGINE": "avro-c"})
+    assert done.returncode == 2
+    assert "configuration error" in done.stdout and "CAREBUS_AVRO_ENGINE" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("body", [codec.cavro_body, codec.fastavro_body])
