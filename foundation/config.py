@@ -11,7 +11,6 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from schemas import codec
 from schemas.errors import SetupError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -252,6 +251,22 @@ ENVIRONMENT = {
 _PORT_FIELDS = {"kafka_port", "kafka_controller_port", "redis_port", "mllp_port", "http_port", "delivery_port"}
 
 
+AVRO_ENGINES = ("cavro", "fastavro")
+
+
+class AvroEngineError(ConfigError):
+    """CAREBUS_AVRO_ENGINE names no engine, or one this install lacks (schemas/codec.py)."""
+
+
+def avro_engine(raw: str) -> str:
+    """The Avro engine CAREBUS_AVRO_ENGINE names ('' for the default), checked. schemas/codec.py
+    reads the variable itself, on first use: a bulk extract worker encodes and loads no other setting."""
+    name = raw or Settings.avro_engine
+    if name not in AVRO_ENGINES:
+        raise AvroEngineError(f"CAREBUS_AVRO_ENGINE must be one of {', '.join(AVRO_ENGINES)}, not {name!r}")
+    return name
+
+
 def load_settings() -> Settings:
     """Read the environment; raise ConfigError naming the variable on a bad value."""
     defaults = Settings()
@@ -293,10 +308,7 @@ def load_settings() -> Settings:
             raise ConfigError(f"{variable} must be 0 or 1")
     if values["kafka_jit"] not in ("quick", "full"):
         raise ConfigError("CAREBUS_KAFKA_JIT must be quick or full")
-    try:
-        codec.engine_setting()        # the same check the codec makes when a process starts
-    except codec.EngineError as exc:
-        raise ConfigError(str(exc)) from None
+    values["avro_engine"] = avro_engine(str(values["avro_engine"]))
     if not values["monitor_sample_seconds"]:
         raise ConfigError("CAREBUS_MONITOR_SAMPLE_SECONDS must be at least 1")
     if values["kafka_port"] == values["kafka_controller_port"]:

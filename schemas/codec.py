@@ -27,6 +27,7 @@ from typing import Any
 import fastavro
 from fastavro import schemaless_reader, schemaless_writer
 
+from foundation.config import AvroEngineError as EngineError, avro_engine
 from schemas import registry
 from schemas.errors import CarebusError
 
@@ -37,23 +38,15 @@ except ImportError:       # pragma: no cover - an install without it: fastavro a
 
 MAGIC = b"\xc3\x01"
 SCHEMA_HEADER = "carebus-schema"
-ENGINES = ("cavro", "fastavro")
 
 
 class UnknownSchemaError(CarebusError, ValueError):
     """The bytes are not carebus Avro, or were written with a schema this build does not know."""
 
 
-class EngineError(CarebusError, ValueError):
-    """CAREBUS_AVRO_ENGINE names no engine this install has."""
-
-
 def engine_setting() -> str:
-    """CAREBUS_AVRO_ENGINE (foundation/config.py documents it; read here because every process,
-    a bulk extract worker too, encodes before it loads any other setting)."""
-    name = os.environ.get("CAREBUS_AVRO_ENGINE") or "cavro"
-    if name not in ENGINES:
-        raise EngineError(f"CAREBUS_AVRO_ENGINE must be one of {', '.join(ENGINES)}, not {name!r}")
+    """CAREBUS_AVRO_ENGINE, checked as the configuration checks it, and whether it is installed."""
+    name = avro_engine(os.environ.get("CAREBUS_AVRO_ENGINE", ""))
     if name == "cavro" and cavro is None:
         raise EngineError("CAREBUS_AVRO_ENGINE=cavro, but the cavro package is not installed")
     return name
