@@ -21,8 +21,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 from fastavro import schemaless_reader, schemaless_writer
@@ -73,9 +74,13 @@ _CAVRO_OPTIONS = None if cavro is None else cavro.DEFAULT_OPTIONS.replace(
     logical_types=(), record_decodes_to_dict=True, return_uuid_object=False)
 
 
+def _cavro(schema: dict[str, Any]) -> Any:
+    return cavro.Schema(json.dumps(schema), options=_CAVRO_OPTIONS)
+
+
 @lru_cache(maxsize=None)
-def cavro_schema(schema_json: str) -> Any:
-    return cavro.Schema(schema_json, options=_CAVRO_OPTIONS)
+def _cavro_message(message_type: str) -> Any:
+    return _cavro(registry.current()[message_type].expanded)
 
 
 def fastavro_body(message_type: str, record: dict[str, Any]) -> bytes:
@@ -91,7 +96,7 @@ def fastavro_body(message_type: str, record: dict[str, Any]) -> bytes:
 
 
 def cavro_body(message_type: str, record: dict[str, Any]) -> bytes:
-    return cavro_schema(_schema_json(message_type)).binary_encode(record)
+    return _cavro_message(message_type).binary_encode(record)
 
 
 def fastavro_read(message_type: str, avro_body: bytes) -> dict[str, Any]:
@@ -99,28 +104,31 @@ def fastavro_read(message_type: str, avro_body: bytes) -> dict[str, Any]:
 
 
 def cavro_read(message_type: str, avro_body: bytes) -> dict[str, Any]:
-    return cavro_schema(_schema_json(message_type)).binary_decode(avro_body)
+    return _cavro_message(message_type).binary_decode(avro_body)
 
 
-@lru_cache(maxsize=None)
-def _schema_json(message_type: str) -> str:
-    return json.dumps(registry.current()[message_type].expanded)
+class Engine(NamedTuple):
+    write: Callable[[str, dict[str, Any]], bytes]
+    read: Callable[[str, bytes], dict[str, Any]]
+    name: str
 
 
 @lru_cache(maxsize=1)
-def engine() -> tuple[Any, Any]:
-    """This process's writer and reader, chosen at first use (not at import: a bad setting is then
-    reported by the configuration, load_settings, before anything encodes)."""
-    return (cavro_body, cavro_read) if engine_setting() == "cavro" else (fastavro_body, fastavro_read)
+def engine() -> Engine:
+    """This process's engine, chosen at first use (not at import: a bad setting is then reported
+    by the configuration, load_settings, before anything encodes)."""
+    if engine_setting() == "cavro":
+        return Engine(cavro_body, cavro_read, "cavro")
+    return Engine(fastavro_body, fastavro_read, "fastavro")
 
 
 def encode(message_type: str, record: dict[str, Any]) -> bytes:
-    return _prepared(message_type)[2] + engine()[0](message_type, record)
+    return _prepared(message_type)[2] + engine().write(message_type, record)
 
 
 def body(message_type: str, record: dict[str, Any]) -> bytes:
     """The Avro body alone (no header): to be framed with `frame`, or nested with `encode_with_last`."""
-    return engine()[0](message_type, record)
+    return engine().write(message_type, record)
 
 
 def frame(message_type: str, avro_body: bytes) -> bytes:
@@ -135,8 +143,8 @@ def _without_last_field(message_type: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=None)
 def _head_writer(message_type: str) -> Any:
-    if engine()[0] is cavro_body:
-        return cavro_schema(json.dumps(_without_last_field(message_type))).binary_encode
+    if engine().name == "cavro":
+        return _cavro(_without_last_field(message_type)).binary_encode
     parsed = fastavro.parse_schema(_without_last_field(message_type), named_schemas={})
 
     def write(head: dict[str, Any]) -> bytes:
@@ -174,7 +182,7 @@ def decode(data: bytes, expected_type: str | None = None) -> dict[str, Any]:
     reader = registry.current()[short]
     if reader.fingerprint == writer.fingerprint:
         # Written with the current schema (almost always): no resolution to do.
-        return engine()[1](short, data[10:])
+        return engine().read(short, data[10:])
     return schemaless_reader(io.BytesIO(data[10:]), writer.parsed_plain, reader.parsed_plain)
 
 
