@@ -25,12 +25,18 @@ def cpu_seconds(pid: int) -> float:
     """CPU time (user + system, all threads) a process has used so far; 0 if it is gone.
     Differences of it are firmer than throughput on a machine whose speed swings: a slow moment
     stretches the wall clock, not much the work done per message."""
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    # utime and stime are the 12th and 13th fields after the command name.
+    return (int(fields[11]) + int(fields[12])) / _TICKS if fields else 0.0
+
+
+def _stat_fields(stat: Path) -> list[str]:
+    """A process's /proc stat fields after its command name (which may hold spaces and
+    parentheses); [] if the process is gone."""
     try:
-        # Fields after the command name, which may hold spaces: utime and stime are the 12th and 13th.
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat.read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+        return []
 
 
 def with_descendants(pid: int) -> list[int]:
@@ -38,10 +44,9 @@ def with_descendants(pid: int) -> list[int]:
     workers parse and encode large files: their CPU is the connector's)."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
+        fields = _stat_fields(stat)
+        if fields:
+            parents[int(stat.parent.name)] = int(fields[1])     # the parent's pid
     found, frontier = [pid], [pid]
     while frontier:
         frontier = [child for child, parent in parents.items() if parent in frontier]

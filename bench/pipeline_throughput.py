@@ -362,7 +362,8 @@ def main() -> None:
                 time.sleep(3)
             since = int(time.time() * 1000)
             lag_before = total_lag(settings, "carebus-linker", SOURCE_EVENTS.name)
-            meter = bus_cpu(settings, {"connectors": with_descendants(connectors.pid), "link workers": [w.pid for w in workers],
+            meter = bus_cpu(settings, {"connectors": with_descendants(connectors.pid),
+                                       "link workers": [w.pid for w in workers],
                                        "delivery": [delivery.pid], "subscriber": [sink.pid],
                                        "load generator": [os.getpid()]})
             meter.start()
