@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
@@ -21,6 +20,7 @@ from producers import birth_date, nhs_number, sharing_dissent
 from producers.hl7v2_mapper import EVENT_NAMESPACE
 from schemas.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
 from schemas import messages
+from schemas.event_ids import name_based
 from schemas.errors import MappingError
 
 SUPPORTED = ("Patient", "Encounter", "Condition", "Observation", "AllergyIntolerance",
@@ -265,7 +265,7 @@ def map_payload(raw: bytes, profile: SourceSystemProfile, ods: str, received_at_
             flags += birth_flags.get(n, [])
             identity["birth_date_as_sent"] = birth_as_sent.get(n)
             index = len(events)
-            eid = str(uuid.uuid5(EVENT_NAMESPACE, f"{profile.code}|{ods}|{digest}|{index}"))
+            eid = name_based(EVENT_NAMESPACE, f"{profile.code}|{ods}|{digest}|{index}")
             event = _empty_event(identity, profile, ods, model.id or identity["local_identifier"]["value"],
                                  event_type, received_at_ms, eid, correlation)
             event["data_quality_flags"] = flags
@@ -290,7 +290,7 @@ def map_payload(raw: bytes, profile: SourceSystemProfile, ods: str, received_at_
                             "other_identifiers": [], "nhs_number": None, "nhs_number_status": "ABSENT", "names": [],
                             "birth_date": None, "sex": "UNKNOWN", "addresses": [], "telecom": [],
                             "registered_practice_ods": None, "deceased_at": None, "sharing_objection": False}
-                eid = str(uuid.uuid5(EVENT_NAMESPACE, f"{profile.code}|{ods}|{digest}|{key}"))
+                eid = name_based(EVENT_NAMESPACE, f"{profile.code}|{ods}|{digest}|{key}")
                 target = _empty_event(identity, profile, ods, correlation, event_type, received_at_ms, eid, correlation)
                 events.append(target)
                 patients[key] = target

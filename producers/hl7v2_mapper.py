@@ -18,6 +18,7 @@ from producers import birth_date, nhs_number
 from producers.hl7v2_message import HL7v2Message
 from schemas.source_systems import NHS_NUMBER_SYSTEM, SourceSystemProfile
 from schemas import messages
+from schemas.event_ids import name_based
 from schemas.errors import MappingError
 
 EVENT_NAMESPACE = uuid.UUID("6f1f5d1c-1d4e-4c1b-9b8e-2b7f5e0c0a11")
@@ -107,7 +108,7 @@ def event_id(system: str, ods: str, control_id: str, raw: bytes) -> str:
     # The same sender message (same control id and content) always gets the same id, so a
     # redelivery after a lost ACK is recognised downstream as a duplicate.
     digest = hashlib.sha256(raw).hexdigest()[:16]
-    return str(uuid.uuid5(EVENT_NAMESPACE, f"{system}|{ods}|{control_id}|{digest}"))
+    return name_based(EVENT_NAMESPACE, f"{system}|{ods}|{control_id}|{digest}")
 
 
 def _identity(msg: HL7v2Message, profile: SourceSystemProfile, ods: str) -> tuple[dict[str, Any], list[str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -18,6 +17,7 @@ from typing import Any
 from producers import birth_date, nhs_number, sharing_dissent
 from producers.hl7v2_mapper import EVENT_NAMESPACE
 from schemas import messages
+from schemas.event_ids import name_based
 from schemas.source_systems import NHS_NUMBER_SYSTEM, VISION
 
 COLUMNS = ("record_type", "patient_id", "practice_ods", "nhs_number", "nhs_verified", "family", "given",
@@ -141,7 +141,7 @@ def _apply_row(row: dict[str, str], line: int, events: dict, file_name: str, dig
     event = events.get(key)
     if event is None:
         event = events[key] = messages.source_event(
-            messages.envelope(str(uuid.uuid5(EVENT_NAMESPACE, f"INPS_VISION|{ods}|{pid}|{digest}")), VISION.code, ods,
+            messages.envelope(name_based(EVENT_NAMESPACE, f"INPS_VISION|{ods}|{pid}|{digest}"), VISION.code, ods,
                               f"{file_name}#{pid}", "vision.extract", now, now, file_name),
             {"local_identifier": {"system": VISION.identifier_system(ods), "value": pid},
              "other_identifiers": [], "nhs_number": None, "nhs_number_status": "ABSENT", "names": [],

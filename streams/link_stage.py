@@ -25,6 +25,7 @@ from foundation.clock import now_ms
 from foundation.durable_producer import DurableProducer
 from foundation.log_privacy import pseudonym
 from schemas import codec, messages
+from schemas.event_ids import name_based
 from schemas.errors import Unavailable
 from schemas.source_key import SourceKey, source_key
 from schemas.topics import (DLQ_STREAMS, IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SHARED_RECORDS,
@@ -349,7 +350,7 @@ class LinkStage:
     def _event(self, cause: str, kind: str, person: str, other: str | None, keys: list[str], score: float | None,
                how: str, reasons: list[str]) -> dict[str, Any]:
         return messages.identity_event(
-            str(uuid.uuid5(NS, f"{cause}|{kind}|{person}|{other}|{','.join(sorted(keys))}")), kind, person,
+            name_based(NS, f"{cause}|{kind}|{person}|{other}|{','.join(sorted(keys))}"), kind, person,
             recorded_at=now_ms(), caused_by=cause, other_person_id=other, sources=[_ref(k) for k in sorted(keys)],
             score=score, method=how, reasons=reasons)
 
@@ -400,7 +401,7 @@ class LinkStage:
         for d in outcome.decisions:
             if d.outcome not in REVIEW_REASONS:
                 continue
-            review_id = str(uuid.uuid5(NS, "|".join(sorted((d.a, d.b)))))
+            review_id = name_based(NS, "|".join(sorted((d.a, d.b))))
             reason = REVIEW_REASONS[d.outcome].format(p=d.posterior)
             pairs[review_id] = (d, reason)
         if not pairs:
@@ -474,7 +475,7 @@ class LinkStage:
             change_type = "merged"
         else:
             change_type = "created" if version == 1 else "updated"
-        return {"event_id": str(uuid.uuid5(NS, f"{person}|{version}")), "person_id": person, "version": version,
+        return {"event_id": name_based(NS, f"{person}|{version}"), "person_id": person, "version": version,
                 "changed_at": record["updated_at"], "change_type": change_type,
                 "changed_sections": change.get("changed", []), "caused_by": change.get("causes", []),
                 "ods_codes": change.get("ods", []), "record": record}
@@ -528,7 +529,7 @@ class LinkStage:
     def _dead_letter(self, m: InboundMessage, reason: str, code: str, extra: str = "") -> dict[str, Any]:
         return messages.dead_letter(
             "streams:linker", "CAREBUS", reason, code, m.value or b"", "avro/binary", failed_at=now_ms(),
-            dead_letter_id=str(uuid.uuid5(NS, f"dlq|{m.topic}|{m.partition}|{m.offset}|{extra}")),
+            dead_letter_id=name_based(NS, f"dlq|{m.topic}|{m.partition}|{m.offset}|{extra}"),
             original_topic=m.topic or None, original_partition=m.partition if m.partition >= 0 else None,
             original_offset=m.offset if m.offset >= 0 else None)
 
