@@ -86,8 +86,15 @@ local function new_id(key, h, bucket)
   if h then redis.call('HSET', P..'n:'..id, 'k', key, 'h', h) end
   return id
 end
+-- A block's hash is named by the hex of its digest's first two bytes. string.format costs some
+-- 2 us a call in Redis's Lua, twice per block of every record ingested: a table of the 256 byte
+-- values instead (a fifth of the ingest script's time on a 30,000-record index).
+local HEX = {}
+for n = 0, 255 do HEX[n] = string.format('%02x', n) end
+local BLOCKS = P..'b:'
 local function block_loc(dg)
-  return P..'b:'..string.format('%02x%02x', string.byte(dg, 1, 2)), string.sub(dg, 3, 8)
+  local x, y = string.byte(dg, 1, 2)
+  return BLOCKS..HEX[x]..HEX[y], string.sub(dg, 3, 8)
 end
 local function block_add(dg, id)
   local bk, f = block_loc(dg)
@@ -109,7 +116,8 @@ local function block_remove(dg, id)
 end
 """
 
-# ARGV: prefix, cap, then per node: key, hash, packed demographics, n blocks, block digests...
+# ARGV: prefix, cap, then per node: key, hash, packed demographics, its block digests in one
+# string (8 bytes each, sorted: one argument, not one per block, for the client to send).
 # Returns per node: key, node id, version, blocks skipped, and its candidates in one string (one
 # reply element per node, not five per candidate: parsing the reply was a third of the call):
 # candidates joined by RS, each "node id GS key GS version GS '1' if an edge joins it to the node
@@ -120,10 +128,10 @@ local cap = tonumber(ARGV[2])
 local out = {}
 local i = 3
 while i <= #ARGV do
-  local key, h, d, nb = ARGV[i], ARGV[i+1], ARGV[i+2], tonumber(ARGV[i+3])
+  local key, h, d, all_blocks = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3]
   local blocks = {}
-  for j = 1, nb do blocks[j] = ARGV[i+3+j] end
-  i = i + 4 + nb
+  for j = 1, #all_blocks, 8 do blocks[#blocks+1] = string.sub(all_blocks, j, j + 7) end
+  i = i + 4
   -- Most records are new: their node is written whole, and has no state, edges or forbidden
   -- neighbours to read (four commands of some forty per record).
   local bucket = nid_bucket(key)
@@ -151,9 +159,9 @@ while i <= #ARGV do
     -- The members just written are the candidates read below: no second read of each block.
     for _, b in ipairs(blocks) do written[b] = block_add(b, id) end
     if fresh then
-      redis.call('HSET', nk, 'k', key, 'h', h, 'd', d, 'v', version, 'b', table.concat(blocks))
+      redis.call('HSET', nk, 'k', key, 'h', h, 'd', d, 'v', version, 'b', all_blocks)
     else
-      redis.call('HSET', nk, 'd', d, 'v', version, 'b', table.concat(blocks))
+      redis.call('HSET', nk, 'd', d, 'v', version, 'b', all_blocks)
     end
   end
   -- Forbidden neighbours are skipped and linked ones flagged: one read of each per node, not
@@ -587,8 +595,7 @@ class RedisGraphStore:
     def _ingest_args(self, demos: Sequence[Demographics]) -> list[Any]:
         args: list[Any] = [P, BLOCK_CAP]
         for d in demos:
-            blocks = sorted({block_digest(b) for b in blocking.keys(d)})
-            args += [d.key, node_hash(d.key), pack(d), len(blocks), *blocks]
+            args += [d.key, node_hash(d.key), pack(d), b"".join(sorted({block_digest(b) for b in blocking.keys(d)}))]
         return args
 
     def _ingested(self, raw: list[Any]) -> dict[str, Ingested]:
