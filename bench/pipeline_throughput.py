@@ -41,7 +41,7 @@ from bench import private_bus
 from bench.measurement import bus_cpu, peak_rss_mb, percentile, with_descendants
 from bench.webhook_sink import WebhookSink
 from carebus.process_control import stop_children
-from consumers.stream_lag import total_lag
+from consumers.stream_lag import LagReader, total_lag
 from schemas import codec
 from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS, source_event_key
 from simulator import population as pop
@@ -104,10 +104,13 @@ def drain(settings, workers: list[subprocess.Popen], records: list[pop.SourceRec
           ) -> tuple[float, float]:
     """Produce a backlog for running, settled workers; seconds until they have no lag, peak RSS."""
     wait_group_stable(settings, len(workers))
+    # One reader for the whole drain: a reading is a few requests to the broker, which runs on the
+    # same two cores as the workers measured (stream_lag).
+    lag = LagReader(settings)
     started = time.perf_counter()
     produce_events(settings, records, first)
     peak = 0.0
-    while total_lag(settings, "carebus-linker", SOURCE_EVENTS.name) > 0:
+    while lag.total("carebus-linker", SOURCE_EVENTS.name) > 0:
         peak = max([peak] + [peak_rss_mb(w.pid) for w in workers])
         time.sleep(0.1)
     return time.perf_counter() - started, max([peak] + [peak_rss_mb(w.pid) for w in workers])
@@ -232,11 +235,9 @@ def subscribe(url: str) -> str:
     return resp.json()["id"]
 
 
-def changes_pending(settings, subscription: str) -> int:
+def changes_pending(lag: LagReader, subscription: str) -> int:
     """Changes on patient-changes past the subscription's committed position (what it will deliver)."""
-    from consumers.stream_lag import total_lag
-
-    return total_lag(settings, f"carebus-delivery-{subscription}", PATIENT_CHANGES.name)
+    return lag.total(f"carebus-delivery-{subscription}", PATIENT_CHANGES.name)
 
 
 def first_arrival_latencies(arrivals: list[tuple[float, dict]], sent_at: dict[str, int]) -> list[float]:
@@ -313,10 +314,11 @@ def main() -> None:
             # The drain also produces the backlog (in this process): Kafka's share includes taking it in.
             console.print(f"  CPU per event: {meter.per_message(len(batch))}")
 
-        pending = changes_pending(settings, subscription)
+        lag = LagReader(settings)
+        pending = changes_pending(lag, subscription)
         delivery = start_delivery(delivery_env, logs)
         started, peak = time.perf_counter(), 0.0
-        while changes_pending(settings, subscription) > 0 and time.perf_counter() - started < 600:
+        while changes_pending(lag, subscription) > 0 and time.perf_counter() - started < 600:
             peak = max(peak, peak_rss_mb(delivery.pid))
             time.sleep(0.2)
         secs = time.perf_counter() - started

@@ -31,7 +31,7 @@ from bench import private_bus
 from bench.pipeline_throughput import BENCH_PORTS, DELIVERY_PORT, changes_pending, start_delivery, subscribe
 from bench.webhook_sink import WebhookSink
 from carebus import kafka_server, process_control, redis_server
-from consumers.stream_lag import total_lag
+from consumers.stream_lag import LagReader, total_lag
 from schemas.topics import SOURCE_EVENTS
 from simulator import population as pop
 from simulator.traffic import MessageFactory, MllpClient, ack_code
@@ -178,8 +178,9 @@ def main() -> None:
         graph = RedisGraphStore(redis.Redis.from_url(settings.redis))
         sub = redis.Redis.from_url(settings.redis).smembers("carebus:subscriptions").pop().decode()
         deadline = time.monotonic() + 300
+        lag_reader = LagReader(settings)
         while time.monotonic() < deadline:
-            if total_lag(settings, "carebus-linker", SOURCE_EVENTS.name) == 0 and changes_pending(settings, sub) == 0:
+            if lag_reader.total("carebus-linker", SOURCE_EVENTS.name) == 0 and changes_pending(lag_reader, sub) == 0:
                 break
             time.sleep(2)
         keys = sorted(acked)

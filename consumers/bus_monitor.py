@@ -14,7 +14,7 @@ from prometheus_client import Gauge
 
 from foundation.config import Settings
 from foundation.clock import now_ms
-from consumers.stream_lag import consumer_lag
+from consumers.stream_lag import LagReader
 from schemas import codec
 from streams.identity_store import linkage_statistics
 from streams.worker_status import worker_states
@@ -34,36 +34,51 @@ class BusMonitor:
     _reasons: dict[str, Tally] = field(default_factory=dict)
     _reasons_read: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lag_reader: LagReader | None = None
 
-    def _ends(self, consumer: Consumer) -> dict[str, int]:
-        out = {}
-        md = consumer.list_topics(timeout=10).topics
-        for t in CATALOGUE:
-            if t.name in md:
-                out[t.name] = sum(consumer.get_watermark_offsets(TopicPartition(t.name, p), timeout=10)[1]
-                                  for p in md[t.name].partitions)
+    def _reader(self) -> LagReader:
+        # One admin client for the monitor's life: each snapshot reads every topic's ends and
+        # each group's offsets in a few requests (stream_lag), not a consumer per reading.
+        if self._lag_reader is None:
+            self._lag_reader = LagReader(self.settings)
+        return self._lag_reader
+
+    def _ends(self) -> dict[str, int]:
+        """Messages ever written per topic of the catalogue (the sum of its partitions' ends)."""
+        out: dict[str, int] = {}
+        for (topic, _), end in self._reader().ends(self._reader().partitions([t.name for t in CATALOGUE])).items():
+            out[topic] = out.get(topic, 0) + end
         return out
 
-    def _dead_letter_reasons(self, consumer: Consumer, topic: str) -> dict[str, int]:
+    def _dead_letter_reasons(self, topic: str, end: int) -> dict[str, int]:
+        """Why the dead letters of this (one-partition) topic were parked, reading only those new
+        since the last snapshot (`end`: the topic's end now). A consumer is opened only for them."""
         tally = self._reasons.setdefault(topic, Tally())
         start = self._reasons_read.get(topic, 0)
-        end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
         if end > start:
-            consumer.assign([TopicPartition(topic, 0, start)])
-            read = start
-            while read < end:
-                msg = consumer.poll(2.0)
-                if msg is None:
-                    break
-                if msg.error():
-                    continue
-                read = msg.offset() + 1
-                try:
-                    tally[codec.decode(msg.value(), "DeadLetter")["error_code"]] += 1
-                except Exception:  # noqa: BLE001
-                    tally["UNDECODABLE"] += 1
-            self._reasons_read[topic] = read
+            consumer = Consumer(self.settings.kafka_client({"group.id": "carebus-monitor",
+                                                            "enable.auto.commit": False}))
+            try:
+                self._read_reasons(consumer, topic, start, end, tally)
+            finally:
+                consumer.close()
         return dict(tally)
+
+    def _read_reasons(self, consumer: Consumer, topic: str, start: int, end: int, tally: Tally) -> None:
+        consumer.assign([TopicPartition(topic, 0, start)])
+        read = start
+        while read < end:
+            msg = consumer.poll(2.0)
+            if msg is None:
+                break
+            if msg.error():
+                continue
+            read = msg.offset() + 1
+            try:
+                tally[codec.decode(msg.value(), "DeadLetter")["error_code"]] += 1
+            except Exception:  # noqa: BLE001
+                tally["UNDECODABLE"] += 1
+        self._reasons_read[topic] = read
 
     def snapshot(self, redis_client: redis.Redis) -> dict[str, Any]:
         # One at a time: /monitor and the history sampler both call this from worker threads, and
@@ -72,19 +87,15 @@ class BusMonitor:
             return self._snapshot(redis_client)
 
     def _snapshot(self, redis_client: redis.Redis) -> dict[str, Any]:
-        consumer = Consumer(self.settings.kafka_client({"group.id": "carebus-monitor",
-                             "enable.auto.commit": False}))
-        try:
-            ends = self._ends(consumer)
-            now = time.monotonic()
-            rates = {}
-            if self._last is not None:
-                elapsed = max(now - self._last[0], 1e-6)
-                rates = {t: max(0.0, (n - self._last[1].get(t, 0)) / elapsed) for t, n in ends.items()}
-            self._last = (now, ends)
-            reasons = {t.name: self._dead_letter_reasons(consumer, t.name) for t in (DLQ_CONNECTORS, DLQ_STREAMS, DLQ_DELIVERY)}
-        finally:
-            consumer.close()
+        ends = self._ends()
+        now = time.monotonic()
+        rates = {}
+        if self._last is not None:
+            elapsed = max(now - self._last[0], 1e-6)
+            rates = {t: max(0.0, (n - self._last[1].get(t, 0)) / elapsed) for t, n in ends.items()}
+        self._last = (now, ends)
+        reasons = {t.name: self._dead_letter_reasons(t.name, ends.get(t.name, 0))
+                   for t in (DLQ_CONNECTORS, DLQ_STREAMS, DLQ_DELIVERY)}
         # carebus knows its own groups: the linker, and one per push subscription.
         subscriptions = sorted(b.decode() for b in redis_client.smembers("carebus:subscriptions"))
         groups = [("carebus-linker", SOURCE_EVENTS.name)] + [(f"carebus-delivery-{s}", PATIENT_CHANGES.name)
@@ -92,7 +103,7 @@ class BusMonitor:
         lags = []
         for g, topic in groups:
             try:
-                partitions = consumer_lag(self.settings, g, topic)
+                partitions = self._reader().lag(g, topic)
             except KafkaException as exc:
                 lags.append({"group": g, "topic": topic, "partition": -1, "lag": -1, "error": str(exc.args[0])})
                 continue
