@@ -2,8 +2,10 @@
 them, against the real broker."""
 from __future__ import annotations
 
+import time
+
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from consumers.bus_monitor import BusMonitor
@@ -28,7 +30,15 @@ def _topic_with(settings, name: str, per_partition: list[int]) -> None:
 def _commit(settings, group: str, topic: str, partition: int, offset: int) -> None:
     consumer = Consumer(settings.kafka_client({"group.id": group, "enable.auto.commit": False}))
     try:
-        consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+        # A new group's coordinator may still be loading or moving: a commit then fails and is retried.
+        for attempt in range(20):
+            try:
+                consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+                return
+            except KafkaException:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
 
