@@ -113,6 +113,7 @@ def drain(settings, workers: list[subprocess.Popen], records: list[pop.SourceRec
     while lag.total("carebus-linker", SOURCE_EVENTS.name) > 0:
         peak = max([peak] + [peak_rss_mb(w.pid) for w in workers])
         time.sleep(0.1)
+    lag.close()
     return time.perf_counter() - started, max([peak] + [peak_rss_mb(w.pid) for w in workers])
 
 
@@ -322,6 +323,7 @@ def main() -> None:
             peak = max(peak, peak_rss_mb(delivery.pid))
             time.sleep(0.2)
         secs = time.perf_counter() - started
+        lag.close()
         rows.append((f"delivery: {pending:,} waiting changes ({sink.count():,} delivered, the rest out of scope) "
                      "to one fast webhook subscriber", "1", f"{pending / secs:,.0f}", f"{peak:.0f} (delivery service)"))
         console.print(rows[-1])

@@ -1,23 +1,28 @@
 """Consumer lag per group and partition, read from Kafka itself (committed offset vs end offset).
 
-Through the admin API: one ListOffsets request for every partition's end and one OffsetFetch for
-the group's committed offsets. Reading them through a consumer, as carebus did until the tenth
-session, opened a new consumer (connection, metadata, group coordinator) for every reading and
-asked for each partition's end in a request of its own: the broker spent some 15-40 ms of CPU per
-reading against 2-4 ms now (measured by polling ten times a second on an idle bus, alternated:
-10-25% of a core against 2-3%). The benchmarks poll lag while they measure, and the monitor every
+A LagReader keeps its clients for repeated readings: every partition's end in one ListOffsets
+request (the admin API), the group's committed offsets in one OffsetFetch (a consumer of that
+group, kept). Until the tenth session each reading opened a new consumer (connection, metadata,
+group coordinator) and asked for each partition's end in a request of its own: the broker spent
+some 15-45 ms of CPU per reading, against a few now (polled ten times a second on an idle bus,
+alternated). The benchmarks poll lag while they measure, and the monitor every
 CAREBUS_MONITOR_SAMPLE_SECONDS and on every /monitor request: what the broker spent answering
 them was counted as the stage's cost, and taken from the two cores the stage runs on.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import wait
 from dataclasses import dataclass
+from typing import TypeVar
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from foundation.config import Settings
+
+T = TypeVar("T")
 
 TIMEOUT = 10.0      # seconds for any one request
 
@@ -39,7 +44,14 @@ class LagReader:
     """Reads lag and topic ends again and again on one admin client (keep one for repeated readings)."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.admin = AdminClient(settings.kafka_client())
+        self._consumers: dict[str, Consumer] = {}
+
+    def close(self) -> None:
+        for consumer in self._consumers.values():
+            consumer.close()
+        self._consumers.clear()
 
     def partitions(self, topics: list[str]) -> list[TopicPartition]:
         """Every partition of these topics that exist (a topic not yet created has none)."""
@@ -51,24 +63,24 @@ class LagReader:
         """The end offset (messages ever written) of each partition, in one request."""
         if not partitions:
             return {}
-        futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): OffsetSpec.latest()
-                                           for tp in partitions}, request_timeout=TIMEOUT)
-        return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+        def read() -> dict[tuple[str, int], int]:
+            futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): OffsetSpec.latest()
+                                               for tp in partitions}, request_timeout=TIMEOUT)
+            wait(futures.values())
+            return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+        return _retrying(read)
 
     def committed(self, group: str, partitions: list[TopicPartition], attempts: int = 10) -> dict[tuple[str, int], int]:
-        """The group's committed offset per partition (negative: never committed)."""
-        request = [ConsumerGroupTopicPartitions(group, [TopicPartition(tp.topic, tp.partition) for tp in partitions])]
-        # Right after a cluster or group is created its coordinator may still be moving
-        # (NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS); these settle within seconds.
-        for attempt in range(attempts):
-            try:
-                result = self.admin.list_consumer_group_offsets(request, request_timeout=TIMEOUT)[group].result()
-                return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
-            except KafkaException:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.5)
-        return {}
+        """The group's committed offset per partition (negative: never committed), in one request.
+        Asked through a consumer of that group (kept), not the admin API: librdkafka 2.16's admin
+        OffsetFetch crashes the process when the group's coordinator answers NOT_COORDINATOR, as
+        it does on a cluster just started (confluent-kafka-python issue 1982)."""
+        consumer = self._consumers.get(group)
+        if consumer is None:
+            consumer = self._consumers[group] = Consumer(self.settings.kafka_client(
+                {"group.id": group, "enable.auto.commit": False}))
+        return _retrying(lambda: {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(
+            [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=TIMEOUT)}, attempts)
 
     def lag(self, group: str, topic: str) -> list[PartitionLag]:
         partitions = self.partitions([topic])
@@ -82,9 +94,27 @@ class LagReader:
         return sum(p.lag for p in self.lag(group, topic))
 
 
+def _retrying(read: Callable[[], T], attempts: int = 10) -> T:
+    # Right after a cluster or group is created, partition leaders and group coordinators may
+    # still be moving (NOT_LEADER_FOR_PARTITION, NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS):
+    # these settle within seconds.
+    for attempt in range(attempts):
+        try:
+            return read()
+        except KafkaException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 def consumer_lag(settings: Settings, group: str, topic: str) -> list[PartitionLag]:
     """One reading (a reader of its own: keep a LagReader to read again and again)."""
-    return LagReader(settings).lag(group, topic)
+    reader = LagReader(settings)
+    try:
+        return reader.lag(group, topic)
+    finally:
+        reader.close()
 
 
 def total_lag(settings: Settings, group: str, topic: str) -> int:
