@@ -37,16 +37,17 @@ class BusMonitor:
     _lag_reader: LagReader | None = None
 
     def _reader(self) -> LagReader:
-        # One admin client for the monitor's life: each snapshot reads every topic's ends and
-        # each group's offsets in a few requests (stream_lag), not a consumer per reading.
+        # One reader for the monitor's life: each snapshot reads every topic's ends and each
+        # group's offsets in a few requests on clients it keeps (stream_lag), not a consumer per reading.
         if self._lag_reader is None:
             self._lag_reader = LagReader(self.settings)
         return self._lag_reader
 
     def _ends(self) -> dict[str, int]:
         """Messages ever written per topic of the catalogue (the sum of its partitions' ends)."""
+        reader = self._reader()
         out: dict[str, int] = {}
-        for (topic, _), end in self._reader().ends(self._reader().partitions([t.name for t in CATALOGUE])).items():
+        for (topic, _), end in reader.ends(reader.partitions([t.name for t in CATALOGUE])).items():
             out[topic] = out.get(topic, 0) + end
         return out
 

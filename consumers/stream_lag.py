@@ -41,7 +41,8 @@ class PartitionLag:
 
 
 class LagReader:
-    """Reads lag and topic ends again and again on one admin client (keep one for repeated readings)."""
+    """Reads lag and topic ends again and again on the clients it keeps: an admin client for the
+    ends, a consumer per group for its committed offsets (keep one reader for repeated readings)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -63,6 +64,7 @@ class LagReader:
         """The end offset (messages ever written) of each partition, in one request."""
         if not partitions:
             return {}
+
         def read() -> dict[tuple[str, int], int]:
             futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): OffsetSpec.latest()
                                                for tp in partitions}, request_timeout=TIMEOUT)

@@ -1,5 +1,5 @@
-"""Lag and topic ends read through the admin API (consumers/stream_lag), and the monitor built on
-them, against the real broker."""
+"""Lag and topic ends read with kept clients (consumers/stream_lag), and the monitor built on them,
+against the real broker."""
 from __future__ import annotations
 
 import time
