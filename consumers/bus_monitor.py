@@ -35,6 +35,7 @@ class BusMonitor:
     _reasons_read: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _lag_reader: LagReader | None = None
+    _lag_series: set[tuple[str, str, str]] = field(default_factory=set)
 
     def _reader(self) -> LagReader:
         # One reader for the monitor's life: each snapshot reads every topic's ends and each
@@ -43,13 +44,10 @@ class BusMonitor:
             self._lag_reader = LagReader(self.settings)
         return self._lag_reader
 
-    def _ends(self) -> dict[str, int]:
-        """Messages ever written per topic of the catalogue (the sum of its partitions' ends)."""
+    def _partition_ends(self) -> dict[tuple[str, int], int]:
+        """The end of every partition of the catalogue's topics, in one request."""
         reader = self._reader()
-        out: dict[str, int] = {}
-        for (topic, _), end in reader.ends(reader.partitions([t.name for t in CATALOGUE])).items():
-            out[topic] = out.get(topic, 0) + end
-        return out
+        return reader.ends(reader.partitions([t.name for t in CATALOGUE]))
 
     def _dead_letter_reasons(self, topic: str, end: int) -> dict[str, int]:
         """Why the dead letters of this (one-partition) topic were parked, reading only those new
@@ -88,7 +86,10 @@ class BusMonitor:
             return self._snapshot(redis_client)
 
     def _snapshot(self, redis_client: redis.Redis) -> dict[str, Any]:
-        ends = self._ends()
+        partition_ends = self._partition_ends()
+        ends: dict[str, int] = {}
+        for (topic, _), end in partition_ends.items():
+            ends[topic] = ends.get(topic, 0) + end
         now = time.monotonic()
         rates = {}
         if self._last is not None:
@@ -101,16 +102,22 @@ class BusMonitor:
         subscriptions = sorted(b.decode() for b in redis_client.smembers("carebus:subscriptions"))
         groups = [("carebus-linker", SOURCE_EVENTS.name)] + [(f"carebus-delivery-{s}", PATIENT_CHANGES.name)
                                                              for s in subscriptions]
-        lags = []
-        for g, topic in groups:
-            try:
-                partitions = self._reader().lag(g, topic)
-            except KafkaException as exc:
-                lags.append({"group": g, "topic": topic, "partition": -1, "lag": -1, "error": str(exc.args[0])})
+        lags, series = [], set()
+        for (g, topic), found in self._reader().lags(groups, partition_ends).items():
+            if isinstance(found, KafkaException):
+                lags.append({"group": g, "topic": topic, "partition": -1, "lag": -1, "error": str(found.args[0])})
+                series |= {s for s in self._lag_series if s[:2] == (g, topic)}    # unread now, not gone
                 continue
-            for p in partitions:
+            for p in found:
                 lags.append({"group": g, "topic": topic, "partition": p.partition, "lag": p.lag})
                 LAG.labels(g, topic, str(p.partition)).set(p.lag)
+                series.add((g, topic, str(p.partition)))
+        # A deleted subscription's group is read no more: close its consumer, and drop its lag
+        # series rather than leave its last value standing in /metrics for ever.
+        self._reader().keep_only(g for g, _ in groups)
+        for gone in self._lag_series - series:
+            LAG.remove(*gone)
+        self._lag_series = series
         linkage = linkage_statistics(redis_client)
         for k, v in linkage.items():
             LINKAGE.labels(k).set(v)

@@ -12,7 +12,7 @@ them was counted as the stage's cost, and taken from the two cores the stage run
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import wait
 from dataclasses import dataclass
 from typing import TypeVar
@@ -85,12 +85,45 @@ class LagReader:
             [TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=TIMEOUT)}, attempts)
 
     def lag(self, group: str, topic: str) -> list[PartitionLag]:
-        partitions = self.partitions([topic])
-        if not partitions:      # not created yet: nothing to be behind on
-            return []
-        ends, committed = self.ends(partitions), self.committed(group, partitions)
-        return [PartitionLag(group, topic, tp.partition, committed.get((topic, tp.partition), -1),
-                             ends[(topic, tp.partition)]) for tp in partitions]
+        found = self.lags([(group, topic)])[(group, topic)]
+        if isinstance(found, KafkaException):
+            raise found
+        return found
+
+    def lags(self, groups: list[tuple[str, str]], ends: dict[tuple[str, int], int] | None = None
+             ) -> dict[tuple[str, str], list[PartitionLag] | KafkaException]:
+        """The lag of each (group, topic): the topics' partitions and ends in one request each
+        (or `ends`, every partition's end already read), then each group's committed offsets.
+        A group whose offsets cannot be read gets its error in place of its lag; the rest are read.
+        A topic not created yet has no partitions, so nothing to be behind on."""
+        if ends is None:
+            ends = self.ends(self.partitions(sorted({topic for _, topic in groups})))
+        out: dict[tuple[str, str], list[PartitionLag] | KafkaException] = {}
+        for group, topic in groups:
+            partitions = [TopicPartition(t, p) for t, p in sorted(ends) if t == topic]
+            if not partitions:
+                out[(group, topic)] = []
+                continue
+            try:
+                committed = self.committed(group, partitions)
+            except KafkaException as exc:
+                out[(group, topic)] = exc
+                continue
+            out[(group, topic)] = [PartitionLag(group, topic, tp.partition, committed.get((topic, tp.partition), -1),
+                                                ends[(topic, tp.partition)]) for tp in partitions]
+        return out
+
+    @property
+    def groups(self) -> set[str]:
+        """The groups this reader keeps a consumer for."""
+        return set(self._consumers)
+
+    def keep_only(self, groups: Iterable[str]) -> None:
+        """Close the consumers of every other group (a deleted subscription's, say): a reader
+        that lives as long as the monitor would otherwise keep one per group it ever read."""
+        wanted = set(groups)
+        for group in sorted(set(self._consumers) - wanted):
+            self._consumers.pop(group).close()
 
     def total(self, group: str, topic: str) -> int:
         return sum(p.lag for p in self.lag(group, topic))

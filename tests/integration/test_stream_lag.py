@@ -78,3 +78,43 @@ def test_monitor_counts_each_dead_letter_reason_once(bus_settings, redis_client,
     # A later snapshot reads only what is new: the same two, not four.
     assert monitor.snapshot(redis_client)["dead_letters"][DLQ_CONNECTORS.name]["reasons"].get(code) == 2
     assert any(lag["group"] == "carebus-linker" for lag in after["lag"])
+
+
+def test_lags_of_several_groups_share_one_reading_and_forgotten_groups_are_closed(bus_settings, unique):
+    topic, other = f"test.lags.{unique}", f"test.lags-other.{unique}"
+    _topic_with(bus_settings, topic, [3, 4])
+    _topic_with(bus_settings, other, [2])
+    _commit(bus_settings, f"a-{unique}", topic, 1, 4)
+    reader = LagReader(bus_settings)
+    try:
+        found = reader.lags([(f"a-{unique}", topic), (f"b-{unique}", topic), (f"a-{unique}", other),
+                             (f"c-{unique}", f"test.no-such-topic.{unique}")])
+        assert {k: sum(p.lag for p in v) for k, v in found.items()} == {
+            (f"a-{unique}", topic): 3, (f"b-{unique}", topic): 7, (f"a-{unique}", other): 2,
+            (f"c-{unique}", f"test.no-such-topic.{unique}"): 0}
+        assert reader.groups == {f"a-{unique}", f"b-{unique}"}     # no consumer for a topic that is not there
+        reader.keep_only([f"a-{unique}"])
+        assert reader.groups == {f"a-{unique}"}
+        assert reader.total(f"b-{unique}", topic) == 7            # a forgotten group can still be read again
+    finally:
+        reader.close()
+    assert reader.groups == set()
+
+
+def test_monitor_drops_the_lag_of_a_deleted_subscription(bus_settings, redis_client, unique):
+    from prometheus_client import generate_latest
+
+    monitor = BusMonitor(bus_settings)
+    subscription = f"test-sub-{unique}"
+    group = f"carebus-delivery-{subscription}"
+    redis_client.sadd("carebus:subscriptions", subscription)
+    try:
+        lags = monitor.snapshot(redis_client)["lag"]
+        assert any(lag["group"] == group for lag in lags)
+        assert group.encode() in generate_latest()
+    finally:
+        redis_client.srem("carebus:subscriptions", subscription)
+    lags = monitor.snapshot(redis_client)["lag"]
+    assert not any(lag["group"] == group for lag in lags)
+    assert group.encode() not in generate_latest()            # its series is gone from /metrics
+    assert any(lag["group"] == "carebus-linker" for lag in lags)
