@@ -28,11 +28,11 @@ def test_kafka_is_a_single_kraft_node_with_the_embedded_settings():
 
 
 def test_redis_keeps_an_append_only_file_and_the_embedded_memory_settings():
-    from carebus.redis_server import MEMORY_SETTINGS
+    from carebus.redis_server import MEMORY_SETTINGS, PERSISTENCE_SETTINGS
 
     command = SERVICES["redis"]["command"]
-    assert "--appendonly" in command
-    for name, value in MEMORY_SETTINGS.items():
+    assert PERSISTENCE_SETTINGS["appendonly"] == "yes" and PERSISTENCE_SETTINGS["save"] == ""
+    for name, value in {**PERSISTENCE_SETTINGS, **MEMORY_SETTINGS}.items():
         assert command[command.index(f"--{name}") + 1] == value
 
 
