@@ -5,7 +5,7 @@ end-to-end latency through the real MLLP connector at a fixed offered rate.
     python -m bench.pipeline_throughput --preload 100000 --backlog 10000 --rate 500 --seconds 20 --workers 2
 
 It starts its own Kafka (KRaft) and Redis on bench ports with a fresh data folder, so nothing you
-run is touched, and prints:
+run is touched, warms the broker with --broker-warmup seconds of raw traffic (unmeasured), and prints:
   1. preload: the index filled from empty by the link workers (events/s while it grows);
   2. passthrough baseline: the same events consumed and produced again (acks=all), no linking;
   3. backlog drain on the filled index with 1 worker, then with 2 workers (events/s, peak RSS);
@@ -41,6 +41,7 @@ from bench import private_bus
 from bench.measurement import bus_cpu, peak_rss_mb, percentile, with_descendants
 from bench.webhook_sink import WebhookSink
 from carebus.process_control import stop_children
+from foundation.durable_producer import producer_config
 from consumers.stream_lag import LagReader, total_lag
 from schemas import codec
 from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS, source_event_key
@@ -115,6 +116,33 @@ def drain(settings, workers: list[subprocess.Popen], records: list[pop.SourceRec
         time.sleep(0.1)
     lag.close()
     return time.perf_counter() - started, max([peak] + [peak_rss_mb(w.pid) for w in workers])
+
+
+def warm_broker(settings, records: list[pop.SourceRecord], seconds: float) -> int:
+    """Produce, consume and commit on a scratch topic for `seconds`, unmeasured; returns the
+    messages sent. A broker just started spends its first minutes of traffic compiling its hot
+    paths (JIT): one link worker's outputs cost a fresh bench broker 358-472 us of CPU per event
+    and the same broker 107-163 once warm, so drains on a broker just started charged its compiler
+    to the stage. A broker that has run for days has paid that long ago."""
+    topic = "carebus.bench.warmup"
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=settings.topic_partitions, replication_factor=1)])[topic].result()
+    values = [(source_event_key(e), codec.encode("SourcePatientEvent", e))
+              for e in (source_event(r, i) for i, r in enumerate(records[:2000]))]
+    producer = Producer(producer_config(settings, **{"linger.ms": 5}))
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "bench-warmup",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    sent, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for key, value in values[sent % len(values):][:500]:
+            producer.produce(topic, value, key=key)
+            sent += 1
+        producer.flush(60)
+        if [m for m in consumer.consume(1000, 0.05) if not m.error()]:
+            consumer.commit(asynchronous=False)
+    consumer.close()
+    return sent
 
 
 def passthrough(settings, expected: int) -> float:
@@ -266,6 +294,9 @@ def main() -> None:
                         help="seconds of the same end-to-end traffic offered, unmeasured, before the measured "
                              "--seconds: a freshly started broker spends its first minutes compiling (JIT)")
     parser.add_argument("--workers", type=int, default=2, help="link workers to compare with one (and to run end to end)")
+    parser.add_argument("--broker-warmup", type=float, default=60,
+                        help="seconds of raw produce, consume and commit on a scratch topic before anything is "
+                             "measured, so the broker has compiled its hot paths as a running one has (0: none)")
     args = parser.parse_args()
 
     bus = private_bus.start(BENCH_PORTS, "carebus-bench-")
@@ -281,6 +312,10 @@ def main() -> None:
                              records[args.preload + args.backlog:args.preload + 2 * args.backlog])
         live = [x for x in records[args.preload + 2 * args.backlog:] if x.system == "CERNER_MILLENNIUM"]
 
+        if args.broker_warmup:
+            sent = warm_broker(settings, records, args.broker_warmup)
+            console.print(f"broker warm-up: {sent:,} messages produced, consumed and committed in "
+                          f"{args.broker_warmup:.0f} s (not measured)")
         console.print(f"preloading {len(pre):,} source records through {args.workers} link workers")
         workers = start_workers(args.workers, env, logs)
         secs, rss = drain(settings, workers, pre, 0)
