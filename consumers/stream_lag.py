@@ -98,9 +98,12 @@ class LagReader:
         A topic not created yet has no partitions, so nothing to be behind on."""
         if ends is None:
             ends = self.ends(self.partitions(sorted({topic for _, topic in groups})))
+        by_topic: dict[str, list[TopicPartition]] = {}
+        for t, p in sorted(ends):
+            by_topic.setdefault(t, []).append(TopicPartition(t, p))
         out: dict[tuple[str, str], list[PartitionLag] | KafkaException] = {}
         for group, topic in groups:
-            partitions = [TopicPartition(t, p) for t, p in sorted(ends) if t == topic]
+            partitions = by_topic.get(topic, [])
             if not partitions:
                 out[(group, topic)] = []
                 continue

@@ -76,7 +76,8 @@ async def serve(settings: Settings) -> None:
     # they use. A pool cost some 55 us of CPU per call more (taking and returning a connection
     # under its lock: 171-190 against 225-252 us per call, alternated); with 16 MLLP senders the
     # markers made 0.3 calls per message (2,625 for some 8,500 messages): about 16 us per message,
-    # under 2% of the connector's CPU. A Redis outage costs a duplicate check, never an answer (ingest_pipeline).
+    # under 2% of the connector's CPU. A Redis outage costs a duplicate check, never an answer
+    # (ingest_pipeline).
     redis_client = async_client(settings, socket_timeout=5, single_connection_client=True)
     pipeline = IngestPipeline(producer, redis_client)
     ready = {"mllp": False, "http": False}
