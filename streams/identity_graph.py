@@ -32,6 +32,7 @@ of the two calls; `identity_store.RedisGraphStore` does the same in Redis script
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
@@ -52,6 +53,15 @@ EVIDENCE_FIELDS = ("given", "family", "birth_date", "postcode")
 MIN_FIELDS_TO_LINK = 3
 # An NHS-number edge's weight (centibits): above any probabilistic link's.
 NHS_WEIGHT = 10_000_000
+# What kind of run applied a batch of moves: the first character of its token (`run_token`). A
+# run takes over the moves another run kept (link_batch) only if it is of the same kind: only a
+# link worker replays a link worker's batch, only a relink finishes a relink.
+LINK_WORKER_RUN, RELINK_RUN = "w", "r"
+
+
+def run_token(kind: str) -> str:
+    """A new name for one run of a batch, in what the index keeps of its moves until published."""
+    return kind + uuid.uuid4().hex
 
 
 def node_hash(key: str) -> str:
@@ -70,16 +80,22 @@ class Candidate(NamedTuple):
     linked: bool = False       # an edge joined the two when they were read
 
 
+class KeptMoves(NamedTuple):
+    """Moves a run applied and has not yet published, kept on a record's node until it has: a
+    run that stops in between leaves them for its replay (link_batch)."""
+    token: str                        # the run's token (`run_token`)
+    relabels: tuple[Relabel, ...]
+    emptied: frozenset[str]           # persons the run left without members
+
+
 @dataclass(frozen=True)
 class Ingested:
     version: int
     candidates: tuple[Candidate, ...]
     skipped_blocks: int = 0      # blocks over BLOCK_CAP
-    # Moves an earlier run of this record applied and never published (it stopped in between),
-    # from the batch `pending_token`: see link_batch.
-    pending_token: str = ""
-    pending: tuple[Relabel, ...] = ()
-    pending_emptied: frozenset[str] = frozenset()
+    # Moves runs applied on this record's node and have not published: several runs' side by
+    # side, so one run's moves never overwrite another's that still waits for its replay.
+    kept: tuple[KeptMoves, ...] = ()
     node: str = ""               # the record's node id (where its pending moves are kept)
 
 
@@ -312,9 +328,10 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
                own_tokens: frozenset[str] = frozenset(), kept_elsewhere: Sequence[Ingested] = ()) -> BatchOutcome:
     """Ingest (unless `ingested` is given: these demos' ingest, started earlier), decide and apply
     one batch (at most one Demographics per key: the newest). `before_apply` runs between the
-    two. `token` names the batch in what the index keeps of its moves until they are published;
-    `own_tokens`: batches this worker has published lately (what they kept is not a replay's);
-    `kept_elsewhere`: moves kept on records the batch joins or parts without ingesting them."""
+    two. `token` (`run_token`) names the batch in what the index keeps of its moves until they are
+    published; `own_tokens`: batches this worker has published lately (what they kept is not a
+    replay's); `kept_elsewhere`: moves kept on records the batch joins or parts without ingesting
+    them."""
     if ingested is None:
         ingested = store.ingest(demos) if demos else {}
     outcome = BatchOutcome(skipped_blocks=sum(i.skipped_blocks for i in ingested.values()),
@@ -330,13 +347,17 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     outcome.take(store.apply({k: i.version for k, i in ingested.items()}, writes, forced, forbidden, token))
     # A run that stopped after applying these records' moves and before publishing them: the replay
     # moves nobody (the links are there), so the moves it would have published come from the index.
+    # Only a run of the same kind replays it: a relink ingests records a live worker's batch may
+    # be publishing at this moment, and taking those moves over would publish them twice.
     relabelled = {r.person for r in outcome.relabels}
     for i in [*ingested.values(), *kept_elsewhere]:
-        if i.pending_token and i.pending_token not in own_tokens:
-            outcome.taken_over.append((i.node, i.pending_token))
-            outcome.relabels += [r for r in i.pending if r.person not in relabelled]
-            relabelled |= {r.person for r in i.pending}
-            outcome.emptied |= i.pending_emptied
+        for kept in i.kept:
+            if kept.token[:1] != token[:1] or not token or kept.token in own_tokens:
+                continue
+            outcome.taken_over.append((i.node, kept.token))
+            outcome.relabels += [r for r in kept.relabels if r.person not in relabelled]
+            relabelled |= {r.person for r in kept.relabels}
+            outcome.emptied |= kept.emptied
     return outcome
 
 

@@ -36,13 +36,14 @@ import redis
 import redis.asyncio
 
 from streams import blocking
-from streams.identity_graph import (BLOCK_CAP, Applied, Candidate, Ingested, PairDecision, Relabel, node_hash)
+from streams.identity_graph import (BLOCK_CAP, Applied, Candidate, Ingested, KeptMoves, PairDecision, Relabel, node_hash)
 from streams.record_comparison import Demographics
 from schemas.errors import SetupError
 
 P = "carebus:"
 SEP = "\x1f"
 RS, GS = "\x1e", "\x1d"     # record and group separators of the ingest reply
+FS = "\x1c"                 # between the runs' entries in a node's kept moves
 ID_CACHE = 200_000          # node ids remembered between batches (about 20 MB at most)
 LAYOUT = "2"
 # Every key of the index in this layout and the last (`carebus rebuild-index` removes them).
@@ -463,34 +464,48 @@ for _, old in ipairs(emptied) do out[#out+1] = old end
 -- (RedisGraphStore.settle_pending): a run that stops in between leaves it for the replay, which
 -- moves nobody (the links are already there) but must still publish the moves and rebuild the
 -- persons they emptied. The token tells a later batch of the same worker from a replay.
--- A caller without a token publishes nothing (tests, benchmarks): nothing is kept for it.
+-- A caller without a token publishes nothing (tests, benchmarks): nothing is kept for it. Runs
+-- keep their moves side by side (FS between them): a relink, or a review decision, moving people
+-- homed on a node must not erase what a stopped batch left there for its replay.
 local emptied_list = table.concat(emptied, '\\31')
 for home, relabels in pairs(token ~= '' and pending or {}) do
-  redis.call('HSET', P..'n:'..home, 'o', token..'\\29'..table.concat(relabels, '\\30')..'\\29'..emptied_list)
+  local key = P..'n:'..home
+  local entry = token..'\\29'..table.concat(relabels, '\\30')..'\\29'..emptied_list
+  local kept = redis.call('HGET', key, 'o')
+  redis.call('HSET', key, 'o', kept and (kept..'\\28'..entry) or entry)
   out[#out+1] = home
 end
 return out
 """
 
 
-# ARGV: prefix, (node id, batch token)... Drops each node's pending moves if they are that batch's.
+# ARGV: prefix, (node id, batch token)... Drops that batch's pending moves from each node, and
+# leaves any other run's.
 _SETTLE_PENDING = """
 local P = ARGV[1]
 for i = 2, #ARGV, 2 do
   local key, token = P..'n:'..ARGV[i], ARGV[i + 1]
   local o = redis.call('HGET', key, 'o')
-  if o and string.sub(o, 1, #token + 1) == token..'\\29' then redis.call('HDEL', key, 'o') end
+  if o then
+    local left = {}
+    for entry in string.gmatch(o, '[^\\28]+') do
+      if string.sub(entry, 1, #token + 1) ~= token..'\\29' then left[#left+1] = entry end
+    end
+    if #left == 0 then redis.call('HDEL', key, 'o') else redis.call('HSET', key, 'o', table.concat(left, '\\28')) end
+  end
 end
 return 0
 """
 
 
-def pending_moves(raw: str) -> tuple[str, tuple[Relabel, ...], frozenset[str]]:
-    """A node's pending moves (apply's `pending`): the batch token, its relabels, the persons it
-    emptied. Pure."""
-    if not raw:
-        return "", (), frozenset()
-    token, relabels, emptied = raw.split(GS)
+def kept_moves(raw: str) -> tuple[KeptMoves, ...]:
+    """A node's pending moves (apply's `pending`), one entry per run that kept some: its token,
+    its relabels, the persons it emptied. Pure."""
+    return tuple(_kept_entry(entry) for entry in raw.split(FS)) if raw else ()
+
+
+def _kept_entry(entry: str) -> KeptMoves:
+    token, relabels, emptied = entry.split(GS)
     out = []
     for one in relabels.split(RS) if relabels else ():
         f = one.split(SEP)
@@ -498,7 +513,7 @@ def pending_moves(raw: str) -> tuple[str, tuple[Relabel, ...], frozenset[str]]:
         moved = f[3 + n:]
         out.append(Relabel(f[0], frozenset(f[2:2 + n]),
                            {moved[2 * j]: moved[2 * j + 1] or None for j in range(int(f[2 + n]))}))
-    return token, tuple(out), frozenset(emptied.split(SEP)) if emptied else frozenset()
+    return KeptMoves(token, tuple(out), frozenset(emptied.split(SEP)) if emptied else frozenset())
 
 
 def pack(d: Demographics) -> str:
@@ -609,7 +624,7 @@ class RedisGraphStore:
                 ids[ckey] = node
                 cands.append(Candidate(ckey, unpack(ckey, packed), int(version), linked == "1"))
             cands.sort(key=lambda c: c.key)
-            out[key] = Ingested(int(raw[i + 2]), tuple(cands), int(raw[i + 3]), *pending_moves(_s(raw[i + 5])),
+            out[key] = Ingested(int(raw[i + 2]), tuple(cands), int(raw[i + 3]), kept_moves(_s(raw[i + 5])),
                                 node=ids[key])
         if len(ids) > ID_CACHE:
             self._ids = {}
@@ -652,7 +667,7 @@ class RedisGraphStore:
         if not keys:
             return []
         raw = [_s(x) for x in self._node_field(args=[P, "o", "1", *keys])]
-        return [Ingested(0, (), 0, *pending_moves(o), node=node) for node, o in zip(raw[::2], raw[1::2]) if o]
+        return [Ingested(0, (), 0, kept_moves(o), node=node) for node, o in zip(raw[::2], raw[1::2]) if o]
 
     def settle_pending(self, kept: Sequence[tuple[str, str]]) -> None:
         """The moves kept as (node id, batch token) are published: forget them (unless a later

@@ -218,7 +218,8 @@ class LinkStage:
         # runs one thing at a time); before the links, because another worker rebuilding a person
         # must find the state of every record linked into it. A crash before it replays the events
         # into the same states (folding is idempotent on event id).
-        ingested, token, published = p.ingested(), uuid.uuid4().hex, frozenset(self._published)
+        ingested, published = p.ingested(), frozenset(self._published)
+        token = identity_graph.run_token(identity_graph.LINK_WORKER_RUN)
         # A review decision joins or parts records its batch does not ingest: what an earlier run of
         # it kept is on the first record of the pair (the apply script keeps it there).
         elsewhere = self.graph.pending_of(sorted({a for a, _ in p.forced + p.forbidden} - set(ingested)))
@@ -300,7 +301,9 @@ class LinkStage:
         record changes. Safe beside live workers: the same versioned writes as any batch."""
         stats, out = BatchStats(), _Outputs()
         demos = self.graph.demographics(keys)
-        token = uuid.uuid4().hex
+        # A relink's own kind of token: it takes over only what a stopped relink kept, never the
+        # moves of a live worker's batch that is being published at this moment (link_batch).
+        token = identity_graph.run_token(identity_graph.RELINK_RUN)
         outcome = identity_graph.link_batch(self.graph, demos, self.params, token=token,
                                             own_tokens=frozenset(self._published))
         stats.records_linked = len(demos)

@@ -325,3 +325,76 @@ def test_a_review_decision_stopped_between_linking_and_the_records_loses_nothing
     survivor, merged_away = stopped_and_replayed(index, producer, decision, a, b, before)
     assert RedisRecordStore(index).persons([merged_away])[merged_away].retired
     assert_merge_published(bus_settings, index, survivor, merged_away)
+
+
+def test_runs_keep_their_moves_on_one_node_side_by_side(index):
+    """A run that stopped before publishing left its moves on a node; another run (a relink, a
+    review decision) moves people homed on the same node before the replay comes. Its moves must
+    not erase the first run's: publishing it settles only its own, and the replay still finds and
+    takes over the stopped run's moves."""
+    from datetime import date
+
+    from streams.identity_graph import LINK_WORKER_RUN, run_token
+    from tests.builders import person
+
+    graph = RedisGraphStore(index)
+    a, b, c = (person("A|x|1", "ZEBEDEE", "QUORN", date(1950, 1, 1), "MALE", "E11AA"),
+               person("B|x|2", "YOLANDA", "PRIMM", date(1990, 6, 2), "FEMALE", "SE11AB"),
+               person("C|x|3", "XAVIER", "OSTLER", date(1970, 3, 3), "MALE", "NW11AC"))
+    link_batch(graph, [a, b, c], PARAMS)           # three people; no token, so nothing is kept
+    assert len(set(graph.persons_of([a.key, b.key, c.key]).values())) == 3
+    stopped, other = run_token(LINK_WORKER_RUN), run_token(LINK_WORKER_RUN)
+    first = graph.apply({}, [], forced=[(a.key, b.key)], token=stopped)      # stops before publishing
+    second = graph.apply({}, [], forced=[(a.key, c.key)], token=other)       # homed on a's node too
+    assert first.pending_at == second.pending_at
+    (kept,) = graph.pending_of([a.key])
+    assert [k.token for k in kept.kept] == [stopped, other]
+    graph.settle_pending([(second.pending_at[0], other)])                  # the other run is published
+    (kept,) = graph.pending_of([a.key])
+    assert [k.token for k in kept.kept] == [stopped]
+    assert {r.person for r in kept.kept[0].relabels} == {r.person for r in first.relabels}
+
+    replay = link_batch(graph, [], PARAMS, ingested={}, token=run_token(LINK_WORKER_RUN), kept_elsewhere=[kept])
+    assert replay.taken_over == [(first.pending_at[0], stopped)]
+    assert {r.person for r in replay.relabels} == {r.person for r in first.relabels}
+    graph.settle_pending(replay.taken_over)
+    assert graph.pending_of([a.key]) == []
+
+
+def test_a_relink_beside_a_batch_being_published_publishes_its_merge_once(bus_settings, index, unique):
+    """`carebus relink` runs beside live workers. A worker's batch has joined two people and is
+    publishing them when the relink reads the same records: the relink must leave the batch's
+    moves to the batch (it publishes them), or the merge goes out twice."""
+    from foundation.durable_producer import DurableProducer
+    from schemas import codec
+    from schemas.topics import IDENTITY_EVENTS
+    from streams.link_stage import LinkStage
+    from streams.record_store import RedisRecordStore
+    from tests.builders import adt, cerner_key, given_and_born, own_identity
+    from tests.kafka_reading import read_all
+
+    first, second = own_identity(f"A{unique}"), own_identity(f"B{unique}")
+    born = given_and_born(f"RA{unique}")[1]
+    producer = DurableProducer(bus_settings)
+    graph = RedisGraphStore(index)
+    worker = LinkStage(graph, RedisRecordStore(index), producer, PARAMS)
+    worker.process([cerner_event(adt(f"RA{unique}", f"C1{unique}", dob=born, **first), 1),
+                    cerner_event(adt(f"RB{unique}", f"C2{unique}", **second), 2)])
+    a, b = cerner_key(f"RA{unique}"), cerner_key(f"RB{unique}")
+    before = {graph.person_of(a), graph.person_of(b)}
+    later = adt(f"RB{unique}", f"C3{unique}", dob=born, **first).replace(b"202611241015", b"202611241115")
+    joining = cerner_event(later.replace(b"202611241010", b"202611241110"), 3)
+
+    linked = worker.link(worker.prepare(worker.decode([joining])))      # links written, not yet published
+    relinker = LinkStage(RedisGraphStore(index), RedisRecordStore(index), producer, PARAMS)
+    relinker.relink([a, b])
+    worker.publish(linked)
+    producer.close()
+
+    survivor = graph.person_of(a)
+    (merged_away,) = before - {survivor}
+    merges = [e for e in (codec.decode(m.value(), "IdentityEvent") for m in read_all(
+        bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == survivor.encode()))
+        if e["type"] == "MERGED" and e["other_person_id"] == merged_away]
+    assert len(merges) == 1
+    assert not any(index.hexists(key, "o") for key in index.scan_iter("carebus:n:*"))

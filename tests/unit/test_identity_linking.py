@@ -243,3 +243,31 @@ def test_strangers_in_one_block_are_screened_out_and_near_twins_are_not():
                  a._replace(key="B", birth_date=date(1980, 4, 3))):
         assert not beneath_review(a, twin, PARAMS)
         assert pair_decision(a, twin, PARAMS)[0] != "non-match"
+
+
+def test_a_run_takes_over_only_the_kept_moves_of_its_own_kind_and_not_its_own():
+    """What a stopped run kept is published by a later run of the same kind: a link worker's batch
+    by the worker that replays it, a relink by the next relink. A relink must not publish a live
+    worker's batch that is being published at that moment (it would go out twice), and a worker
+    never takes its own batches still in flight."""
+    from streams.identity_graph import (LINK_WORKER_RUN, RELINK_RUN, Ingested, KeptMoves, Relabel, run_token)
+
+    d = demo(POPULATION.records[0])
+    moved = lambda person: (Relabel(person, frozenset({d.key}), {d.key: None}),)  # noqa: E731
+    stopped_worker, live_worker = run_token(LINK_WORKER_RUN), run_token(LINK_WORKER_RUN)
+    stopped_relink = run_token(RELINK_RUN)
+    kept = (KeptMoves(stopped_worker, moved("PER-w"), frozenset({"PER-gone-w"})),
+            KeptMoves(live_worker, moved("PER-own"), frozenset()),
+            KeptMoves(stopped_relink, moved("PER-r"), frozenset({"PER-gone-r"})))
+
+    def run(kind: str) -> tuple[set[str], set[str], set[str]]:
+        store = MemoryGraphStore()
+        outcome = link_batch(store, [d], PARAMS, ingested={d.key: Ingested(0, (), kept=kept, node="n1")},
+                             token=run_token(kind), own_tokens=frozenset({live_worker}))
+        kept_persons = {r.person for k in kept for r in k.relabels}
+        return ({t for _, t in outcome.taken_over}, {r.person for r in outcome.relabels} & kept_persons,
+                outcome.emptied)
+
+    assert run(LINK_WORKER_RUN) == ({stopped_worker}, {"PER-w"}, {"PER-gone-w"})
+    assert run(RELINK_RUN) == ({stopped_relink}, {"PER-r"}, {"PER-gone-r"})
+    assert len({run_token(LINK_WORKER_RUN) for _ in range(100)}) == 100
