@@ -5,6 +5,7 @@ The shared record is served from Redis; AOF with fsync every second means a rest
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import time
@@ -12,6 +13,8 @@ import time
 from carebus import process_control
 from foundation.config import Settings
 from schemas.errors import SetupError
+
+log = logging.getLogger("carebus.redis_server")
 
 
 class RedisSetupError(SetupError):
@@ -80,6 +83,7 @@ def up(settings: Settings, timeout: float = 20.0) -> bool:
     )
     process_control.start([binary, str(conf)], pid_file, log_file)
     deadline = time.monotonic() + timeout
+    loading_said = False
     while time.monotonic() < deadline:
         result = subprocess.run(
             ["redis-cli", "-p", str(settings.redis_port), "ping"], capture_output=True, text=True
@@ -90,6 +94,14 @@ def up(settings: Settings, timeout: float = 20.0) -> bool:
             return True
         if not process_control.running_pid(pid_file, _marker(settings)):
             raise RedisSetupError(f"redis-server exited during start-up:\n{log_file.read_text()[-2000:]}")
+        if result is not None and result.stdout.startswith("LOADING"):
+            # Reading its append-only file back: a large index takes minutes (about 20 s per GB
+            # here), and a server that is loading is starting, not failing. The timeout counts
+            # from when it has loaded.
+            if not loading_said:
+                log.info("Redis is loading its data set (%s)", directory)
+                loading_said = True
+            deadline = time.monotonic() + timeout
         time.sleep(0.1)
     raise RedisSetupError(f"Redis did not answer PING within {timeout:.0f}s")
 
