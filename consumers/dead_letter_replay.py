@@ -4,7 +4,8 @@
 Where a parked message goes back to depends on where it was parked:
   streams     a SourcePatientEvent goes back on carebus.source-events.v1 (keyed by its source
               record, so it lands where the original did), a review decision on
-              carebus.link-review.v1; the link workers process it as any other event
+              carebus.link-review.v1 (keyed by its review's first record, as the review API
+              sends it); the link workers process it as any other event
   connectors  an HL7 v2 message is sent again to its connector over MLLP and gets a fresh ACK;
               FHIR bodies and extract rows need their sender's credentials: resend from the source
   delivery    parked changes are redelivered by the delivery service, which holds the
@@ -26,7 +27,9 @@ from foundation.durable_producer import DurableProducer
 from consumers.change_reader import read_range
 from schemas.source_systems import BY_CODE
 from schemas import codec
-from schemas.topics import DLQ_CONNECTORS, DLQ_DELIVERY, DLQ_STREAMS, LINK_REVIEW, SOURCE_EVENTS, source_event_key
+from schemas.topics import (DLQ_CONNECTORS, DLQ_DELIVERY, DLQ_STREAMS, LINK_REVIEW, SOURCE_EVENTS, review_decision_key,
+                            source_event_key)
+from streams.identity_store import review_key
 
 TOPICS = {"connectors": DLQ_CONNECTORS.name, "streams": DLQ_STREAMS.name, "delivery": DLQ_DELIVERY.name}
 
@@ -101,7 +104,10 @@ class Replayer:
         if kind == "SourcePatientEvent":
             topic, key = SOURCE_EVENTS.name, source_event_key(value)
         elif kind == "IdentityEvent":
-            topic, key = LINK_REVIEW.name, value["caused_by"]
+            # A review decision goes where its review's first record's events go (the review
+            # outlives its decision in the index); a review the index no longer has, by its id.
+            body = self.redis.hget(review_key(value["caused_by"]), "body")
+            topic, key = LINK_REVIEW.name, review_decision_key(json.loads(body)) if body else value["caused_by"]
         else:
             return Outcome(dead["dead_letter_id"], "not-replayable", f"a {kind} has no stream to go back to")
         self.producer.send_sync(topic, dead["payload"], key=key, headers=codec.headers(kind))

@@ -63,8 +63,18 @@ SOURCE_EVENTS = TopicSpec("carebus.source-events.v1", "SourcePatientEvent", "sou
                           "canonical events from the vendor connectors")
 IDENTITY_EVENTS = TopicSpec("carebus.identity-events.v1", "IdentityEvent", "person id",
                             "EMPI decisions: link, unlink, merge, unmerge, review")
-LINK_REVIEW = TopicSpec("carebus.link-review.v1", "IdentityEvent", "review id",
-                        "uncertain matches waiting for a person to decide")
+LINK_REVIEW = TopicSpec("carebus.link-review.v1", "IdentityEvent",
+                        "review id (a queued review); the pair's first source record (a decision)",
+                        "uncertain matches waiting for a person to decide, and the decisions")
+
+
+def review_decision_key(review: dict) -> str:
+    """The key of a review decision on LINK_REVIEW: the source key of the pair's first record
+    (the review's "a"). Part of the contract: with as many partitions as SOURCE_EVENTS and the
+    same partitioner, a decision lands on the partition of that record's events, and the link
+    worker that owns them (range assignment) links both, so no other worker's batch in flight
+    holds moves kept on that record (identity_graph.link_batch, README: kept moves)."""
+    return review["a"]
 PATIENT_CHANGES = TopicSpec("carebus.patient-changes.v1", "RecordChange", "person id",
                             "every change to a shared record, the feed subscribers receive")
 SHARED_RECORDS = TopicSpec("carebus.shared-records.v1", "SharedRecord", "person id",

@@ -10,7 +10,7 @@ from consumers.delivery_api.access import Access
 from foundation.api_auth import Client
 from foundation.clock import now_ms
 from schemas import codec, messages
-from schemas.topics import LINK_REVIEW
+from schemas.topics import LINK_REVIEW, review_decision_key
 from streams.identity_store import ReviewQueue
 
 
@@ -36,7 +36,7 @@ def router(access: Access) -> APIRouter:
             review.get("person_a") or "", recorded_at=now_ms(), caused_by=review_id,
             other_person_id=review.get("person_b"), score=review.get("score"), method="review",
             reasons=[f"decided by {client.client_id}"])
-        await service.producer.send(LINK_REVIEW.name, codec.encode("IdentityEvent", event), key=review_id,
+        await service.producer.send(LINK_REVIEW.name, codec.encode("IdentityEvent", event), key=review_decision_key(review),
                                     headers=codec.headers("IdentityEvent"))
         return {"status": "queued", "event_id": event["event_id"]}
 

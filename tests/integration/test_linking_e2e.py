@@ -8,7 +8,7 @@ import pytest
 
 from consumers.stream_lag import total_lag
 from schemas import codec, messages
-from schemas.topics import IDENTITY_EVENTS, PATIENT_CHANGES, SOURCE_EVENTS, source_event_key
+from schemas.topics import IDENTITY_EVENTS, LINK_REVIEW, PATIENT_CHANGES, SOURCE_EVENTS, source_event_key
 from simulator import population as pop
 from simulator.run import Target, drive
 from streams.batch_linkage import link_events
@@ -174,6 +174,14 @@ def test_review_queue_accept_links_and_reject_unlinks(bus_settings, redis_client
         time.sleep(0.3)
     person = graph(redis_client).person_of(key_a)
     assert person == graph(redis_client).person_of(key_b), "accepting the review linked them"
+    # The decision went where the pair's first record's events go: the worker that links that
+    # record links the decision, so no other worker's batch in flight has moves kept on it.
+    first = review["a"]
+    (decision,) = [m for m in read_all(bus_settings, LINK_REVIEW.name, timeout=30,
+                                       predicate=lambda m: m.key() == first.encode())
+                   if codec.decode(m.value(), "IdentityEvent")["caused_by"] == review["review_id"]]
+    (event,) = read_all(bus_settings, SOURCE_EVENTS.name, timeout=30, predicate=lambda m: m.key() == first.encode())
+    assert decision.partition() == event.partition()
     events = [codec.decode(m.value(), "IdentityEvent") for m in
               read_all(bus_settings, IDENTITY_EVENTS.name, timeout=30, predicate=lambda m: m.key() == person.encode())]
     assert any(e["type"] == "REVIEW_ACCEPTED" for e in events) or any(e["method"] == "review" for e in events), [(e["type"], e["method"], e["reasons"]) for e in events]
@@ -350,16 +358,29 @@ def test_an_impossible_birth_date_still_links_to_its_valid_twin(bus_settings, re
     assert stored.birth_date is None and stored.birth_as_sent == "19800231"
 
 
+def park_on_the_streams_dead_letter_topic(bus_settings, dead_id: str, message_type: str, value: dict,  # noqa: ANN001
+                                          original_topic: str) -> None:
+    """What a link worker does with a message it cannot process (say, a bug since fixed)."""
+    from foundation.durable_producer import DurableProducer
+    from schemas.topics import DLQ_STREAMS
+
+    producer = DurableProducer(bus_settings)
+    producer.send_sync(DLQ_STREAMS.name, codec.encode("DeadLetter", messages.dead_letter(
+        "streams:linker", "CAREBUS", "processing failed: KeyError", "PROCESSING_FAILED",
+        codec.encode(message_type, value), "avro/binary", failed_at=int(time.time() * 1000),
+        dead_letter_id=dead_id, original_topic=original_topic, original_partition=0, original_offset=0)),
+        key=dead_id, headers=codec.headers("DeadLetter"))
+    producer.close()
+
+
 def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings, redis_client, connectors,
                                                                     link_workers, unique):
     import os
     import subprocess
     import sys
 
-    from foundation.durable_producer import DurableProducer
     from producers import hl7v2_mapper
     from schemas.source_systems import CERNER
-    from schemas.topics import DLQ_STREAMS
 
     def cli(*args: str) -> str:
         result = subprocess.run([sys.executable, "-m", "carebus.cli", "dead-letters", *args], capture_output=True,
@@ -372,13 +393,7 @@ def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings
     event = hl7v2_mapper.map_message(adt, CERNER, "RAL", int(time.time() * 1000)).event
     dead_id = f"parked-{unique}"
     # A worker parked this event (say, a bug since fixed): it is on the dead-letter topic only.
-    producer = DurableProducer(bus_settings)
-    producer.send_sync(DLQ_STREAMS.name, codec.encode("DeadLetter", messages.dead_letter(
-        "streams:linker", "CAREBUS", "processing failed: KeyError", "PROCESSING_FAILED",
-        codec.encode("SourcePatientEvent", event), "avro/binary", failed_at=int(time.time() * 1000),
-        dead_letter_id=dead_id, original_topic=SOURCE_EVENTS.name, original_partition=0, original_offset=0)),
-        key=dead_id, headers=codec.headers("DeadLetter"))
-    producer.close()
+    park_on_the_streams_dead_letter_topic(bus_settings, dead_id, "SourcePatientEvent", event, SOURCE_EVENTS.name)
     listed = cli("list", "--topic", "streams")
     assert dead_id in listed and "PROCESSING_FAILED" in listed and "Olwen" not in listed, "lists never show content"
     assert "OLWEN" in cli("show", dead_id, "--topic", "streams").upper()
@@ -392,3 +407,37 @@ def test_a_parked_event_replayed_with_the_cli_ends_up_in_the_record(bus_settings
     record = RedisRecordStore(redis_client).record(person)
     assert record is not None and record["demographics"]["names"][0]["given"] == ["Olwen"]
     assert "1 skipped" in cli("replay", "--topic", "streams", "--id", dead_id), "replay sends nothing twice"
+
+
+def test_a_parked_review_decision_is_replayed_to_its_first_records_partition(bus_settings, unique):
+    """A review decision parked on the dead-letter topic goes back keyed by the review's first
+    record, as the review API sends it (not by the review id). The review lives in an index of its
+    own (database 7), which the running workers never read: they find no such review and ignore
+    the decision."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    import redis
+
+    private = bus_settings.redis.rsplit("/", 1)[0] + "/7"
+    index = redis.Redis.from_url(private)
+    review_id, first = f"review-{unique}", f"CERNER_MILLENNIUM|urn:carebus:id:cerner:mrn:RAL|RV{unique}"
+    RedisGraphStore(index).open_reviews_batch({review_id: {
+        "review_id": review_id, "a": first, "b": f"{first}-b", "score": 0.5, "reason": "a test"}})
+    decision = messages.identity_event(str(uuid.uuid4()), "REVIEW_REJECTED", "PER-x", recorded_at=1,
+                                       caused_by=review_id, other_person_id="PER-y", score=0.5, method="review",
+                                       reasons=["decided by a test"])
+    dead_id = f"parked-decision-{unique}"
+    park_on_the_streams_dead_letter_topic(bus_settings, dead_id, "IdentityEvent", decision, LINK_REVIEW.name)
+    result = subprocess.run([sys.executable, "-m", "carebus.cli", "dead-letters", "replay", "--topic", "streams",
+                             "--id", dead_id], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "REDIS_URL": private, "COLUMNS": "250"})
+    assert "1 replayed" in " ".join(result.stdout.split()), result.stdout + result.stderr
+    index.flushdb()
+    index.close()
+    (replayed,) = read_all(bus_settings, LINK_REVIEW.name, timeout=30,
+                           predicate=lambda m: codec.decode(m.value(), "IdentityEvent")["caused_by"] == review_id)
+    assert replayed.key() == first.encode()
+
