@@ -97,5 +97,9 @@ def verify_topics(settings: Settings, catalogue: tuple[TopicSpec, ...] = CATALOG
             if have != wanted[key]:
                 problems.append(f"{key}={have} (catalogue says {wanted[key]})")
         partitions = len(metadata[spec.name].partitions)
+        other = spec.co_partitioned_with
+        if other in metadata and len(metadata[other].partitions) != partitions:
+            problems.append(f"{partitions} partitions, {other} has {len(metadata[other].partitions)} "
+                            "(they must match: each partition p goes with the other's p)")
         states.append(TopicState(spec.name, spec.name in (created or set()), partitions, tuple(problems)))
     return states

@@ -34,6 +34,9 @@ class TopicSpec:
     retention_ms: int = FOREVER
     partitions: int | None = None  # None = settings.topic_partitions
     extra: dict[str, str] = field(default_factory=dict)
+    # A topic whose partition p must go with this other topic's partition p (same count, same
+    # keys' partitioner): a consumer group with "range" assignment then gives both to one member.
+    co_partitioned_with: str | None = None
 
     def config(self, replication: int) -> dict[str, str]:
         cfg = {
@@ -65,7 +68,8 @@ IDENTITY_EVENTS = TopicSpec("carebus.identity-events.v1", "IdentityEvent", "pers
                             "EMPI decisions: link, unlink, merge, unmerge, review")
 LINK_REVIEW = TopicSpec("carebus.link-review.v1", "IdentityEvent",
                         "review id (a queued review); the pair's first source record (a decision)",
-                        "uncertain matches waiting for a person to decide, and the decisions")
+                        "uncertain matches waiting for a person to decide, and the decisions",
+                        co_partitioned_with=SOURCE_EVENTS.name)
 
 
 def review_decision_key(review: dict) -> str:

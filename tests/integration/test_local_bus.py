@@ -31,6 +31,27 @@ def test_catalogue_topics_exist_with_their_settings(bus_settings):
     assert all(not s.problems for s in states), [s for s in states if s.problems]
 
 
+def test_topics_that_must_go_together_with_different_partition_counts_are_reported(bus_settings, unique):
+    """Review decisions land on their record's source-events partition only while both topics
+    have as many partitions: a difference is drift, and `carebus up` fails on drift."""
+    from schemas.topics import LINK_REVIEW, SOURCE_EVENTS, TopicSpec
+
+    events = TopicSpec(f"test.events.{unique}", "SourcePatientEvent", "source key", "a test", partitions=6)
+    decisions = dataclasses.replace(LINK_REVIEW, name=f"test.decisions.{unique}", partitions=4,
+                                    co_partitioned_with=events.name)
+    topic_admin.ensure_topics(bus_settings, (events, decisions))
+    deadline = time.monotonic() + 30
+    while True:     # a topic just created reaches the broker's metadata a moment later
+        states = {s.name: s for s in topic_admin.verify_topics(bus_settings, (events, decisions))}
+        if not any("missing" in s.problems for s in states.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert states[events.name].problems == ()
+    assert states[decisions.name].problems == (
+        f"4 partitions, {events.name} has 6 (they must match: each partition p goes with the other's p)",)
+    assert LINK_REVIEW.co_partitioned_with == SOURCE_EVENTS.name
+
+
 def test_topic_drift_is_reported(bus_settings):
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
