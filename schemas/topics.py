@@ -79,6 +79,8 @@ def review_decision_key(review: dict) -> str:
     worker that owns them (range assignment) links both, so no other worker's batch in flight
     holds moves kept on that record (identity_graph.link_batch, README: kept moves)."""
     return review["a"]
+
+
 PATIENT_CHANGES = TopicSpec("carebus.patient-changes.v1", "RecordChange", "person id",
                             "every change to a shared record, the feed subscribers receive")
 SHARED_RECORDS = TopicSpec("carebus.shared-records.v1", "SharedRecord", "person id",

@@ -64,6 +64,13 @@ def run_token(kind: str) -> str:
     return kind + uuid.uuid4().hex
 
 
+def run_kind(token: str) -> str:
+    """The kind of run a token names. A token from before kinds (bare hex, where neither kind's
+    letter occurs) was a link worker's: the only runs that kept moves then were batches and
+    relinks, and a stopped batch left behind by an upgrade must still be replayed."""
+    return token[:1] if token[:1] in (LINK_WORKER_RUN, RELINK_RUN) else LINK_WORKER_RUN
+
+
 def node_hash(key: str) -> str:
     # A person id is built from these, so it never reveals a local identifier.
     return hashlib.sha256(key.encode()).hexdigest()[:20]
@@ -352,7 +359,7 @@ def link_batch(store: GraphStore, demos: Sequence[Demographics], params: Paramet
     relabelled = {r.person for r in outcome.relabels}
     for i in [*ingested.values(), *kept_elsewhere]:
         for kept in i.kept:
-            if kept.token[:1] != token[:1] or not token or kept.token in own_tokens:
+            if not token or kept.token in own_tokens or run_kind(kept.token) != run_kind(token):
                 continue
             outcome.taken_over.append((i.node, kept.token))
             outcome.relabels += [r for r in kept.relabels if r.person not in relabelled]

@@ -36,7 +36,8 @@ import redis
 import redis.asyncio
 
 from streams import blocking
-from streams.identity_graph import (BLOCK_CAP, Applied, Candidate, Ingested, KeptMoves, PairDecision, Relabel, node_hash)
+from streams.identity_graph import (BLOCK_CAP, Applied, Candidate, Ingested, KeptMoves, PairDecision, Relabel,
+                                    node_hash)
 from streams.record_comparison import Demographics
 from schemas.errors import SetupError
 

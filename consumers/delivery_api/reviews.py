@@ -36,8 +36,8 @@ def router(access: Access) -> APIRouter:
             review.get("person_a") or "", recorded_at=now_ms(), caused_by=review_id,
             other_person_id=review.get("person_b"), score=review.get("score"), method="review",
             reasons=[f"decided by {client.client_id}"])
-        await service.producer.send(LINK_REVIEW.name, codec.encode("IdentityEvent", event), key=review_decision_key(review),
-                                    headers=codec.headers("IdentityEvent"))
+        await service.producer.send(LINK_REVIEW.name, codec.encode("IdentityEvent", event),
+                                    key=review_decision_key(review), headers=codec.headers("IdentityEvent"))
         return {"status": "queued", "event_id": event["event_id"]}
 
     return r

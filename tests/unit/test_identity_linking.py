@@ -250,15 +250,19 @@ def test_a_run_takes_over_only_the_kept_moves_of_its_own_kind_and_not_its_own():
     by the worker that replays it, a relink by the next relink. A relink must not publish a live
     worker's batch that is being published at that moment (it would go out twice), and a worker
     never takes its own batches still in flight."""
+    import uuid
+
     from streams.identity_graph import (LINK_WORKER_RUN, RELINK_RUN, Ingested, KeptMoves, Relabel, run_token)
 
     d = demo(POPULATION.records[0])
     moved = lambda person: (Relabel(person, frozenset({d.key}), {d.key: None}),)  # noqa: E731
     stopped_worker, live_worker = run_token(LINK_WORKER_RUN), run_token(LINK_WORKER_RUN)
     stopped_relink = run_token(RELINK_RUN)
+    before_kinds = uuid.uuid4().hex     # a batch stopped before tokens had kinds (then an upgrade)
     kept = (KeptMoves(stopped_worker, moved("PER-w"), frozenset({"PER-gone-w"})),
             KeptMoves(live_worker, moved("PER-own"), frozenset()),
-            KeptMoves(stopped_relink, moved("PER-r"), frozenset({"PER-gone-r"})))
+            KeptMoves(stopped_relink, moved("PER-r"), frozenset({"PER-gone-r"})),
+            KeptMoves(before_kinds, moved("PER-old"), frozenset()))
 
     def run(kind: str) -> tuple[set[str], set[str], set[str]]:
         store = MemoryGraphStore()
@@ -268,6 +272,6 @@ def test_a_run_takes_over_only_the_kept_moves_of_its_own_kind_and_not_its_own():
         return ({t for _, t in outcome.taken_over}, {r.person for r in outcome.relabels} & kept_persons,
                 outcome.emptied)
 
-    assert run(LINK_WORKER_RUN) == ({stopped_worker}, {"PER-w"}, {"PER-gone-w"})
+    assert run(LINK_WORKER_RUN) == ({stopped_worker, before_kinds}, {"PER-w", "PER-old"}, {"PER-gone-w"})
     assert run(RELINK_RUN) == ({stopped_relink}, {"PER-r"}, {"PER-gone-r"})
     assert len({run_token(LINK_WORKER_RUN) for _ in range(100)}) == 100
