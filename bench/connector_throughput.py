@@ -2,9 +2,10 @@
 
     python -m bench.connector_throughput --messages 2000 --warmup 12000
 
-Starts the embedded bus (carebus up) and `carebus connectors`, sends Cerner HL7 over MLLP,
-EMIS FHIR Bundles over HTTP and a Vision extract file, then publishes the same canonical events
-with a bare confluent-kafka producer (acks=all, idempotent) as the baseline. Prints messages/s,
+Starts a bus of its own (Kafka and Redis on bench ports, removed afterwards) and `carebus
+connectors`, sends Cerner HL7 over MLLP, EMIS FHIR Bundles over HTTP and a Vision extract file,
+then publishes the same canonical events with a bare confluent-kafka producer (acks=all,
+idempotent) as the baseline. Prints messages/s,
 per-message latency percentiles (send to ACK) and the connector process's peak memory.
 """
 from __future__ import annotations
@@ -25,9 +26,8 @@ from rich.console import Console
 from bench.measurement import CpuMeter, bus_cpu, peak_rss_mb, percentile, with_descendants
 from rich.table import Table
 
-from carebus import local_bus
+from bench import private_bus
 from carebus.process_control import wait_http_ready
-from foundation.config import load_settings
 from foundation.durable_producer import producer_config
 from producers import fhir_mapper, hl7v2_mapper
 from schemas.source_systems import CERNER, EMIS
@@ -35,6 +35,11 @@ from schemas import codec
 from schemas.topics import SOURCE_EVENTS
 from simulator import population as pop
 from simulator.traffic import MessageFactory, MllpClient, ack_code, vision_csv, write_drop_file
+
+
+# Ports of its own, beside the local bus's and the other benchmarks'.
+BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "23092", "CAREBUS_KAFKA_CONTROLLER_PORT": "23093", "CAREBUS_REDIS_PORT": "23379",
+               "CAREBUS_MLLP_PORT": "23575", "CAREBUS_HTTP_PORT": "23080"}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -95,8 +100,16 @@ def main() -> None:
     parser.add_argument("--vision-patients", type=int, default=20000,
                         help="patients in the one Vision extract file (the bulk-drop figure)")
     args = parser.parse_args()
-    settings = load_settings()
-    local_bus.up(settings)
+    # A bus of its own: the benchmark's synthetic patients never reach the bus you run, and a
+    # restarted local bus with a large index does not have to load it first.
+    bus = private_bus.start(BENCH_PORTS, "carebus-connbench-")
+    try:
+        measure(args, bus.settings)
+    finally:
+        bus.stop()
+
+
+def measure(args: argparse.Namespace, settings) -> None:  # noqa: ANN001 - foundation.config.Settings
     rng = random.Random(1)
     people = pop.build(max(args.messages + args.warmup, args.vision_patients * 4), seed=int(time.time()) % 100000,
                        hospital_rate=1.0)

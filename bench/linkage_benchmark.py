@@ -3,8 +3,8 @@ same records, in one run.
 
     python -m bench.linkage_benchmark --people 3000
 
-Sends a synthetic population through the connectors (carebus up + connectors + N link
-workers are started here), waits until the linkers have caught up, then prints, for the stream
+Sends a synthetic population through the connectors (a bus of its own on bench ports, the
+connectors and N link workers are started here), waits until the linkers have caught up, then prints, for the stream
 and for a batch linkage of exactly the same events: precision, recall and F1 against the
 simulator's ground truth, pairs sent to review, events/s, per-event latency percentiles (event
 time on the source topic to its record change) and peak memory.
@@ -25,9 +25,8 @@ from rich.console import Console
 from bench.measurement import peak_rss_mb, percentile
 from rich.table import Table
 
-from carebus import local_bus
+from bench import private_bus
 from carebus.process_control import wait_http_ready
-from foundation.config import load_settings
 from consumers.stream_lag import total_lag
 from schemas import codec
 from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS
@@ -42,6 +41,9 @@ from tests.kafka_reading import read_all
 
 
 pct = percentile
+# Ports of its own, beside the local bus's and the other benchmarks'.
+BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "22092", "CAREBUS_KAFKA_CONTROLLER_PORT": "22093", "CAREBUS_REDIS_PORT": "22379",
+               "CAREBUS_MLLP_PORT": "22575", "CAREBUS_HTTP_PORT": "22080"}
 
 
 def main() -> None:
@@ -49,8 +51,14 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    settings = load_settings()
-    local_bus.up(settings)
+    bus = private_bus.start(BENCH_PORTS, "carebus-linkbench-")   # the bus you run is never touched
+    try:
+        measure(args, bus.settings)
+    finally:
+        bus.stop()
+
+
+def measure(args: argparse.Namespace, settings) -> None:  # noqa: ANN001 - foundation.config.Settings
     r = redis.Redis.from_url(settings.redis)
     seed = int(time.time()) % 1_000_000
     population = pop.build(args.people, seed=seed)
