@@ -29,7 +29,7 @@ from schemas.source_systems import BY_CODE
 from schemas import codec
 from schemas.topics import (DLQ_CONNECTORS, DLQ_DELIVERY, DLQ_STREAMS, LINK_REVIEW, SOURCE_EVENTS, review_decision_key,
                             source_event_key)
-from streams.identity_store import review_key
+from streams.identity_store import review_of
 
 TOPICS = {"connectors": DLQ_CONNECTORS.name, "streams": DLQ_STREAMS.name, "delivery": DLQ_DELIVERY.name}
 
@@ -106,8 +106,8 @@ class Replayer:
         elif kind == "IdentityEvent":
             # A review decision goes where its review's first record's events go (the review
             # outlives its decision in the index); a review the index no longer has, by its id.
-            body = self.redis.hget(review_key(value["caused_by"]), "body")
-            topic, key = LINK_REVIEW.name, review_decision_key(json.loads(body)) if body else value["caused_by"]
+            review = review_of(self.redis, value["caused_by"])
+            topic, key = LINK_REVIEW.name, review_decision_key(review) if review else value["caused_by"]
         else:
             return Outcome(dead["dead_letter_id"], "not-replayable", f"a {kind} has no stream to go back to")
         self.producer.send_sync(topic, dead["payload"], key=key, headers=codec.headers(kind))

@@ -793,6 +793,12 @@ def linkage_statistics(client: redis.Redis) -> dict[str, int]:
     return {**{_s(k): int(v) for k, v in counters.items()}, "open_reviews": int(waiting)}
 
 
+def review_of(client: redis.Redis, review_id: str) -> dict[str, Any] | None:
+    """A review as it was queued, decided or not (None: no such review)."""
+    body = client.hget(review_key(review_id), "body")
+    return json.loads(body) if body is not None else None
+
+
 def records_indexed(client: redis.Redis) -> int:
     """Source records ever indexed."""
     return int(client.get(NODE_SEQUENCE) or 0)
