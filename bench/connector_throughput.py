@@ -5,8 +5,8 @@
 Starts a bus of its own (Kafka and Redis on bench ports, removed afterwards) and `carebus
 connectors`, sends Cerner HL7 over MLLP, EMIS FHIR Bundles over HTTP and a Vision extract file,
 then publishes the same canonical events with a bare confluent-kafka producer (acks=all,
-idempotent) as the baseline. Prints messages/s,
-per-message latency percentiles (send to ACK) and the connector process's peak memory.
+idempotent) as the baseline. Prints messages/s, per-message latency percentiles (send to ACK)
+and the connector process's peak memory.
 """
 from __future__ import annotations
 
@@ -37,9 +37,7 @@ from simulator import population as pop
 from simulator.traffic import MessageFactory, MllpClient, ack_code, vision_csv, write_drop_file
 
 
-# Ports of its own, beside the local bus's and the other benchmarks'.
-BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "23092", "CAREBUS_KAFKA_CONTROLLER_PORT": "23093", "CAREBUS_REDIS_PORT": "23379",
-               "CAREBUS_MLLP_PORT": "23575", "CAREBUS_HTTP_PORT": "23080"}
+BENCH_PORTS = private_bus.ports(23)
 
 
 def pct(values: list[float], q: float) -> float:

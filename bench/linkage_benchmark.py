@@ -4,10 +4,10 @@ same records, in one run.
     python -m bench.linkage_benchmark --people 3000
 
 Sends a synthetic population through the connectors (a bus of its own on bench ports, the
-connectors and N link workers are started here), waits until the linkers have caught up, then prints, for the stream
-and for a batch linkage of exactly the same events: precision, recall and F1 against the
-simulator's ground truth, pairs sent to review, events/s, per-event latency percentiles (event
-time on the source topic to its record change) and peak memory.
+connectors and N link workers are started here), waits until the linkers have caught up, then
+prints, for the stream and for a batch linkage of exactly the same events: precision, recall and
+F1 against the simulator's ground truth, pairs sent to review, events/s, per-event latency
+percentiles (event time on the source topic to its record change) and peak memory.
 """
 from __future__ import annotations
 
@@ -41,9 +41,7 @@ from tests.kafka_reading import read_all
 
 
 pct = percentile
-# Ports of its own, beside the local bus's and the other benchmarks'.
-BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "22092", "CAREBUS_KAFKA_CONTROLLER_PORT": "22093", "CAREBUS_REDIS_PORT": "22379",
-               "CAREBUS_MLLP_PORT": "22575", "CAREBUS_HTTP_PORT": "22080"}
+BENCH_PORTS = private_bus.ports(22)
 
 
 def main() -> None:

@@ -39,8 +39,7 @@ from streams.linkage_quality import Quality, pairwise_quality
 from streams.linkage_training import estimate_from
 from streams.record_comparison import Demographics
 
-BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "25092", "CAREBUS_KAFKA_CONTROLLER_PORT": "25093",
-               "CAREBUS_REDIS_PORT": "25379", "CAREBUS_MLLP_PORT": "25575", "CAREBUS_HTTP_PORT": "25080"}
+BENCH_PORTS = private_bus.ports(25)
 console = Console(width=170)
 
 

@@ -49,8 +49,7 @@ from simulator import population as pop
 from streams.identity_store import RedisGraphStore
 from streams.link_stage import CANDIDATE_BUCKETS
 
-BENCH_PORTS = {"CAREBUS_KAFKA_PORT": "24092", "CAREBUS_KAFKA_CONTROLLER_PORT": "24093",
-               "CAREBUS_REDIS_PORT": "24379", "CAREBUS_MLLP_PORT": "24575", "CAREBUS_HTTP_PORT": "24080"}
+BENCH_PORTS = private_bus.ports(24)
 console = Console(width=160)
 
 

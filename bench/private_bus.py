@@ -23,6 +23,14 @@ class PrivateBus:
         shutil.rmtree(self.data, ignore_errors=True)
 
 
+def ports(block: int) -> dict[str, str]:
+    """A benchmark's own ports, all in the thousand `block` (24: 24092 Kafka, 24093 its
+    controller, 24379 Redis, 24575 MLLP, 24080 HTTP): beside the local bus's (19xxx, 16379), the
+    tests' (29xxx, 26379) and the other benchmarks'."""
+    return {"CAREBUS_KAFKA_PORT": f"{block}092", "CAREBUS_KAFKA_CONTROLLER_PORT": f"{block}093",
+            "CAREBUS_REDIS_PORT": f"{block}379", "CAREBUS_MLLP_PORT": f"{block}575", "CAREBUS_HTTP_PORT": f"{block}080"}
+
+
 def start(ports: dict[str, str], prefix: str) -> PrivateBus:
     """Point this process's settings at a fresh bus on `ports` and start it."""
     data = Path(tempfile.mkdtemp(prefix=prefix))
