@@ -472,7 +472,7 @@ local emptied_list = table.concat(emptied, '\\31')
 for home, relabels in pairs(token ~= '' and pending or {}) do
   local key = P..'n:'..home
   local entry = token..'\\29'..table.concat(relabels, '\\30')..'\\29'..emptied_list
-  -- Nearly always the node keeps nothing yet: one command, as before runs kept side by side.
+  -- Nearly always the node keeps nothing yet: one command, as when it held a single run's.
   if redis.call('HSETNX', key, 'o', entry) == 0 then
     redis.call('HSET', key, 'o', redis.call('HGET', key, 'o')..'\\28'..entry)
   end
@@ -759,12 +759,12 @@ class RedisGraphStore:
         return {ids[int(i)] for i in new}
 
     def close_review(self, review_id: str, outcome: str) -> dict[str, Any] | None:
-        raw = self.r.hget(review_key(review_id), "body")
-        if raw is None:
+        review = review_of(self.r, review_id)
+        if review is None:
             return None
         self.r.srem(REVIEWS_OPEN, review_id)
         self.r.hset(review_key(review_id), "outcome", outcome)
-        return json.loads(raw)
+        return review
 
     def count(self, counts: dict[str, int], candidates_histogram: dict[str, int] | None = None) -> None:
         pipe = self.r.pipeline(transaction=False)
