@@ -32,7 +32,7 @@ from simulator import population as pop
 from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
 from streams.link_pipeline import LinkPipeline
-from streams.link_worker import settle_garbage_collector
+from foundation.garbage_collection import settle_garbage_collector
 from streams.link_stage import InboundMessage, LinkStage
 from streams.record_store import RedisRecordStore
 

@@ -18,7 +18,6 @@ batch is retried with capped backoff and its offsets are not committed until it 
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from foundation.config import Settings
+from foundation.garbage_collection import settle_garbage_collector
 from foundation.redis_connection import sync_client
 from foundation.durable_producer import DurableProducer
 from schemas.topics import LINK_REVIEW, SOURCE_EVENTS
@@ -125,16 +125,6 @@ def process_with_retry(stage: LinkStage, batch: list[InboundMessage], stopping, 
             return _until_done(partial(stage.park, batch[0], exc), "parking a message", stopping, status)
         log.exception("batch failed; processing its %d messages one by one", len(batch))
         return all(process_with_retry(stage, [m], stopping, status) for m in batch)
-
-
-def settle_garbage_collector() -> None:
-    """How a link worker runs Python's cyclic collector (bench.link_stage_scale runs it the same way).
-    A batch allocates hundreds of thousands of short-lived dicts and tuples and makes no reference
-    cycles worth chasing: with the default thresholds the collector ran every 700 allocations and
-    took a tenth of the worker's CPU. What is loaded at start-up is frozen out of its view."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def run_worker(settings: Settings, worker_id: str = "", status_port: int = 0) -> None:

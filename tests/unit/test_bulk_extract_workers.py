@@ -4,6 +4,7 @@ numbers, whatever shard each patient fell into, with a patient's rows scattered 
 from __future__ import annotations
 
 import asyncio
+import gc
 import csv
 import random
 
@@ -76,3 +77,13 @@ def test_a_lines_shard_is_read_as_the_parser_reads_its_patient(cells, doubled_he
     row = next(csv.DictReader([line], fieldnames=fieldnames), None) or {}
     expected = ((row.get("practice_ods") or "").strip().upper(), (row.get("patient_id") or "").strip())
     assert vision_extract.patient_of_line(line, vision_extract.patient_columns(fieldnames)) == expected
+
+
+def test_the_workers_run_the_garbage_collector_settled(workers):
+    """Their full collections walked each shard's growing list of events: a quarter of a worker's
+    CPU with Python's default thresholds (700, 10, 10)."""
+    from foundation.garbage_collection import SETTLED_THRESHOLDS
+
+    thresholds = {workers._executor().submit(gc.get_threshold).result() for _ in range(6)}
+    assert thresholds == {SETTLED_THRESHOLDS}
+    assert workers._executor().submit(gc.get_freeze_count).result() > 0
