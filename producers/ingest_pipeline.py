@@ -25,7 +25,7 @@ from prometheus_client import Counter, Histogram
 from foundation.clock import now_ms
 from foundation.durable_producer import DurableProducer, OutgoingRecord
 from foundation.log_privacy import pseudonym
-from producers.published_markers import PublishedMarkers
+from producers.published_markers import PublishedMarkers, chunk_marker
 from schemas.source_systems import SourceSystemProfile
 from schemas import codec, messages
 from schemas.topics import (DEAD_LETTER_HEAD_BYTES, DLQ_CONNECTORS, MAX_INBOUND_BYTES, MAX_RECORD_BYTES, RAW,
@@ -138,8 +138,8 @@ class IngestPipeline:
         try:
             for first in range(0, max(len(events), 1), BULK_CHUNK_EVENTS):
                 chunk = events[first:first + BULK_CHUNK_EVENTS]
-                chunk_ids = ids[first:first + BULK_CHUNK_EVENTS]
-                if await self.markers.seen(chunk_ids):
+                marker = [chunk_marker(ids[first:first + BULK_CHUNK_EVENTS])] if events else []
+                if await self.markers.seen(marker):
                     continue
                 records = []
                 if first == 0:
@@ -152,7 +152,7 @@ class IngestPipeline:
                             for e in encoded(chunk)]
                 if max(len(r.value) for r in records) > MAX_RECORD_BYTES:
                     await self.refuse_oversized(raw, len(raw), profile, channel, content_type)
-                in_flight.append((self.producer.produce_all(records), chunk_ids))
+                in_flight.append((self.producer.produce_all(records), marker))
                 published += len(chunk)
                 # The next chunk is encoded while this one is on its way to the brokers; a few in
                 # flight at most, so memory stays bounded whatever the file's size.

@@ -6,6 +6,11 @@ an MLLP connector's CPU (redis-py's per-command cost, not Redis's). Here the que
 of every sender that reaches this point in one turn of the event loop go to Redis together, in
 one script call.
 
+A message with several events (a bulk file's chunk of 2,000, a FHIR Bundle) is marked by one
+marker for the whole chunk (`chunk_marker`), not one per event: a chunk is only ever produced,
+confirmed and skipped as a whole. Per event, a first load of ten million patients kept ten
+million keys in Redis for 30 days (about 1 GB) and cost Redis some 9 us of CPU per patient.
+
 Marks are not awaited by the sender's ACK: the message is already durable in Kafka. A mark lost
 to a crash or a Redis outage costs at most one duplicate publish of a resent message, which the
 link stage ignores (event ids are deterministic); a question Redis cannot answer is "no" for the
@@ -14,6 +19,7 @@ same reason.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +31,16 @@ log = logging.getLogger("carebus.ingest")
 
 SEEN_TTL_SECONDS = 30 * 24 * 3600
 KEY_PREFIX = "carebus:ingested:"
+
+
+def chunk_marker(event_ids: Sequence[str]) -> str:
+    """The one marker of a chunk of events: a single event's own id (what a message of one event is
+    marked by), or a digest of the chunk's ids in their order. A resent file or Bundle has the
+    same events in the same order, so the same chunks (a chunk marked by an earlier version, one
+    marker per event, is published once more under the same event ids: the linker ignores it)."""
+    if len(event_ids) == 1:
+        return event_ids[0]
+    return "chunk:" + hashlib.blake2b("\n".join(event_ids).encode(), digest_size=16).hexdigest()
 
 
 # One command for a whole turn's questions and marks: redis-py's cost is per command, and a

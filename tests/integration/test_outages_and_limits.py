@@ -186,6 +186,40 @@ def test_a_large_extract_is_loaded_by_the_extract_workers_whole_and_once(bus_set
     assert dead["error_code"] == "VISION_BAD_ROW" and f"L0{unique}".encode() in dead["payload"]
 
 
+def test_an_extract_dropped_again_is_published_once_with_one_marker_per_chunk(bus_settings, connectors, unique,
+                                                                               redis_client):
+    """The same extract dropped twice (a resend after a lost confirmation, or an operator's second
+    copy): its events are published once, and Redis holds one published-marker per chunk of
+    events, not one per patient."""
+    import random
+    from dataclasses import replace
+
+    from producers.ingest_pipeline import BULK_CHUNK_EVENTS
+    from producers.published_markers import KEY_PREFIX
+    from simulator import population as pop
+    from simulator.traffic import MessageFactory
+
+    recs = [replace(r, local_id=f"M{i}{unique}") for i, r in
+            enumerate(r for r in pop.build(11000, seed=12).records if r.system == "INPS_VISION")]
+    assert BULK_CHUNK_EVENTS < len(recs) <= 2 * BULK_CHUNK_EVENTS
+    factory = MessageFactory(random.Random(12))
+    extract = vision_csv([row for r in recs for row in factory.vision_rows(r)])
+    drop = bus_settings.data_dir / "drop" / "vision"
+    markers_before = sum(1 for _ in redis_client.scan_iter(f"{KEY_PREFIX}*", count=10_000))
+    for copy in ("first", "second"):
+        name = f"again-{copy}-{unique}.csv"
+        write_drop_file(drop / "incoming", name, extract)
+        wait_for(lambda: (drop / "processed" / name).exists(), timeout=120, what=f"the {copy} copy processed")
+    # A file is moved to processed/ only once all its events are durable: the topic holds them all.
+    events = read_all(bus_settings, SOURCE_EVENTS.name, timeout=60,
+                      predicate=lambda m: (m.key() or b"").endswith(unique.encode()))
+    assert len(events) == len(recs)
+    assert {codec.decode(m.value(), "SourcePatientEvent")["envelope"]["correlation_id"] for m in events} == \
+        {f"again-first-{unique}.csv"}
+    markers_after = sum(1 for _ in redis_client.scan_iter(f"{KEY_PREFIX}*", count=10_000))
+    assert markers_after - markers_before == 2
+
+
 def test_unloadable_files_go_to_failed_with_a_reason_and_later_files_still_load(bus_settings, connectors, unique,
                                                                                 tmp_path):
     vision = bus_settings.data_dir / "drop" / "vision"
