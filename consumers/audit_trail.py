@@ -50,10 +50,22 @@ def record_as_of(settings: Settings, person_id: str, at_ms: int) -> dict[str, An
 
 def timeline(settings: Settings, person_id: str, source_keys: set[str], since_ms: int = 0,
              include_original: bool = True, progress: Callable[[str], None] | None = None) -> list[TimelineEntry]:
+    """Each event once: a log can hold copies of one, under its event id (a connector's resend
+    caught between publishing and marking it, a link worker's replayed batch)."""
     entries: list[TimelineEntry] = []
     keys = set(source_keys)
+    shown: set[str] = set()
+
+    def first_time(event_id: str) -> bool:
+        if event_id in shown:
+            return False
+        shown.add(event_id)
+        return True
+
     for msg in read_range(settings, PATIENT_CHANGES.name, since_ms, FOREVER, key=person_id):
         c = codec.decode(msg.value(), "RecordChange")
+        if not first_time(c["event_id"]):
+            continue
         keys |= {source_key(s['system'], s['local_identifier']['system'], s['local_identifier']['value'])
                  for s in c["record"]["sources"]}
         entries.append(TimelineEntry(c["changed_at"], "record-change", "CAREBUS", ",".join(c["ods_codes"]),
@@ -64,6 +76,8 @@ def timeline(settings: Settings, person_id: str, source_keys: set[str], since_ms
         progress("record changes read")
     for msg in read_range(settings, IDENTITY_EVENTS.name, since_ms, FOREVER, key=person_id):
         e = codec.decode(msg.value(), "IdentityEvent")
+        if not first_time(e["event_id"]):
+            continue
         entries.append(TimelineEntry(e["recorded_at"], "identity", "CAREBUS", "", f"{e['type']} ({e['method']})",
                                      {"other_person_id": e["other_person_id"], "score": e["score"],
                                       "reasons": e["reasons"], "caused_by": e["caused_by"]}))
@@ -73,6 +87,8 @@ def timeline(settings: Settings, person_id: str, source_keys: set[str], since_ms
         for msg in read_range(settings, SOURCE_EVENTS.name, since_ms, FOREVER, key=key):
             e = codec.decode(msg.value(), "SourcePatientEvent")
             env = e["envelope"]
+            if not first_time(env["event_id"]):
+                continue
             original = None
             ref = env.get("raw_message")
             if include_original and ref:

@@ -45,6 +45,7 @@ from consumers.change_reader import open_subscription_consumer
 from consumers.channels import CHANNELS
 from consumers.notification_format import sign
 from consumers.offset_watermark import OffsetWatermark
+from consumers.repeated_changes import RepeatedChanges
 from consumers.subscription_scope import ClientScope, Subscription, visible_change
 from consumers.subscription_store import SubscriptionStore
 from consumers.webhook_address_guard import GuardedResolver, webhook_policy
@@ -101,6 +102,8 @@ class Dispatcher:
         # Delivered and filtered counts are written to Redis once per batch, not per change.
         self._tally: dict[str, int] = {}
         self._last_delivered_at = 0
+        # Changes the feed holds twice (a link worker's replayed batch) go out once.
+        self.repeats = RepeatedChanges()
 
     async def _blocking(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self._thread, partial(fn, *args, **kwargs))
@@ -123,6 +126,8 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
 
     async def _run_once(self) -> None:
+        # From the committed offset again: what was taken and not finished must go out again.
+        self.repeats.forget()
         consumer = await self._blocking(self._open_consumer)
         try:
             if self.sub.max_per_notification > 1 and CHANNELS[self.sub.channel].carries_several:
@@ -272,8 +277,12 @@ class Dispatcher:
             await self.deliver_many(chunk)
 
     async def _admit(self, value: bytes, redelivery: bool) -> tuple[dict[str, Any] | None, str]:
-        """The change as this subscriber may see it, or None with why not (filtered, or held)."""
+        """The change as this subscriber may see it, or None with why not (a repeat, filtered, or held)."""
         change = codec.decode(value, "RecordChange")
+        if not redelivery and self.repeats.is_repeat(change["person_id"], change["version"]):
+            DELIVERED.labels(self.sub.subscription_id, "repeat").inc()
+            self._tally["repeats"] = self._tally.get("repeats", 0) + 1
+            return None, "repeat"
         visible = visible_change(change, self.sub, self.scope)
         if visible is None:
             DELIVERED.labels(self.sub.subscription_id, "filtered").inc()

@@ -14,6 +14,7 @@ from consumers.change_reader import open_subscription_consumer, read_range
 from consumers.channels import CHANNELS, sse
 from consumers.delivery_api.access import Access, scope_of
 from consumers.push_delivery import Dispatcher
+from consumers.repeated_changes import RepeatedChanges
 from consumers.subscription_scope import CLINICAL_SECTIONS, visible_change
 from consumers.webhook_address_guard import WebhookAddressRefused, webhook_policy
 from foundation.api_auth import Client
@@ -109,15 +110,20 @@ def router(access: Access) -> APIRouter:
             loop = asyncio.get_running_loop()
             consumer = await loop.run_in_executor(thread, partial(
                 open_subscription_consumer, service.settings, f"carebus-sse-{subscription_id}", created))
+            repeats = RepeatedChanges()
             try:
                 yield ": connected\n\n"
                 while not await request.is_disconnected():
                     msg = await loop.run_in_executor(thread, consumer.poll, 0.5)
                     if msg is None or msg.error():
                         continue
-                    change = visible_change(codec.decode(msg.value(), "RecordChange"), sub, scope)
-                    if change is not None:
-                        yield sse.event(change, subscription_id)
+                    change = codec.decode(msg.value(), "RecordChange")
+                    if repeats.is_repeat(change["person_id"], change["version"]):
+                        visible = None     # a replayed batch's copy, or overtaken by a newer version
+                    else:
+                        visible = visible_change(change, sub, scope)
+                    if visible is not None:
+                        yield sse.event(visible, subscription_id)
                     await loop.run_in_executor(thread, partial(consumer.commit, message=msg, asynchronous=False))
             finally:
                 await loop.run_in_executor(thread, consumer.close)

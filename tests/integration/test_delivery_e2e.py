@@ -63,6 +63,47 @@ def test_failing_subscriber_recovers_and_gets_every_change_once(bus_settings, st
     assert [r["json"]["version"] for r in got] == sorted(r["json"]["version"] for r in got)
 
 
+def test_a_change_the_feed_holds_twice_reaches_the_subscriber_once(bus_settings, stack, receiver, redis_client, unique):
+    """A link worker stopped after Kafka stored a batch's outputs, and before it could say so,
+    publishes them again when the batch is replayed: the same changes, event ids and versions,
+    after the originals on the change feed. A subscriber gets each version once, in order, and
+    never an older version after a newer one."""
+    from foundation.durable_producer import DurableProducer
+    from schemas.topics import PATIENT_CHANGES
+    from tests.kafka_reading import read_all
+
+    path = f"/repeats/{unique}"
+    sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path))
+
+    def delivered() -> list[dict]:
+        return [r["json"] for r in receiver.for_path(path) if r["json"]["person_id"] == person]
+
+    def all_delivered(at_least: int = 1):
+        version = int(redis_client.hget(f"carebus:record_meta:{person}", "version") or 0)
+        got = delivered()
+        return got if version >= at_least and got and max(c["version"] for c in got) == version else None
+
+    send_story(bus_settings, unique, n=2)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+    first = wait_for(all_delivered, what="the story delivered")
+    copies = read_all(bus_settings, PATIENT_CHANGES.name, expect=len(first), timeout=60,
+                      predicate=lambda m: m.key() == person.encode())
+    assert len(copies) == len(first) >= 1
+    producer = DurableProducer(bus_settings)
+    for m in [*copies, copies[0]]:      # the replay's copies, then the oldest once more
+        producer.send_sync(PATIENT_CHANGES.name, m.value(), key=person, headers=m.headers())
+    producer.close()
+    # A newer change behind the copies: once it has arrived, the dispatcher has read past them.
+    newest = max(c["version"] for c in first)
+    assert b"MSA|AA" in mllp_send(bus_settings.mllp_port, adt(f"S{unique}", f"S{unique}2", trigger="A03",
+                                                                **own_identity(unique)))[0]
+    got = wait_for(lambda: all_delivered(newest + 1), what="the newer change delivered")
+    versions = [c["version"] for c in got]
+    assert versions == sorted(set(versions)) and versions[-1] > newest
+    wait_for(lambda: int(redis_client.hget(f"carebus:delivery:{sub['id']}", "repeats") or 0) >= len(copies) + 1,
+             timeout=30, what="the repeats counted in the subscription's status")
+
+
 def test_dead_subscriber_parks_changes_and_redelivery_recovers_them(bus_settings, stack, receiver, redis_client, unique):
     path = f"/dead/{unique}"
     sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path), max_attempts=2)
@@ -254,6 +295,29 @@ def test_audit_timeline_shows_messages_links_and_changes(bus_settings, stack, re
     assert httpx.get(f"{stack.base}/audit/persons/{person}/timeline", headers=SUB2).status_code == 403
 
 
+def test_audit_timeline_shows_an_event_the_log_holds_twice_once(bus_settings, stack, redis_client, unique):
+    """A connector's resend caught between publishing and marking, or a link worker's replayed
+    batch, leaves copies of an event in the log under its event id: the timeline shows it once."""
+    from foundation.durable_producer import DurableProducer
+    from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS
+    from tests.kafka_reading import read_all
+
+    send_story(bus_settings, unique, n=1)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+    wait_for(lambda: redis_client.hget(f"carebus:record_meta:{person}", "emitted") == b"1", what="record")
+    [change] = read_all(bus_settings, PATIENT_CHANGES.name, expect=1, timeout=60,
+                        predicate=lambda m: m.key() == person.encode())
+    [event] = read_all(bus_settings, SOURCE_EVENTS.name, expect=1, timeout=60,
+                       predicate=lambda m: m.key() == cerner_key(f"S{unique}").encode())
+    producer = DurableProducer(bus_settings)
+    for m in (change, event):
+        producer.send_sync(m.topic(), m.value(), key=m.key(), headers=m.headers())
+    producer.close()
+    entries = httpx.get(f"{stack.base}/audit/persons/{person}/timeline", headers=AUDIT, timeout=60).json()
+    assert [e["what"] for e in entries if e["kind"] == "record-change"] == ["record created to version 1"]
+    assert len([e for e in entries if e["kind"] == "source-event"]) == 1
+
+
 def test_monitoring_reports_lag_linkage_dead_letters_and_delivery(bus_settings, stack):
     m = httpx.get(f"{stack.base}/monitor", headers=AUDIT, timeout=60).json()
     assert m["linkage"]["links"] > 0 and "open_reviews" in m["linkage"]
@@ -339,3 +403,35 @@ def test_server_sent_events_stream(bus_settings, stack, redis_client, unique):
     assert data["record"]["person_id"] == person
     # Another client cannot open this subscriber's stream.
     assert httpx.get(f"{stack.base}/subscriptions/{sub['id']}/stream", headers=RFH, timeout=30).status_code == 404
+
+
+def test_a_server_sent_events_stream_passes_a_change_the_feed_holds_twice_once(bus_settings, stack, redis_client,
+                                                                             unique):
+    """As push delivery does (test_a_change_the_feed_holds_twice_reaches_the_subscriber_once)."""
+    from foundation.durable_producer import DurableProducer
+    from schemas.topics import PATIENT_CHANGES
+    from tests.kafka_reading import read_all
+
+    sub = subscribe(stack, SUB2, channel="sse")
+    send_story(bus_settings, unique, n=1)
+    person = person_of(redis_client, cerner_key(f"S{unique}"))
+    seen: list[int] = []
+    with httpx.stream("GET", f"{stack.base}/subscriptions/{sub['id']}/stream", headers=SUB2, timeout=60) as resp:
+        deadline = time.monotonic() + 90
+        for line in resp.iter_lines():
+            assert time.monotonic() < deadline, f"versions seen: {seen}"
+            if not (line.startswith("data: ") and json.loads(line[6:])["person_id"] == person):
+                continue
+            seen.append(json.loads(line[6:])["version"])
+            if len(seen) == 1:
+                [original] = read_all(bus_settings, PATIENT_CHANGES.name, expect=1, timeout=60,
+                                      predicate=lambda m: m.key() == person.encode())
+                producer = DurableProducer(bus_settings)
+                for _ in range(2):      # a replayed batch's copy, twice
+                    producer.send_sync(PATIENT_CHANGES.name, original.value(), key=person, headers=original.headers())
+                producer.close()
+                assert b"MSA|AA" in mllp_send(bus_settings.mllp_port, adt(f"S{unique}", f"S{unique}1", trigger="A08",
+                                                                            **own_identity(unique)))[0]
+            elif seen[-1] > seen[0]:
+                break
+    assert seen == [1, 2]

@@ -1,0 +1,39 @@
+"""Which record changes a reader of the change feed has already passed on, so it passes each on once.
+
+The change feed can hold a change twice: a link worker that stops (or loses its partitions) after
+Kafka stored a batch's outputs and before it could say so publishes them again when the batch is
+replayed, under the same event ids and versions. Two workers can also publish versions of one
+person out of order (v5 stored before v4). A subscriber would get the repeat, or an older record
+after a newer one. A version at or below one already passed on for that person says nothing new:
+each change carries the whole record, and versions of a person only grow.
+
+Only the most recent `capacity` persons are remembered: a replay's repeats follow their first
+copies within seconds. Pure: no I/O. A reader that starts again from its committed offset starts
+with an empty memory, so what it had not finished is passed on again (at least once).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+CAPACITY = 100_000
+
+
+class RepeatedChanges:
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self.capacity = capacity
+        self._newest: OrderedDict[str, int] = OrderedDict()
+
+    def is_repeat(self, person_id: str, version: int) -> bool:
+        """True if this version of the person's record is at or below one passed on already; if
+        not, it is remembered as passed on."""
+        newest = self._newest.get(person_id)
+        if newest is not None and version <= newest:
+            return True
+        self._newest[person_id] = version
+        self._newest.move_to_end(person_id)
+        if len(self._newest) > self.capacity:
+            self._newest.popitem(last=False)
+        return False
+
+    def forget(self) -> None:
+        self._newest.clear()
