@@ -50,8 +50,8 @@ async function refresh() {
     rows("lag", ["group", "lag"], Object.entries(byGroup).map(([k, v]) => [k, v]));
     rows("dead", ["topic", "count", "reasons"], Object.entries(m.dead_letters).map(([k, v]) =>
       [k.replace("carebus.", ""), v.count, Object.entries(v.reasons).map(([r, n]) => `${r}: ${n}`).join(", ")]));
-    rows("delivery", ["subscription", "delivered", "failed attempts", "parked", "last delivered", "status"], Object.entries(m.delivery).map(([k, v]) =>
-      [k.slice(0, 8), v.delivered || 0, v.failed_attempts || 0, v.parked || 0,
+    rows("delivery", ["subscription", "delivered", "repeats held back", "failed attempts", "parked", "last delivered", "status"], Object.entries(m.delivery).map(([k, v]) =>
+      [k.slice(0, 8), v.delivered || 0, v.repeats || 0, v.failed_attempts || 0, v.parked || 0,
        v.last_delivered_at ? new Date(+v.last_delivered_at).toLocaleTimeString() : "–",
        v.status === "degraded" ? { warn: "degraded" } : (v.status || "active")]));
     rows("workers", ["worker", "state", "waiting for", "since", "events"], Object.entries(m.link_workers || {}).map(([k, v]) =>
