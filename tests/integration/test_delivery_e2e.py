@@ -100,8 +100,11 @@ def test_a_change_the_feed_holds_twice_reaches_the_subscriber_once(bus_settings,
     got = wait_for(lambda: all_delivered(newest + 1), what="the newer change delivered")
     versions = [c["version"] for c in got]
     assert versions == sorted(set(versions)) and versions[-1] > newest
-    wait_for(lambda: int(redis_client.hget(f"carebus:delivery:{sub['id']}", "repeats") or 0) >= len(copies) + 1,
-             timeout=30, what="the repeats counted in the subscription's status")
+    def repeats() -> int:
+        monitor = httpx.get(f"{stack.base}/monitor", headers=AUDIT, timeout=60).json()
+        return int(monitor["delivery"].get(sub["id"], {}).get("repeats", 0))
+
+    wait_for(lambda: repeats() >= len(copies) + 1, timeout=30, what="the repeats counted in /monitor")
 
 
 def test_dead_subscriber_parks_changes_and_redelivery_recovers_them(bus_settings, stack, receiver, redis_client, unique):
