@@ -76,9 +76,9 @@ def start_redis(folder: Path, snapshot: str) -> subprocess.Popen:
 
 def persist_as_carebus_does(client: redis.Redis) -> None:
     """The append-only file on, as carebus runs Redis (carebus.redis_server), and its first
-    rewrite (the index as it stands) finished. Without it Redis spent 290-320 µs of CPU per event
-    at 100,000 records, with it 435-495: every write of a batch's scripts is appended to the file,
-    about 2.3 KB and 21 commands per event (bench runs before the thirteenth session left it off)."""
+    rewrite (the index as it stands) finished: every write of a batch's scripts is appended to the
+    file, about 21 commands and 2.3 KB per event, which costs Redis up to a fifth more CPU (bench
+    runs before the thirteenth session left it off)."""
     for name, value in PERSISTENCE_SETTINGS.items():
         client.config_set(name, value)
     while True:
