@@ -7,9 +7,11 @@ person out of order (v5 stored before v4). A subscriber would get the repeat, or
 after a newer one. A version at or below one already passed on for that person says nothing new:
 each change carries the whole record, and versions of a person only grow.
 
-Only the most recent `capacity` persons are remembered: a replay's repeats follow their first
-copies within seconds. Pure: no I/O. A reader that starts again from its committed offset starts
-with an empty memory, so what it had not finished is passed on again (at least once).
+Only the most recent `capacity` persons are remembered (about 18 MB at 100,000): a replay's
+repeats follow their first copies within seconds, or after a crashed link worker's session
+timeout (10 s), and 100,000 persons is 100 s of changes at 1,000 a second. Pure: no I/O. A
+reader that starts again from its committed offset starts with an empty memory, so what it had
+not finished is passed on again (at least once).
 """
 from __future__ import annotations
 
