@@ -64,7 +64,9 @@ def timeline(settings: Settings, person_id: str, source_keys: set[str], since_ms
 
     for msg in read_range(settings, PATIENT_CHANGES.name, since_ms, FOREVER, key=person_id):
         c = codec.decode(msg.value(), "RecordChange")
-        if not first_time(c["event_id"]):
+        # An index rebuilt from the log makes a person's versions again under the same event ids,
+        # at a later time: shown again. A replayed copy keeps its first copy's time.
+        if not first_time(f"{c['event_id']}|{c['changed_at']}"):
             continue
         keys |= {source_key(s['system'], s['local_identifier']['system'], s['local_identifier']['value'])
                  for s in c["record"]["sources"]}

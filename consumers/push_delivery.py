@@ -279,7 +279,7 @@ class Dispatcher:
     async def _admit(self, value: bytes, redelivery: bool) -> tuple[dict[str, Any] | None, str]:
         """The change as this subscriber may see it, or None with why not (a repeat, filtered, or held)."""
         change = codec.decode(value, "RecordChange")
-        if not redelivery and self.repeats.is_repeat(change["person_id"], change["version"]):
+        if not redelivery and self.repeats.is_repeat(change["person_id"], change["version"], change["changed_at"]):
             DELIVERED.labels(self.sub.subscription_id, "repeat").inc()
             self._tally["repeats"] = self._tally.get("repeats", 0) + 1
             return None, "repeat"

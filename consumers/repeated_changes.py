@@ -23,15 +23,18 @@ CAPACITY = 100_000
 class RepeatedChanges:
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
-        self._newest: OrderedDict[str, int] = OrderedDict()
+        self._newest: OrderedDict[str, tuple[int, int]] = OrderedDict()    # person: (version, changed_at)
 
-    def is_repeat(self, person_id: str, version: int) -> bool:
+    def is_repeat(self, person_id: str, version: int, changed_at: int) -> bool:
         """True if this version of the person's record is at or below one passed on already; if
         not, it is remembered as passed on."""
         newest = self._newest.get(person_id)
-        if newest is not None and version <= newest:
+        if newest is not None and version <= newest[0] and not (version == 1 and changed_at > newest[1]):
             return True
-        self._newest[person_id] = version
+        # A version 1 made after the newest one passed on is the person's history begun again:
+        # `carebus rebuild-index` replays the log into an empty index, and subscribers receive
+        # records from version 1. A replayed copy keeps its first version's time.
+        self._newest[person_id] = (version, changed_at)
         self._newest.move_to_end(person_id)
         if len(self._newest) > self.capacity:
             self._newest.popitem(last=False)

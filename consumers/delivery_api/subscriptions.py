@@ -118,7 +118,7 @@ def router(access: Access) -> APIRouter:
                     if msg is None or msg.error():
                         continue
                     change = codec.decode(msg.value(), "RecordChange")
-                    if repeats.is_repeat(change["person_id"], change["version"]):
+                    if repeats.is_repeat(change["person_id"], change["version"], change["changed_at"]):
                         visible = None     # a replayed batch's copy, or overtaken by a newer version
                     else:
                         visible = visible_change(change, sub, scope)
