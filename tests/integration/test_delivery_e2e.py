@@ -64,15 +64,35 @@ def test_failing_subscriber_recovers_and_gets_every_change_once(bus_settings, st
     assert [r["json"]["version"] for r in got] == sorted(r["json"]["version"] for r in got)
 
 
+def changes_of(bus_settings, person: str, expect: int) -> list:
+    """The person's record changes on the change feed, as a Kafka client reads them."""
+    from schemas.topics import PATIENT_CHANGES
+    from tests.kafka_reading import read_all
+
+    return read_all(bus_settings, PATIENT_CHANGES.name, expect=expect, timeout=60,
+                    predicate=lambda m: m.key() == person.encode())
+
+
+def put_back(bus_settings, *messages, changed_at: int | None = None) -> None:
+    """These messages again, each on its topic under its key, as a replayed batch or a resend puts
+    them. With `changed_at`, a record change made again at that time, as `carebus rebuild-index`
+    makes one (the same event id and version, later)."""
+    from foundation.durable_producer import DurableProducer
+
+    producer = DurableProducer(bus_settings)
+    for m in messages:
+        value = m.value()
+        if changed_at is not None:
+            value = codec.encode("RecordChange", {**codec.decode(value, "RecordChange"), "changed_at": changed_at})
+        producer.send_sync(m.topic(), value, key=m.key(), headers=m.headers())
+    producer.close()
+
+
 def test_a_change_the_feed_holds_twice_reaches_the_subscriber_once(bus_settings, stack, receiver, redis_client, unique):
     """A link worker stopped after Kafka stored a batch's outputs, and before it could say so,
     publishes them again when the batch is replayed: the same changes, event ids and versions,
     after the originals on the change feed. A subscriber gets each version once, in order, and
     never an older version after a newer one."""
-    from foundation.durable_producer import DurableProducer
-    from schemas.topics import PATIENT_CHANGES
-    from tests.kafka_reading import read_all
-
     path = f"/repeats/{unique}"
     sub = subscribe(stack, SUB2, channel="webhook", endpoint=receiver.url(path))
 
@@ -87,13 +107,9 @@ def test_a_change_the_feed_holds_twice_reaches_the_subscriber_once(bus_settings,
     send_story(bus_settings, unique, n=2)
     person = person_of(redis_client, cerner_key(f"S{unique}"))
     first = wait_for(all_delivered, what="the story delivered")
-    copies = read_all(bus_settings, PATIENT_CHANGES.name, expect=len(first), timeout=60,
-                      predicate=lambda m: m.key() == person.encode())
+    copies = changes_of(bus_settings, person, expect=len(first))
     assert len(copies) == len(first) >= 1
-    producer = DurableProducer(bus_settings)
-    for m in [*copies, copies[0]]:      # the replay's copies, then the oldest once more
-        producer.send_sync(PATIENT_CHANGES.name, m.value(), key=person, headers=m.headers())
-    producer.close()
+    put_back(bus_settings, *copies, copies[0])      # the replay's copies, then the oldest once more
     # A newer change behind the copies: once it has arrived, the dispatcher has read past them.
     newest = max(c["version"] for c in first)
     assert b"MSA|AA" in mllp_send(bus_settings.mllp_port, adt(f"S{unique}", f"S{unique}2", trigger="A03",
@@ -101,18 +117,14 @@ def test_a_change_the_feed_holds_twice_reaches_the_subscriber_once(bus_settings,
     got = wait_for(lambda: all_delivered(newest + 1), what="the newer change delivered")
     versions = [c["version"] for c in got]
     assert versions == sorted(set(versions)) and versions[-1] > newest
+
     def repeats() -> int:
         monitor = httpx.get(f"{stack.base}/monitor", headers=AUDIT, timeout=60).json()
         return int(monitor["delivery"].get(sub["id"], {}).get("repeats", 0))
 
     wait_for(lambda: repeats() >= len(copies) + 1, timeout=30, what="the repeats counted in /monitor")
     # An index rebuilt from the log (`carebus rebuild-index`) makes version 1 again, later: it goes.
-    rebuilt = codec.decode(copies[0].value(), "RecordChange")
-    rebuilt["changed_at"] = int(time.time() * 1000)
-    producer = DurableProducer(bus_settings)
-    producer.send_sync(PATIENT_CHANGES.name, codec.encode("RecordChange", rebuilt), key=person,
-                       headers=copies[0].headers())
-    producer.close()
+    put_back(bus_settings, copies[0], changed_at=int(time.time() * 1000))
     again = wait_for(lambda: [c["version"] for c in delivered()][len(versions):] or None, timeout=60,
                      what="the rebuilt version 1 delivered")
     assert again == [1]
@@ -312,31 +324,21 @@ def test_audit_timeline_shows_messages_links_and_changes(bus_settings, stack, re
 def test_audit_timeline_shows_an_event_the_log_holds_twice_once(bus_settings, stack, redis_client, unique):
     """A connector's resend caught between publishing and marking, or a link worker's replayed
     batch, leaves copies of an event in the log under its event id: the timeline shows it once."""
-    from foundation.durable_producer import DurableProducer
-    from schemas.topics import PATIENT_CHANGES, SOURCE_EVENTS
+    from schemas.topics import SOURCE_EVENTS
     from tests.kafka_reading import read_all
 
     send_story(bus_settings, unique, n=1)
     person = person_of(redis_client, cerner_key(f"S{unique}"))
     wait_for(lambda: redis_client.hget(f"carebus:record_meta:{person}", "emitted") == b"1", what="record")
-    [change] = read_all(bus_settings, PATIENT_CHANGES.name, expect=1, timeout=60,
-                        predicate=lambda m: m.key() == person.encode())
+    [change] = changes_of(bus_settings, person, expect=1)
     [event] = read_all(bus_settings, SOURCE_EVENTS.name, expect=1, timeout=60,
                        predicate=lambda m: m.key() == cerner_key(f"S{unique}").encode())
-    producer = DurableProducer(bus_settings)
-    for m in (change, event):
-        producer.send_sync(m.topic(), m.value(), key=m.key(), headers=m.headers())
-    producer.close()
+    put_back(bus_settings, change, event)
     entries = httpx.get(f"{stack.base}/audit/persons/{person}/timeline", headers=AUDIT, timeout=60).json()
     assert [e["what"] for e in entries if e["kind"] == "record-change"] == ["record created to version 1"]
     assert len([e for e in entries if e["kind"] == "source-event"]) == 1
     # An index rebuilt from the log makes version 1 again, under the same event id, later: shown.
-    rebuilt = codec.decode(change.value(), "RecordChange")
-    rebuilt["changed_at"] += 60_000
-    producer = DurableProducer(bus_settings)
-    producer.send_sync(PATIENT_CHANGES.name, codec.encode("RecordChange", rebuilt), key=person,
-                       headers=change.headers())
-    producer.close()
+    put_back(bus_settings, change, changed_at=codec.decode(change.value(), "RecordChange")["changed_at"] + 60_000)
     entries = httpx.get(f"{stack.base}/audit/persons/{person}/timeline", headers=AUDIT, timeout=60).json()
     assert [e["what"] for e in entries if e["kind"] == "record-change"] == ["record created to version 1"] * 2
 
@@ -431,10 +433,6 @@ def test_server_sent_events_stream(bus_settings, stack, redis_client, unique):
 def test_a_server_sent_events_stream_passes_a_change_the_feed_holds_twice_once(bus_settings, stack, redis_client,
                                                                              unique):
     """As push delivery does (test_a_change_the_feed_holds_twice_reaches_the_subscriber_once)."""
-    from foundation.durable_producer import DurableProducer
-    from schemas.topics import PATIENT_CHANGES
-    from tests.kafka_reading import read_all
-
     sub = subscribe(stack, SUB2, channel="sse")
     send_story(bus_settings, unique, n=1)
     person = person_of(redis_client, cerner_key(f"S{unique}"))
@@ -447,12 +445,8 @@ def test_a_server_sent_events_stream_passes_a_change_the_feed_holds_twice_once(b
                 continue
             seen.append(json.loads(line[6:])["version"])
             if len(seen) == 1:
-                [original] = read_all(bus_settings, PATIENT_CHANGES.name, expect=1, timeout=60,
-                                      predicate=lambda m: m.key() == person.encode())
-                producer = DurableProducer(bus_settings)
-                for _ in range(2):      # a replayed batch's copy, twice
-                    producer.send_sync(PATIENT_CHANGES.name, original.value(), key=person, headers=original.headers())
-                producer.close()
+                [original] = changes_of(bus_settings, person, expect=1)
+                put_back(bus_settings, original, original)      # a replayed batch's copy, twice
                 assert b"MSA|AA" in mllp_send(bus_settings.mllp_port, adt(f"S{unique}", f"S{unique}1", trigger="A08",
                                                                             **own_identity(unique)))[0]
             elif seen[-1] > seen[0]:
