@@ -6,8 +6,9 @@ batch at a time (the baseline for link_pipeline's batches in flight).
     python -m bench.link_stage_scale --index 1000000 --events 10000
 
 A real Redis (Debian's redis-server, on a bench port, with carebus's memory and persistence
-settings: the append-only file, fsynced every second) holds the index; Kafka is left out (a producer that confirms at once), so the figures are the stage's own:
-Python CPU and Redis CPU per event, Redis commands per event, events/s, bytes per source record.
+settings: the append-only file, fsynced every second) holds the index; Kafka is left out (a
+producer that confirms at once), so the figures are the stage's own: Python CPU and Redis CPU
+per event, Redis commands per event, events/s, bytes per source record.
 Building a million-record index takes a while (the link stage itself fills it, at its own speed);
 it is saved as a Redis snapshot under --cache (default .carebus/bench-cache) and reused by later
 runs. Figures are printed, never asserted.
@@ -27,13 +28,13 @@ from rich.table import Table
 from bench.pipeline_throughput import source_event
 from carebus.redis_server import MEMORY_SETTINGS, PERSISTENCE_SETTINGS
 from foundation.config import REPO_ROOT, load_settings
+from foundation.garbage_collection import settle_garbage_collector
 from schemas import codec
 from schemas.topics import SOURCE_EVENTS
 from simulator import population as pop
 from streams.fellegi_sunter import Parameters
 from streams.identity_store import RedisGraphStore
 from streams.link_pipeline import LinkPipeline
-from foundation.garbage_collection import settle_garbage_collector
 from streams.link_stage import InboundMessage, LinkStage
 from streams.record_store import RedisRecordStore
 
