@@ -205,7 +205,10 @@ def test_an_extract_dropped_again_is_published_once_with_one_marker_per_chunk(bu
     factory = MessageFactory(random.Random(12))
     extract = vision_csv([row for r in recs for row in factory.vision_rows(r)])
     drop = bus_settings.data_dir / "drop" / "vision"
-    markers_before = sum(1 for _ in redis_client.scan_iter(f"{KEY_PREFIX}*", count=10_000))
+    def markers() -> int:
+        return sum(1 for _ in redis_client.scan_iter(f"{KEY_PREFIX}*", count=10_000))
+
+    markers_before = markers()
     for copy in ("first", "second"):
         name = f"again-{copy}-{unique}.csv"
         write_drop_file(drop / "incoming", name, extract)
@@ -216,8 +219,7 @@ def test_an_extract_dropped_again_is_published_once_with_one_marker_per_chunk(bu
     assert len(events) == len(recs)
     assert {codec.decode(m.value(), "SourcePatientEvent")["envelope"]["correlation_id"] for m in events} == \
         {f"again-first-{unique}.csv"}
-    markers_after = sum(1 for _ in redis_client.scan_iter(f"{KEY_PREFIX}*", count=10_000))
-    assert markers_after - markers_before == 2
+    assert markers() - markers_before == 2
 
 
 def test_unloadable_files_go_to_failed_with_a_reason_and_later_files_still_load(bus_settings, connectors, unique,
