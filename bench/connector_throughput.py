@@ -122,8 +122,8 @@ def load_extract(drop: Path, extract: bytes) -> None:
 
 def measure(args: argparse.Namespace, settings) -> None:  # noqa: ANN001 - foundation.config.Settings
     rng = random.Random(1)
-    # About a fifth of the population is registered with a Vision practice.
-    people = pop.build(max(args.messages + args.warmup, (args.vision_patients + args.vision_warmup) * 5),
+    # Some 15-20% of the population is registered with a Vision practice.
+    people = pop.build(max(args.messages + args.warmup, (args.vision_patients + args.vision_warmup) * 7),
                        seed=int(time.time()) % 100000, hospital_rate=1.0)
     factory = MessageFactory(rng)
     cerner = [r for r in people.records if r.system == "CERNER_MILLENNIUM"]
