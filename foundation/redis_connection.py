@@ -31,12 +31,14 @@ def sync_client(settings: Settings, **overrides: Any) -> redis.Redis:
                                 **_options(**overrides))
 
 
-def async_client(settings: Settings, max_connections: int | None = None, **overrides: Any) -> aioredis.Redis:
+def async_client(settings: Settings, max_connections: int | None = None, retries: int = 6,
+                 **overrides: Any) -> aioredis.Redis:
     """`max_connections`: a bounded pool where callers wait for a free connection (many senders
-    share a few dozen connections instead of failing past a limit)."""
+    share a few dozen connections instead of failing past a limit). `retries`: 0 for a caller
+    that would rather go on without Redis than wait for it (the connectors' published markers)."""
     from redis.asyncio.retry import Retry
 
-    options = {"retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), 6), **_options(**overrides)}
+    options = {"retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries), **_options(**overrides)}
     if max_connections is None:
         return aioredis.Redis.from_url(settings.redis, **options)
     pool = aioredis.BlockingConnectionPool.from_url(settings.redis, max_connections=max_connections, timeout=5,

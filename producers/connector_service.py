@@ -22,13 +22,13 @@ from foundation.api_auth import store_for
 from foundation.config import Settings, mllp_tls_wanted
 from foundation.durable_producer import DurableProducer
 from foundation.log_privacy import configure_logging
-from foundation.redis_connection import async_client
 from producers.bulk_extract_workers import ExtractWorkers
 from producers.fhir_endpoint import fhir_router
 from producers.file_drop import FileDrop, file_drops
 from producers.ingest_pipeline import IngestPipeline
 from producers import mllp_senders
 from producers.mllp_listener import MllpListener
+from producers.published_markers import markers_client
 from schemas.source_systems import MLLP, speaking
 
 log = logging.getLogger("carebus.connectors")
@@ -77,8 +77,8 @@ async def serve(settings: Settings) -> None:
     # under its lock: 171-190 against 225-252 us per call, alternated); with 16 MLLP senders the
     # markers made 0.3 calls per message (2,625 for some 8,500 messages): about 16 us per message,
     # under 2% of the connector's CPU. A Redis outage costs a duplicate check, never an answer
-    # (ingest_pipeline).
-    redis_client = async_client(settings, socket_timeout=5, single_connection_client=True)
+    # and no wait (published_markers.markers_client).
+    redis_client = markers_client(settings)
     pipeline = IngestPipeline(producer, redis_client)
     ready = {"mllp": False, "http": False}
     limits = {"idle_timeout": settings.mllp_idle_timeout, "message_timeout": settings.mllp_message_timeout,
