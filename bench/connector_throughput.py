@@ -6,8 +6,8 @@ Starts a bus of its own (Kafka and Redis on bench ports, removed afterwards) and
 connectors`, sends Cerner HL7 over MLLP, EMIS FHIR Bundles over HTTP and a Vision extract file,
 then publishes the same canonical events with a bare confluent-kafka producer (acks=all,
 idempotent) as the baseline. Each path is warmed first, unmeasured (HL7 messages, and a smaller
-Vision extract before the measured one), as a running connector is. Prints messages/s, per-message latency percentiles (send to ACK)
-and the connector process's peak memory.
+Vision extract before the measured one), as a running connector is. Prints messages/s,
+per-message latency percentiles (send to ACK) and the connector process's peak memory.
 """
 from __future__ import annotations
 
@@ -165,8 +165,9 @@ def measure(args: argparse.Namespace, settings) -> None:  # noqa: ANN001 - found
         results.append(("emis FHIR Bundle over HTTP", len(fhir), time.perf_counter() - t, lat, meter.stop()))
         drop = settings.drop_dir / "vision"
         if vision_warm:
+            warm_extract = vision_csv([row for r in vision_warm for row in factory.vision_rows(r)])
             t = time.perf_counter()
-            load_extract(drop, vision_csv([row for r in vision_warm for row in factory.vision_rows(r)]))
+            load_extract(drop, warm_extract)
             print(f"warm-up: a Vision extract of {len(vision_warm):,} patients, "
                   f"{len(vision_warm) / (time.perf_counter() - t):,.0f} patients/s (not measured)", flush=True)
         extract = vision_csv([row for r in vision_recs for row in factory.vision_rows(r)])
